@@ -1,0 +1,34 @@
+# Two entry points that work on a fresh machine as root: `make demo` and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+CORE := sdn_netpol/model sdn_netpol/policy sdn_netpol/compiler
+PYTEST_ARGS ?=
+
+.PHONY: bootstrap demo test lint typecheck unit flows bench clean
+
+bootstrap:
+	@bash scripts/bootstrap.sh
+
+demo: bootstrap
+	$(VENV)/bin/sdn-netpol demo
+
+lint: bootstrap
+	$(VENV)/bin/ruff check sdn_netpol tests benchmarks
+
+typecheck: bootstrap
+	$(VENV)/bin/mypy --strict $(CORE)
+
+unit: bootstrap
+	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+
+test: lint typecheck unit
+
+# Regenerate the golden flow tables in flows/ from their manifests (review the diff!).
+flows: bootstrap
+	$(VENV)/bin/sdn-netpol flows-regen flows
+
+bench: bootstrap
+	$(PY) benchmarks/resolve.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis *.egg-info

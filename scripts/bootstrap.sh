@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Idempotent install of everything sdn-netpol needs on a fresh Debian machine (run as root):
+# Debian packages (OVS userspace datapath, CNI plugins, netns tools) and a project venv.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+APT_PKGS="openvswitch-switch containernetworking-plugins iproute2 ethtool iperf3 procps"
+
+missing=""
+for p in $APT_PKGS; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+  echo "bootstrap: installing Debian packages:$missing"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends $missing >/dev/null
+fi
+# The Debian service would start a system-wide OVS in the root netns; the project runs
+# private instances only, so keep the packaged one stopped if systemd started it.
+if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet openvswitch-switch 2>/dev/null; then
+  systemctl stop openvswitch-switch || true
+fi
+
+stamp="$VENV/.installed"
+if [ ! -x "$VENV/bin/python" ]; then
+  python3 -m venv "$VENV"
+fi
+if [ ! -f "$stamp" ] || [ requirements.txt -nt "$stamp" ] || [ requirements-dev.txt -nt "$stamp" ] || [ setup.py -nt "$stamp" ]; then
+  echo "bootstrap: installing Python packages into $VENV"
+  "$VENV/bin/pip" install -q --upgrade pip >/dev/null
+  "$VENV/bin/pip" install -q -r requirements-dev.txt 2>&1 | grep -v "^WARNING: Location" || true
+  "$VENV/bin/pip" install -q --no-deps -e . 2>&1 | grep -vE "^WARNING: Location|BuildBackendWarning|^ *[!*]|^ *$|Please be careful|name as your package|with strategy" || true
+  touch "$stamp"
+fi
