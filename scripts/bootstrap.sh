@@ -22,14 +22,18 @@ if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet openvswit
   systemctl stop openvswitch-switch || true
 fi
 
+# pip's own failure still fails the script (pipefail); only its noise is filtered.
+quiet_pip() {
+  "$VENV/bin/pip" "$@" 2>&1 | { grep -vE "^WARNING: Location|BuildBackendWarning|^ *[!*]|^ *$|Please be careful|name as your package|with strategy" || true; }
+}
 stamp="$VENV/.installed"
 if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
 fi
 if [ ! -f "$stamp" ] || [ requirements.txt -nt "$stamp" ] || [ requirements-dev.txt -nt "$stamp" ] || [ setup.py -nt "$stamp" ]; then
   echo "bootstrap: installing Python packages into $VENV"
-  "$VENV/bin/pip" install -q --upgrade pip >/dev/null
-  "$VENV/bin/pip" install -q -r requirements-dev.txt 2>&1 | grep -v "^WARNING: Location" || true
-  "$VENV/bin/pip" install -q --no-deps -e . 2>&1 | grep -vE "^WARNING: Location|BuildBackendWarning|^ *[!*]|^ *$|Please be careful|name as your package|with strategy" || true
+  quiet_pip install -q --upgrade pip
+  quiet_pip install -q -r requirements-dev.txt
+  quiet_pip install -q --no-deps -e .
   touch "$stamp"
 fi
