@@ -1,0 +1,44 @@
+"""Human-readable rendering for the CLI (rich); JSON contracts live with their values."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from sdn_netpol.policy.matrix import Matrix
+
+ALLOW, DENY = "✓", "·"
+
+
+def matrix_table(matrix: Matrix, title: str | None = None, expected: Matrix | None = None) -> Table:
+    """Rows are sources with their full names; columns are numbered so 30×30 fits a screen.
+
+    With `expected`, a cell that differs is shown as `✗` (measured ≠ expected).
+    """
+    table = Table(title=title or f"{matrix.protocol}/{matrix.port}: may ROW connect to COLUMN?",
+                  show_lines=False, pad_edge=False, padding=(0, 1))
+    table.add_column("#", justify="right", style="dim")
+    table.add_column("from \\ to", no_wrap=True)
+    for i in range(1, len(matrix.pods) + 1):
+        table.add_column(str(i), justify="center", no_wrap=True)
+    for i, src in enumerate(matrix.pods, start=1):
+        cells = [_cell(matrix, expected, src, dst) for dst in matrix.pods]
+        table.add_row(str(i), src, *cells)
+    return table
+
+
+def _cell(matrix: Matrix, expected: Matrix | None, src: str, dst: str) -> str:
+    value = matrix.allowed[src][dst]
+    if expected is not None and expected.allowed[src][dst] != value:
+        return "[bold red]✗[/]"
+    return f"[green]{ALLOW}[/]" if value else f"[dim]{DENY}[/]"
+
+
+def print_matrix(console: Console, matrix: Matrix, title: str | None = None, expected: Matrix | None = None) -> None:
+    console.print(matrix_table(matrix, title, expected))
+    console.print(f"  {ALLOW} allowed   {DENY} denied" + ("   ✗ measured differs from expected" if expected else ""))
+
+
+def wide_console() -> Console:
+    """Never wrap a matrix: a 30-pod table is ~130 columns, wider than a default terminal."""
+    return Console(width=max(Console().width, 160), highlight=False)

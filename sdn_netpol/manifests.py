@@ -1,0 +1,65 @@
+"""Read manifests from files and folders (YAML multi-document or JSON) into documents.
+
+The only I/O in front of the pure model: a folder is read in sorted file order so that the
+"later objects replace earlier ones" rule is deterministic.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import yaml
+
+from sdn_netpol.model.parse import Document, ParseResult, parse_documents
+
+MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+class ManifestError(Exception):
+    """A path that cannot be read or decoded; names the file and the reason."""
+
+
+def manifest_files(path: Path) -> list[Path]:
+    if path.is_dir():
+        return sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in MANIFEST_SUFFIXES)
+    if path.is_file():
+        return [path]
+    raise ManifestError(f"{path}: no such file or directory")
+
+
+def read_documents(path: Path) -> Iterator[Document]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ManifestError(f"{path}: {exc.strerror or exc}") from exc
+    yield from decode_documents(str(path), text)
+
+
+def decode_documents(source: str, text: str) -> Iterator[Document]:
+    if source.endswith(".json") or text.lstrip().startswith(("{", "[")):
+        try:
+            body = json.loads(text)
+        except json.JSONDecodeError as exc:
+            if source.endswith(".json"):
+                raise ManifestError(f"{source}: invalid JSON: {exc}") from exc
+        else:
+            for i, item in enumerate(body if isinstance(body, list) else [body]):
+                yield Document(f"{source}[{i}]" if isinstance(body, list) else source, item)
+            return
+    try:
+        bodies = list(yaml.safe_load_all(text))
+    except yaml.YAMLError as exc:
+        raise ManifestError(f"{source}: invalid YAML: {exc}") from exc
+    for i, body in enumerate(bodies):
+        if body is not None:
+            yield Document(f"{source} document {i + 1}" if len(bodies) > 1 else source, body)
+
+
+def load_paths(paths: Iterable[Path | str]) -> ParseResult:
+    documents: list[Document] = []
+    for path in paths:
+        for file in manifest_files(Path(path)):
+            documents.extend(read_documents(file))
+    return parse_documents(documents)

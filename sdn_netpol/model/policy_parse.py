@@ -1,0 +1,325 @@
+"""NetworkPolicy manifest → value, validated as the API server validates it.
+
+Every check appends to FieldErrors with the field path; a policy with any error is not
+built (the API server would have rejected it as a whole).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, cast
+
+from netaddr import AddrFormatError, IPNetwork
+
+from sdn_netpol.model.errors import FieldErrors
+from sdn_netpol.model.labels import (
+    OPERATORS,
+    Labels,
+    LabelSelector,
+    Operator,
+    Requirement,
+    validate_label_key,
+    validate_label_value,
+)
+from sdn_netpol.model.objects import (
+    DIRECTIONS,
+    PROTOCOLS,
+    Direction,
+    IPBlock,
+    NetworkPolicy,
+    Peer,
+    PolicyPort,
+    Protocol,
+    Rule,
+)
+
+_IANA_SVC_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
+
+
+def parse_network_policy(
+    doc: dict[str, Any], namespace: str, name: str, errors: FieldErrors
+) -> NetworkPolicy | None:
+    spec = doc.get("spec")
+    if spec is None:
+        spec = {}
+    if not isinstance(spec, dict):
+        errors.add("spec", "must be an object")
+        return None
+    selector = parse_selector(spec.get("podSelector"), "spec.podSelector", errors)
+    types = _policy_types(spec, errors)
+    ingress = _rules(spec, "ingress", "from", errors)
+    egress = _rules(spec, "egress", "to", errors)
+    if errors or selector is None or types is None or ingress is None or egress is None:
+        return None
+    return NetworkPolicy(namespace, name, selector, types, ingress, egress)
+
+
+def _policy_types(spec: dict[str, Any], errors: FieldErrors) -> frozenset[Direction] | None:
+    """Defaulting as the API server does: Ingress always; Egress iff egress rules exist."""
+    raw = spec.get("policyTypes")
+    if raw is None or raw == []:
+        egress = spec.get("egress")
+        has_egress = isinstance(egress, list) and len(egress) > 0
+        return frozenset({"Ingress", "Egress"} if has_egress else {"Ingress"})
+    if not isinstance(raw, list):
+        errors.add("spec.policyTypes", "must be a list")
+        return None
+    if len(raw) > len(DIRECTIONS):
+        errors.add("spec.policyTypes", f"must have at most {len(DIRECTIONS)} items")
+    found: set[Direction] = set()
+    for i, item in enumerate(raw):
+        if item not in DIRECTIONS:
+            errors.add(f"spec.policyTypes[{i}]", f'{item!r}: supported values: "Ingress", "Egress"')
+        else:
+            found.add(cast(Direction, item))
+    return frozenset(found)
+
+
+def _rules(
+    spec: dict[str, Any], field: str, peers_field: str, errors: FieldErrors
+) -> tuple[Rule, ...] | None:
+    raw = spec.get(field)
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        errors.add(f"spec.{field}", "must be a list")
+        return None
+    rules = []
+    for i, item in enumerate(raw):
+        path = f"spec.{field}[{i}]"
+        if item is None:
+            item = {}
+        if not isinstance(item, dict):
+            errors.add(path, "must be an object")
+            continue
+        peers = _peers(item.get(peers_field), f"{path}.{peers_field}", errors)
+        ports = _ports(item.get("ports"), f"{path}.ports", errors)
+        if peers is not None and ports is not None:
+            rules.append(Rule(peers, ports))
+    return tuple(rules)
+
+
+def _peers(raw: Any, path: str, errors: FieldErrors) -> tuple[Peer, ...] | None:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        errors.add(path, "must be a list")
+        return None
+    peers = []
+    for i, item in enumerate(raw):
+        peer = _peer(item, f"{path}[{i}]", errors)
+        if peer is not None:
+            peers.append(peer)
+    return tuple(peers)
+
+
+def _peer(raw: Any, path: str, errors: FieldErrors) -> Peer | None:
+    if not isinstance(raw, dict):
+        errors.add(path, "must be an object")
+        return None
+    present = [k for k in ("podSelector", "namespaceSelector", "ipBlock") if raw.get(k) is not None]
+    if not present:
+        errors.add(path, "must specify a peer (podSelector, namespaceSelector or ipBlock)")
+        return None
+    if "ipBlock" in present and len(present) > 1:
+        errors.add(path, "may not specify both ipBlock and another peer")
+        return None
+    if "ipBlock" in present:
+        block = _ip_block(raw["ipBlock"], f"{path}.ipBlock", errors)
+        return Peer(ip_block=block) if block else None
+    pods = _optional_selector(raw, "podSelector", path, errors)
+    namespaces = _optional_selector(raw, "namespaceSelector", path, errors)
+    return Peer(pod_selector=pods, namespace_selector=namespaces)
+
+
+def _optional_selector(
+    raw: dict[str, Any], key: str, path: str, errors: FieldErrors
+) -> LabelSelector | None:
+    if raw.get(key) is None:
+        return None
+    return parse_selector(raw[key], f"{path}.{key}", errors)
+
+
+def _ip_block(raw: Any, path: str, errors: FieldErrors) -> IPBlock | None:
+    if not isinstance(raw, dict):
+        errors.add(path, "must be an object")
+        return None
+    cidr = _cidr(raw.get("cidr"), f"{path}.cidr", errors)
+    excepts_raw = raw.get("except") or []
+    if not isinstance(excepts_raw, list):
+        errors.add(f"{path}.except", "must be a list")
+        return None
+    excepts = []
+    for i, item in enumerate(excepts_raw):
+        ex_path = f"{path}.except[{i}]"
+        ex = _cidr(item, ex_path, errors)
+        if ex is None or cidr is None:
+            continue
+        if ex.version != cidr.version:
+            errors.add(ex_path, f"{item}: must be of the same IP family as cidr {cidr}")
+        elif not (ex in cidr and ex.prefixlen > cidr.prefixlen):
+            errors.add(ex_path, f"{item} is not within {raw.get('cidr')}")
+        else:
+            excepts.append(ex)
+    if cidr is None or len(excepts) != len(excepts_raw):
+        return None
+    return IPBlock(cidr, tuple(excepts))
+
+
+def _cidr(raw: Any, path: str, errors: FieldErrors) -> IPNetwork | None:
+    """Parse like Go's net.ParseCIDR: a prefix is required; host bits mean the network."""
+    if raw is None or raw == "":
+        errors.add(path, "Required value")
+        return None
+    if not isinstance(raw, str) or "/" not in raw:
+        errors.add(path, f"{raw!r}: must be a valid CIDR (e.g. 10.0.0.0/16 or 2001:db8::/64)")
+        return None
+    address, _, prefix = raw.partition("/")
+    try:
+        if not prefix.isdigit() or (":" not in address and address.count(".") != 3):
+            raise AddrFormatError(raw)
+        net = IPNetwork(raw)
+    except (AddrFormatError, ValueError, TypeError):
+        errors.add(path, f"{raw!r}: must be a valid CIDR (e.g. 10.0.0.0/16 or 2001:db8::/64)")
+        return None
+    return net.cidr
+
+
+def _ports(raw: Any, path: str, errors: FieldErrors) -> tuple[PolicyPort, ...] | None:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        errors.add(path, "must be a list")
+        return None
+    ports = []
+    for i, item in enumerate(raw):
+        port = _port(item if item is not None else {}, f"{path}[{i}]", errors)
+        if port is not None:
+            ports.append(port)
+    return tuple(ports)
+
+
+def _port(raw: Any, path: str, errors: FieldErrors) -> PolicyPort | None:
+    if not isinstance(raw, dict):
+        errors.add(path, "must be an object")
+        return None
+    before = len(errors.items)
+    protocol = raw.get("protocol") or "TCP"
+    if protocol not in PROTOCOLS:
+        errors.add(f"{path}.protocol", f'{protocol!r}: supported values: "TCP", "UDP", "SCTP"')
+    port = raw.get("port")
+    if isinstance(port, bool) or (port is not None and not isinstance(port, int | str)):
+        errors.add(f"{path}.port", f"{port!r}: must be a port number or a port name")
+    elif isinstance(port, int):
+        _check_port_number(port, f"{path}.port", errors)
+    elif isinstance(port, str):
+        _check_port_name(port, f"{path}.port", errors)
+    end_port = raw.get("endPort")
+    if end_port is not None:
+        _check_end_port(port, end_port, f"{path}.endPort", errors)
+    if len(errors.items) > before:
+        return None
+    return PolicyPort(cast(Protocol, protocol), port, end_port)
+
+
+def _check_port_number(port: int, path: str, errors: FieldErrors) -> None:
+    if not 1 <= port <= 65535:
+        errors.add(path, f"{port}: must be between 1 and 65535, inclusive")
+
+
+def _check_port_name(name: str, path: str, errors: FieldErrors) -> None:
+    """IANA_SVC_NAME: 1-15 lowercase alphanumerics or '-', a letter, no '--' or edge '-'."""
+    if name.isdigit():
+        errors.add(path, f"{name!r}: a numeric port must not be quoted as a string name")
+    elif (
+        len(name) > 15
+        or not _IANA_SVC_NAME_RE.match(name)
+        or "--" in name
+        or not any(c.isalpha() for c in name)
+    ):
+        errors.add(
+            path,
+            f"{name!r}: must be a valid IANA service name (at most 15 characters: lowercase "
+            "letters, digits and '-', at least one letter, no leading, trailing or double '-')",
+        )
+
+
+def _check_end_port(port: Any, end_port: Any, path: str, errors: FieldErrors) -> None:
+    if isinstance(end_port, bool) or not isinstance(end_port, int):
+        errors.add(path, f"{end_port!r}: must be an integer")
+    elif port is None:
+        errors.add(path, "may not be specified when `port` is not specified")
+    elif isinstance(port, str):
+        errors.add(path, "may not be specified when `port` is non-numeric")
+    elif not 1 <= end_port <= 65535:
+        errors.add(path, f"{end_port}: must be between 1 and 65535, inclusive")
+    elif isinstance(port, int) and end_port < port:
+        errors.add(path, f"{end_port}: must be greater than or equal to `port` ({port})")
+
+
+def parse_selector(raw: Any, path: str, errors: FieldErrors) -> LabelSelector | None:
+    """A metav1.LabelSelector; null or {} selects everything."""
+    if raw is None:
+        return LabelSelector()
+    if not isinstance(raw, dict):
+        errors.add(path, "must be an object")
+        return None
+    before = len(errors.items)
+    labels = parse_labels(raw.get("matchLabels"), f"{path}.matchLabels", errors)
+    expressions = _expressions(raw.get("matchExpressions"), f"{path}.matchExpressions", errors)
+    if len(errors.items) > before or labels is None:
+        return None
+    return LabelSelector(labels, expressions)
+
+
+def parse_labels(raw: Any, path: str, errors: FieldErrors) -> Labels | None:
+    if raw is None:
+        return Labels()
+    if not isinstance(raw, dict):
+        errors.add(path, "must be a map of string keys to string values")
+        return None
+    ok = True
+    for key, value in raw.items():
+        ok = validate_label_key(key, path, errors) and ok
+        ok = validate_label_value(value, f"{path}.{key}", errors) and ok
+    return Labels(raw) if ok else None
+
+
+def _expressions(raw: Any, path: str, errors: FieldErrors) -> tuple[Requirement, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        errors.add(path, "must be a list")
+        return ()
+    result = []
+    for i, item in enumerate(raw):
+        req = _requirement(item, f"{path}[{i}]", errors)
+        if req is not None:
+            result.append(req)
+    return tuple(result)
+
+
+def _requirement(raw: Any, path: str, errors: FieldErrors) -> Requirement | None:
+    if not isinstance(raw, dict):
+        errors.add(path, "must be an object")
+        return None
+    key, operator, values = raw.get("key"), raw.get("operator"), raw.get("values") or []
+    before = len(errors.items)
+    validate_label_key(key, f"{path}.key", errors)
+    if operator not in OPERATORS:
+        errors.add(
+            f"{path}.operator",
+            f'{operator!r}: not a valid selector operator ("In", "NotIn", "Exists", "DoesNotExist")',
+        )
+    elif not isinstance(values, list):
+        errors.add(f"{path}.values", "must be a list")
+    elif operator in ("In", "NotIn") and not values:
+        errors.add(f"{path}.values", f"must be specified when `operator` is '{operator}'")
+    elif operator in ("Exists", "DoesNotExist") and values:
+        errors.add(f"{path}.values", f"may not be specified when `operator` is '{operator}'")
+    else:
+        for j, value in enumerate(values):
+            validate_label_value(value, f"{path}.values[{j}]", errors)
+    if len(errors.items) > before:
+        return None
+    return Requirement(cast(str, key), cast(Operator, operator), frozenset(values))

@@ -1,0 +1,116 @@
+"""Label indexes: selectors are answered by set intersections, not by scanning every pod.
+
+Only pods inside NetworkPolicy's scope are indexed (running, with an IP or an unknown IP,
+not on the host network), so everything resolved here is automatically limited to them.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+
+from sdn_netpol.model.labels import LabelSelector, Requirement
+from sdn_netpol.model.objects import Namespace, NetworkPolicy, Peer, Pod, PodKey
+
+_EMPTY: frozenset[PodKey] = frozenset()
+
+
+class _LabelIndex:
+    """key → value → members, plus key → members, over one universe of members."""
+
+    def __init__(self) -> None:
+        self.universe: set[object] = set()
+        self.by_pair: dict[str, dict[str, set[object]]] = defaultdict(lambda: defaultdict(set))
+        self.by_key: dict[str, set[object]] = defaultdict(set)
+
+    def add(self, member: object, labels: Iterable[tuple[str, str]]) -> None:
+        self.universe.add(member)
+        for key, value in labels:
+            self.by_pair[key][value].add(member)
+            self.by_key[key].add(member)
+
+    def select(self, selector: LabelSelector) -> set[object]:
+        result = set(self.universe)
+        for key, value in selector.match_labels.items():
+            result &= self.by_pair.get(key, {}).get(value, set())
+        for req in selector.match_expressions:
+            result = self._apply(result, req)
+        return result
+
+    def _apply(self, current: set[object], req: Requirement) -> set[object]:
+        if req.operator in ("In", "NotIn"):
+            values = self.by_pair.get(req.key, {})
+            having: set[object] = set().union(*(values.get(v, set()) for v in req.values))
+            return current & having if req.operator == "In" else current - having
+        keyed = self.by_key.get(req.key, set())
+        return current & keyed if req.operator == "Exists" else current - keyed
+
+
+class SelectorIndex:
+    """Answers "which pods does this selector / peer / policy select" with memoisation."""
+
+    def __init__(
+        self,
+        namespaces: Iterable[Namespace],
+        pods: Iterable[Pod],
+        policies: Iterable[NetworkPolicy],
+    ) -> None:
+        self._namespaces = {ns.name: ns for ns in namespaces}
+        self._ns_index = _LabelIndex()
+        for ns in self._namespaces.values():
+            self._ns_index.add(ns.name, ns.labels.items())
+        self._pod_index: dict[str, _LabelIndex] = defaultdict(_LabelIndex)
+        for pod in pods:
+            if pod.in_policy_scope:
+                self._pod_index[pod.namespace].add(pod.key, pod.labels.items())
+        self._policies_by_ns: dict[str, list[NetworkPolicy]] = defaultdict(list)
+        for policy in policies:
+            self._policies_by_ns[policy.namespace].append(policy)
+        self._pod_cache: dict[tuple[str, LabelSelector], frozenset[PodKey]] = {}
+        self._ns_cache: dict[LabelSelector, frozenset[str]] = {}
+        self._peer_cache: dict[tuple[str, Peer], frozenset[PodKey]] = {}
+
+    def namespace(self, name: str) -> Namespace:
+        return self._namespaces.get(name) or Namespace.implied(name)
+
+    def policies_in(self, namespace: str) -> list[NetworkPolicy]:
+        return self._policies_by_ns.get(namespace, [])
+
+    def pods(self, namespace: str, selector: LabelSelector) -> frozenset[PodKey]:
+        key = (namespace, selector)
+        found = self._pod_cache.get(key)
+        if found is None:
+            index = self._pod_index.get(namespace)
+            found = frozenset(index.select(selector)) if index else _EMPTY  # type: ignore[arg-type]
+            self._pod_cache[key] = found
+        return found
+
+    def namespaces(self, selector: LabelSelector) -> frozenset[str]:
+        found = self._ns_cache.get(selector)
+        if found is None:
+            found = frozenset(self._ns_index.select(selector))  # type: ignore[arg-type]
+            self._ns_cache[selector] = found
+        return found
+
+    def applied_to(self, policy: NetworkPolicy) -> frozenset[PodKey]:
+        return self.pods(policy.namespace, policy.pod_selector)
+
+    def peer_pods(self, policy_namespace: str, peer: Peer) -> frozenset[PodKey]:
+        """Pods a selector peer names; ipBlock peers name no pod here."""
+        if peer.ip_block is not None:
+            return _EMPTY
+        key = (policy_namespace, peer)
+        found = self._peer_cache.get(key)
+        if found is None:
+            found = self._select_peer(policy_namespace, peer)
+            self._peer_cache[key] = found
+        return found
+
+    def _select_peer(self, policy_namespace: str, peer: Peer) -> frozenset[PodKey]:
+        pod_selector = peer.pod_selector or LabelSelector()
+        if peer.namespace_selector is None:
+            return self.pods(policy_namespace, pod_selector)
+        result: set[PodKey] = set()
+        for ns in self.namespaces(peer.namespace_selector):
+            result |= self.pods(ns, pod_selector)
+        return frozenset(result)

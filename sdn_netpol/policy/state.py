@@ -1,0 +1,70 @@
+"""ClusterState: one immutable snapshot of everything a verdict or a compile depends on."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from functools import cached_property
+
+from sdn_netpol.model.objects import Namespace, NetworkPolicy, Pod, PodKey
+from sdn_netpol.model.parse import ParseResult
+from sdn_netpol.policy.index import SelectorIndex
+
+
+@dataclass(frozen=True, eq=False)
+class ClusterState:
+    """Sorted tuples so that equal inputs give equal outputs whatever their order.
+
+    Namespaces referenced by a pod or policy but never declared are implied, with only the
+    `kubernetes.io/metadata.name` label, as they would exist on a real cluster.
+    """
+
+    namespaces: tuple[Namespace, ...] = ()
+    pods: tuple[Pod, ...] = ()
+    policies: tuple[NetworkPolicy, ...] = ()
+    generation: int = field(default=0, compare=False)
+
+    @staticmethod
+    def build(
+        namespaces: Iterable[Namespace] = (),
+        pods: Iterable[Pod] = (),
+        policies: Iterable[NetworkPolicy] = (),
+        generation: int = 0,
+    ) -> ClusterState:
+        pod_list = sorted(pods, key=lambda p: (p.namespace, p.name))
+        policy_list = sorted(policies, key=lambda p: (p.namespace, p.name))
+        declared = {ns.name: ns for ns in namespaces}
+        for name in {p.namespace for p in pod_list} | {p.namespace for p in policy_list}:
+            declared.setdefault(name, Namespace.implied(name))
+        ns_list = sorted(declared.values(), key=lambda n: n.name)
+        return ClusterState(tuple(ns_list), tuple(pod_list), tuple(policy_list), generation)
+
+    @staticmethod
+    def from_parse(result: ParseResult, generation: int = 0) -> ClusterState:
+        return ClusterState.build(result.namespaces, result.pods, result.policies, generation)
+
+    @cached_property
+    def index(self) -> SelectorIndex:
+        return SelectorIndex(self.namespaces, self.pods, self.policies)
+
+    @cached_property
+    def pods_by_key(self) -> dict[PodKey, Pod]:
+        return {p.key: p for p in self.pods}
+
+    def pod(self, namespace: str, name: str) -> Pod | None:
+        return self.pods_by_key.get(PodKey(namespace, name))
+
+    def namespace(self, name: str) -> Namespace:
+        return self.index.namespace(name)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ClusterState):
+            return NotImplemented
+        return (self.namespaces, self.pods, self.policies) == (
+            other.namespaces,
+            other.pods,
+            other.policies,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.namespaces, self.pods, self.policies))

@@ -1,0 +1,202 @@
+"""The reference semantics: is one new connection allowed, and why.
+
+This is the oracle the flow compiler is proven against, so it is written as the
+Kubernetes text reads — per connection, policy by policy — not for speed.
+A connection is allowed iff the source's egress and the destination's ingress both allow
+it; a side that is not a pod in NetworkPolicy's scope, or a pod no policy isolates in that
+direction, allows everything. A pod cannot block access to itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from netaddr import IPAddress
+
+from sdn_netpol.model.objects import Direction, NetworkPolicy, Peer, Pod, PolicyPort, Protocol, Rule
+from sdn_netpol.policy.state import ClusterState
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A pod, or an address outside the cluster's pods."""
+
+    pod: Pod | None = None
+    ip: IPAddress | None = None
+
+    def __str__(self) -> str:
+        return f"{self.pod.namespace}/{self.pod.name}" if self.pod else str(self.ip)
+
+
+@dataclass(frozen=True)
+class RuleMatch:
+    """Which rule allowed, with the peer and port entries that matched (None = all)."""
+
+    policy: str
+    direction: Direction
+    rule_index: int
+    peer: str | None
+    port: str | None
+
+    def describe(self) -> str:
+        field = "ingress" if self.direction == "Ingress" else "egress"
+        peer = self.peer or "all peers"
+        port = self.port or "all ports"
+        return f"policy {self.policy} {field}[{self.rule_index}] (peer: {peer}; port: {port})"
+
+
+@dataclass(frozen=True)
+class SideVerdict:
+    """One direction's decision. `isolated_by` empty means the side is not isolated."""
+
+    direction: Direction
+    subject: str | None
+    isolated_by: tuple[str, ...]
+    allowed_by: tuple[RuleMatch, ...]
+
+    @property
+    def allowed(self) -> bool:
+        return not self.isolated_by or bool(self.allowed_by)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    source: str
+    destination: str
+    protocol: Protocol
+    port: int
+    egress: SideVerdict
+    ingress: SideVerdict
+    loopback: bool = False
+
+    @property
+    def allowed(self) -> bool:
+        return self.loopback or (self.egress.allowed and self.ingress.allowed)
+
+
+def decide(state: ClusterState, src: Endpoint, dst: Endpoint, protocol: Protocol, port: int) -> Verdict:
+    src_ip, dst_ip = connection_addresses(src, dst)
+    conn = _Connection(state, src, dst, src_ip, dst_ip, protocol, port)
+    loopback = src.pod is not None and dst.pod is not None and src.pod.key == dst.pod.key
+    return Verdict(
+        str(src), str(dst), protocol, port,
+        egress=conn.side("Egress", src.pod),
+        ingress=conn.side("Ingress", dst.pod),
+        loopback=loopback,
+    )
+
+
+def connection_addresses(src: Endpoint, dst: Endpoint) -> tuple[IPAddress | None, IPAddress | None]:
+    """The addresses a real connection would use: one family common to both ends."""
+    if src.pod is None and dst.pod is None:
+        return src.ip, dst.ip
+    if src.pod is None:
+        assert dst.pod is not None and src.ip is not None
+        return src.ip, dst.pod.ip_of_family(src.ip.version)
+    if dst.pod is None:
+        assert dst.ip is not None
+        return src.pod.ip_of_family(dst.ip.version), dst.ip
+    for dst_ip in dst.pod.ips:
+        src_ip = src.pod.ip_of_family(dst_ip.version)
+        if src_ip is not None:
+            return src_ip, dst_ip
+    return None, None
+
+
+@dataclass(frozen=True)
+class _Connection:
+    state: ClusterState
+    src: Endpoint
+    dst: Endpoint
+    src_ip: IPAddress | None
+    dst_ip: IPAddress | None
+    protocol: Protocol
+    port: int
+
+    def side(self, direction: Direction, pod: Pod | None) -> SideVerdict:
+        if pod is None or not pod.in_policy_scope:
+            return SideVerdict(direction, None, (), ())
+        isolating = [p for p in self._selecting(pod) if p.affects(direction)]
+        matches = tuple(m for p in isolating for m in self._rule_matches(p, direction))
+        return SideVerdict(direction, f"{pod.namespace}/{pod.name}", tuple(p.ref for p in isolating), matches)
+
+    def _selecting(self, pod: Pod) -> list[NetworkPolicy]:
+        return [
+            p for p in self.state.index.policies_in(pod.namespace) if p.pod_selector.matches(pod.labels)
+        ]
+
+    def _rule_matches(self, policy: NetworkPolicy, direction: Direction) -> list[RuleMatch]:
+        found = []
+        for index, rule in enumerate(policy.rules(direction)):
+            match = self._rule_match(policy, direction, index, rule)
+            if match is not None:
+                found.append(match)
+        return found
+
+    def _rule_match(self, policy: NetworkPolicy, direction: Direction, index: int, rule: Rule) -> RuleMatch | None:
+        peer_ep = self.src if direction == "Ingress" else self.dst
+        peer_ip = self.src_ip if direction == "Ingress" else self.dst_ip
+        peer_text: str | None = None
+        if rule.peers:
+            peer = next((p for p in rule.peers if self._peer_matches(policy, p, peer_ep, peer_ip)), None)
+            if peer is None:
+                return None
+            peer_text = peer.describe()
+        port_text: str | None = None
+        if rule.ports:
+            entry = next((pp for pp in rule.ports if self._port_matches(pp)), None)
+            if entry is None:
+                return None
+            port_text = entry.describe()
+        return RuleMatch(policy.ref, direction, index, peer_text, port_text)
+
+    def _peer_matches(self, policy: NetworkPolicy, peer: Peer, ep: Endpoint, ip: IPAddress | None) -> bool:
+        if peer.ip_block is not None:
+            return ip is not None and peer.ip_block.contains(ip)
+        pod = ep.pod
+        if pod is None or not pod.in_policy_scope:
+            return False
+        if peer.namespace_selector is None:
+            ns_ok = pod.namespace == policy.namespace
+        else:
+            ns_ok = peer.namespace_selector.matches(self.state.namespace(pod.namespace).labels)
+        return ns_ok and (peer.pod_selector is None or peer.pod_selector.matches(pod.labels))
+
+    def _port_matches(self, entry: PolicyPort) -> bool:
+        if entry.protocol != self.protocol:
+            return False
+        if entry.port is None:
+            return True
+        if isinstance(entry.port, int):
+            return entry.port <= self.port <= (entry.end_port or entry.port)
+        dst_pod = self.dst.pod  # a name means something only on a pod under NetworkPolicy
+        if dst_pod is None or not dst_pod.in_policy_scope:
+            return False
+        return self.port in dst_pod.resolve_named_port(entry.port, self.protocol)
+
+
+def explain(verdict: Verdict) -> list[str]:
+    """Plain-words reasons, one line each, for `sdn-netpol explain`."""
+    head = "ALLOWED" if verdict.allowed else "DENIED"
+    lines = [f"{head}: {verdict.source} -> {verdict.destination} {verdict.protocol}/{verdict.port}"]
+    if verdict.loopback:
+        lines.append("  a pod cannot block access to itself (loopback is always allowed)")
+        return lines
+    for side in (verdict.egress, verdict.ingress):
+        lines.extend(_explain_side(side))
+    return lines
+
+
+def _explain_side(side: SideVerdict) -> list[str]:
+    word = "egress" if side.direction == "Egress" else "ingress"
+    if side.subject is None:
+        return [f"  {word}: not a pod under NetworkPolicy, nothing to check"]
+    if not side.isolated_by:
+        reason = f"no policy selects it with policyType {side.direction}"
+        return [f"  {word}: {side.subject} is not isolated for {word} ({reason}): allowed"]
+    lines = [f"  {word}: {side.subject} is isolated for {word} by " + ", ".join(side.isolated_by)]
+    if side.allowed_by:
+        lines += [f"    allowed by {m.describe()}" for m in side.allowed_by]
+    else:
+        lines.append(f"    no {word} rule of those policies allows this connection: denied")
+    return lines
