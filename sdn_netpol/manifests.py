@@ -38,15 +38,20 @@ def read_documents(path: Path) -> Iterator[Document]:
 
 
 def decode_documents(source: str, text: str) -> Iterator[Document]:
+    """YAML (multi-document) or JSON: one value, a stream of values (as kubectl reads), or an array."""
     if source.endswith(".json") or text.lstrip().startswith(("{", "[")):
         try:
-            body = json.loads(text)
+            values = _json_values(text)
         except json.JSONDecodeError as exc:
             if source.endswith(".json"):
                 raise ManifestError(f"{source}: invalid JSON: {exc}") from exc
         else:
-            for i, item in enumerate(body if isinstance(body, list) else [body]):
-                yield Document(f"{source}[{i}]" if isinstance(body, list) else source, item)
+            if len(values) == 1 and isinstance(values[0], list):
+                for i, item in enumerate(values[0]):
+                    yield Document(f"{source}[{i}]", item)
+            else:
+                for i, body in enumerate(values):
+                    yield Document(f"{source} document {i + 1}" if len(values) > 1 else source, body)
             return
     try:
         bodies = list(yaml.safe_load_all(text))
@@ -55,6 +60,19 @@ def decode_documents(source: str, text: str) -> Iterator[Document]:
     for i, body in enumerate(bodies):
         if body is not None:
             yield Document(f"{source} document {i + 1}" if len(bodies) > 1 else source, body)
+
+
+def _json_values(text: str) -> list[object]:
+    decoder = json.JSONDecoder()
+    values: list[object] = []
+    position = 0
+    while True:
+        while position < len(text) and text[position].isspace():
+            position += 1
+        if position == len(text):
+            return values
+        value, position = decoder.raw_decode(text, position)
+        values.append(value)
 
 
 def load_paths(paths: Iterable[Path | str]) -> ParseResult:

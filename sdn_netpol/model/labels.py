@@ -147,3 +147,8 @@ def validate_label_value(value: object, path: str, errors: FieldErrors) -> bool:
 
 def is_dns_subdomain(name: str) -> bool:
     return len(name) <= 253 and bool(_DNS1123_SUBDOMAIN_RE.match(name))
+
+
+def is_dns_label(name: str) -> bool:
+    """RFC 1123 label (namespace names): at most 63 characters, no dots."""
+    return len(name) <= 63 and "." not in name and bool(_DNS1123_SUBDOMAIN_RE.match(name))

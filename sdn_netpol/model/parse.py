@@ -14,11 +14,12 @@ from typing import Any
 from netaddr import AddrFormatError, IPAddress
 
 from sdn_netpol.model.errors import FieldErrors, ValidationError
-from sdn_netpol.model.labels import Labels, is_dns_subdomain
+from sdn_netpol.model.labels import Labels, is_dns_label, is_dns_subdomain
 from sdn_netpol.model.objects import PROTOCOLS, ContainerPort, Namespace, NetworkPolicy, Pod
-from sdn_netpol.model.policy_parse import parse_labels, parse_network_policy
+from sdn_netpol.model.policy_parse import check_port_name, parse_labels, parse_network_policy
 
 KINDS = ("Namespace", "Pod", "NetworkPolicy")
+API_VERSIONS = {"Namespace": "v1", "Pod": "v1", "NetworkPolicy": "networking.k8s.io/v1"}
 ObjectKey = tuple[str, str, str]
 
 
@@ -82,8 +83,16 @@ def _apply(acc: _Accumulator, source: str, body: Any) -> None:
         acc.errors.append(ValidationError(source, "", "a manifest must be an object"))
         return
     kind = body.get("kind")
+    if not kind:
+        acc.errors.append(ValidationError(source, "kind", "Required value"))
+        return
     if kind not in KINDS:
         acc.skipped.append(f"{source}: kind {kind!r} is not used by NetworkPolicy; skipped")
+        return
+    api_version = body.get("apiVersion")
+    if api_version is not None and api_version != API_VERSIONS[kind]:
+        # e.g. Calico's crd.projectcalico.org/v1 NetworkPolicy: same kind, other semantics.
+        acc.skipped.append(f"{source}: {api_version} {kind} is not {API_VERSIONS[kind]} {kind}; skipped")
         return
     obj, errors = parse_object(body)
     acc.errors.extend(errors)
@@ -111,9 +120,11 @@ def parse_object(body: Mapping[str, Any]) -> tuple[Namespace | Pod | NetworkPoli
     if not isinstance(name, str) or not name:
         errors.add("metadata.name", "Required value")
         return None, errors.items
-    if not is_dns_subdomain(name):
+    if kind == "Namespace" and not is_dns_label(name):
+        errors.add("metadata.name", f"{name!r}: a namespace name must be a lowercase RFC 1123 label")
+    elif not is_dns_subdomain(name):
         errors.add("metadata.name", f"{name!r}: must be a lowercase RFC 1123 subdomain")
-    if kind != "Namespace" and not (isinstance(namespace, str) and is_dns_subdomain(namespace)):
+    if kind != "Namespace" and not (isinstance(namespace, str) and is_dns_label(namespace)):
         errors.add("metadata.namespace", f"{namespace!r}: must be a lowercase RFC 1123 label")
     labels = parse_labels(metadata.get("labels"), "metadata.labels", errors)
     if errors or labels is None:
@@ -161,9 +172,14 @@ def _pod_ips(status: dict[str, Any], errors: FieldErrors) -> tuple[IPAddress, ..
     raw: list[tuple[str, Any]] = []
     if status.get("podIP"):
         raw.append(("status.podIP", status["podIP"]))
-    for i, entry in enumerate(status.get("podIPs") or []):
+    pod_ips = status.get("podIPs") or []
+    if not isinstance(pod_ips, list):
+        errors.add("status.podIPs", "must be a list")
+        pod_ips = []
+    for i, entry in enumerate(pod_ips):
         value = entry.get("ip") if isinstance(entry, dict) else entry
-        raw.append((f"status.podIPs[{i}].ip", value))
+        if all(value != seen for _, seen in raw):  # podIPs[0] repeats podIP
+            raw.append((f"status.podIPs[{i}].ip", value))
     ips: list[IPAddress] = []
     for path, value in raw:
         try:
@@ -184,8 +200,14 @@ def _container_ports(spec: dict[str, Any], errors: FieldErrors) -> tuple[Contain
         return ()
     for i, container in enumerate(containers):
         entries = container.get("ports") if isinstance(container, dict) else None
+        names: set[str] = set()
         for j, entry in enumerate(entries or []):
-            port = _container_port(entry, f"spec.containers[{i}].ports[{j}]", errors)
+            path = f"spec.containers[{i}].ports[{j}]"
+            port = _container_port(entry, path, errors)
+            if port is not None and port.name is not None:
+                if port.name in names:
+                    errors.add(f"{path}.name", f"Duplicate value: {port.name!r}")
+                names.add(port.name)
             if port is not None:
                 ports.append(port)
     return tuple(ports)
@@ -206,5 +228,7 @@ def _container_port(entry: Any, path: str, errors: FieldErrors) -> ContainerPort
         return None
     if name is not None and not isinstance(name, str):
         errors.add(f"{path}.name", f"{name!r}: must be a string")
+        return None
+    if name and not check_port_name(name, f"{path}.name", errors):
         return None
     return ContainerPort(name or None, number, protocol)

@@ -45,10 +45,11 @@ def parse_network_policy(
     if not isinstance(spec, dict):
         errors.add("spec", "must be an object")
         return None
+    # The API server's order: podSelector, ingress, egress, policyTypes (messages come in it).
     selector = parse_selector(spec.get("podSelector"), "spec.podSelector", errors)
-    types = _policy_types(spec, errors)
     ingress = _rules(spec, "ingress", "from", errors)
     egress = _rules(spec, "egress", "to", errors)
+    types = _policy_types(spec, errors)
     if errors or selector is None or types is None or ingress is None or egress is None:
         return None
     return NetworkPolicy(namespace, name, selector, types, ingress, egress)
@@ -65,7 +66,8 @@ def _policy_types(spec: dict[str, Any], errors: FieldErrors) -> frozenset[Direct
         errors.add("spec.policyTypes", "must be a list")
         return None
     if len(raw) > len(DIRECTIONS):
-        errors.add("spec.policyTypes", f"must have at most {len(DIRECTIONS)} items")
+        errors.add("spec.policyTypes", "may not specify more than two policyTypes")
+        return None
     found: set[Direction] = set()
     for i, item in enumerate(raw):
         if item not in DIRECTIONS:
@@ -92,8 +94,8 @@ def _rules(
         if not isinstance(item, dict):
             errors.add(path, "must be an object")
             continue
-        peers = _peers(item.get(peers_field), f"{path}.{peers_field}", errors)
         ports = _ports(item.get("ports"), f"{path}.ports", errors)
+        peers = _peers(item.get(peers_field), f"{path}.{peers_field}", errors)
         if peers is not None and ports is not None:
             rules.append(Rule(peers, ports))
     return tuple(rules)
@@ -121,14 +123,15 @@ def _peer(raw: Any, path: str, errors: FieldErrors) -> Peer | None:
     if not present:
         errors.add(path, "must specify a peer (podSelector, namespaceSelector or ipBlock)")
         return None
+    # Like the API server: check every part that is there, then the combination.
+    pods = _optional_selector(raw, "podSelector", path, errors)
+    namespaces = _optional_selector(raw, "namespaceSelector", path, errors)
+    block = _ip_block(raw["ipBlock"], f"{path}.ipBlock", errors) if "ipBlock" in present else None
     if "ipBlock" in present and len(present) > 1:
         errors.add(path, "may not specify both ipBlock and another peer")
         return None
     if "ipBlock" in present:
-        block = _ip_block(raw["ipBlock"], f"{path}.ipBlock", errors)
         return Peer(ip_block=block) if block else None
-    pods = _optional_selector(raw, "podSelector", path, errors)
-    namespaces = _optional_selector(raw, "namespaceSelector", path, errors)
     return Peer(pod_selector=pods, namespace_selector=namespaces)
 
 
@@ -157,8 +160,10 @@ def _ip_block(raw: Any, path: str, errors: FieldErrors) -> IPBlock | None:
             continue
         if ex.version != cidr.version:
             errors.add(ex_path, f"{item}: must be of the same IP family as cidr {cidr}")
-        elif not (ex in cidr and ex.prefixlen > cidr.prefixlen):
+        elif ex not in cidr:
             errors.add(ex_path, f"{item} is not within {raw.get('cidr')}")
+        elif ex.prefixlen <= cidr.prefixlen:
+            errors.add(ex_path, f"{item} is not strictly within {raw.get('cidr')} (it must be a smaller range)")
         else:
             excepts.append(ex)
     if cidr is None or len(excepts) != len(excepts_raw):
@@ -171,18 +176,30 @@ def _cidr(raw: Any, path: str, errors: FieldErrors) -> IPNetwork | None:
     if raw is None or raw == "":
         errors.add(path, "Required value")
         return None
-    if not isinstance(raw, str) or "/" not in raw:
+    net = parse_cidr(raw) if isinstance(raw, str) else None
+    if net is None:
         errors.add(path, f"{raw!r}: must be a valid CIDR (e.g. 10.0.0.0/16 or 2001:db8::/64)")
+    return net
+
+
+def parse_cidr(text: str) -> IPNetwork | None:
+    """As the API server's legacy-field parser (ParseCIDRSloppy) reads a CIDR, or None.
+
+    A prefix length is required; bits set after it mean the network (10.1.2.3/16 is
+    10.1.0.0/16); IPv4 octets and the prefix may have leading zeros, read as decimal.
+    """
+    address, slash, prefix = text.partition("/")
+    if not slash or not (prefix.isascii() and prefix.isdigit()):
         return None
-    address, _, prefix = raw.partition("/")
+    if ":" not in address:
+        octets = address.split(".")
+        if len(octets) != 4 or not all(o.isascii() and o.isdigit() for o in octets):
+            return None
+        address = ".".join(str(int(o)) for o in octets)
     try:
-        if not prefix.isdigit() or (":" not in address and address.count(".") != 3):
-            raise AddrFormatError(raw)
-        net = IPNetwork(raw)
+        return IPNetwork(f"{address}/{int(prefix)}").cidr
     except (AddrFormatError, ValueError, TypeError):
-        errors.add(path, f"{raw!r}: must be a valid CIDR (e.g. 10.0.0.0/16 or 2001:db8::/64)")
         return None
-    return net.cidr
 
 
 def _ports(raw: Any, path: str, errors: FieldErrors) -> tuple[PolicyPort, ...] | None:
@@ -213,7 +230,7 @@ def _port(raw: Any, path: str, errors: FieldErrors) -> PolicyPort | None:
     elif isinstance(port, int):
         _check_port_number(port, f"{path}.port", errors)
     elif isinstance(port, str):
-        _check_port_name(port, f"{path}.port", errors)
+        check_port_name(port, f"{path}.port", errors)
     end_port = raw.get("endPort")
     if end_port is not None:
         _check_end_port(port, end_port, f"{path}.endPort", errors)
@@ -227,11 +244,12 @@ def _check_port_number(port: int, path: str, errors: FieldErrors) -> None:
         errors.add(path, f"{port}: must be between 1 and 65535, inclusive")
 
 
-def _check_port_name(name: str, path: str, errors: FieldErrors) -> None:
+def check_port_name(name: str, path: str, errors: FieldErrors) -> bool:
     """IANA_SVC_NAME: 1-15 lowercase alphanumerics or '-', a letter, no '--' or edge '-'."""
     if name.isdigit():
         errors.add(path, f"{name!r}: a numeric port must not be quoted as a string name")
-    elif (
+        return False
+    if (
         len(name) > 15
         or not _IANA_SVC_NAME_RE.match(name)
         or "--" in name
@@ -242,6 +260,8 @@ def _check_port_name(name: str, path: str, errors: FieldErrors) -> None:
             f"{name!r}: must be a valid IANA service name (at most 15 characters: lowercase "
             "letters, digits and '-', at least one letter, no leading, trailing or double '-')",
         )
+        return False
+    return True
 
 
 def _check_end_port(port: Any, end_port: Any, path: str, errors: FieldErrors) -> None:
@@ -279,10 +299,14 @@ def parse_labels(raw: Any, path: str, errors: FieldErrors) -> Labels | None:
         errors.add(path, "must be a map of string keys to string values")
         return None
     ok = True
+    labels: dict[str, str] = {}
     for key, value in raw.items():
+        if value is None:  # `key:` with no value decodes to "" on the API server (Go zero value)
+            value = ""
         ok = validate_label_key(key, path, errors) and ok
         ok = validate_label_value(value, f"{path}.{key}", errors) and ok
-    return Labels(raw) if ok else None
+        labels[key] = value
+    return Labels(labels) if ok else None
 
 
 def _expressions(raw: Any, path: str, errors: FieldErrors) -> tuple[Requirement, ...]:
