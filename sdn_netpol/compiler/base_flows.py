@@ -1,0 +1,190 @@
+"""Flows every node has regardless of policy: classification, spoofguard, ARP, conntrack,
+forwarding and output. Pure functions of the node context and the cluster's pod addresses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from netaddr import EUI, IPAddress
+
+from sdn_netpol.compiler.flow import (
+    Action,
+    Ct,
+    DecTtl,
+    Flow,
+    GotoTable,
+    Match,
+    Move,
+    Output,
+    OutputInPort,
+    SetField,
+    ct_state,
+)
+from sdn_netpol.compiler.pipeline import (
+    CT_ZONE,
+    FLAG_BYPASS,
+    GATEWAY_MAC,
+    LOCAL_SIDE_MASK,
+    REG_FLAGS,
+    REG_OUT_PORT,
+    REG_PORT_CLASS,
+    TUNNEL_VNI,
+    CookieCategory,
+    PortClass,
+    Priority,
+    Table,
+    cookie,
+    pod_object_id,
+)
+from sdn_netpol.compiler.topology import NodeContext, PortBinding
+from sdn_netpol.model.objects import Pod
+
+PIPELINE_COOKIE = cookie(CookieCategory.PIPELINE)
+_SCRATCH_REG = "reg4"
+_IP_FAMILIES = ("ip", "ipv6")
+
+
+def pipeline_flows(node: NodeContext) -> Iterator[Flow]:
+    """The fixed skeleton: table misses, ARP responder, conntrack, commit, policy bypass."""
+    yield from _misses()
+    yield _flow(Table.ARP_RESPONDER, Priority.NORMAL, Match.build("arp", arp_op=1), _arp_reply_actions())
+    for family in _IP_FAMILIES:
+        yield _flow(Table.CONNTRACK, Priority.NORMAL, Match.build(family),
+                    (Ct(table=Table.CONNTRACK_STATE, zone=CT_ZONE),))
+        yield _flow(Table.COMMIT, Priority.NORMAL, Match.build(family, ct_state=ct_state(new=True, trk=True)),
+                    (Ct(commit=True, zone=CT_ZONE), GotoTable(Table.OUTPUT)))
+    yield from _conntrack_state_flows()
+    yield _flow(Table.INGRESS_RULE, Priority.BYPASS, Match.build(None, **{REG_FLAGS: (FLAG_BYPASS, FLAG_BYPASS)}),
+                (GotoTable(Table.COMMIT),))
+    yield from _edge_port_flows(node)
+
+
+def _misses() -> Iterator[Flow]:
+    drop: tuple[Action, ...] = ()
+    misses: dict[Table, tuple[Action, ...]] = {
+        Table.CLASSIFIER: drop,
+        Table.SPOOF_GUARD: drop,
+        Table.ARP_RESPONDER: drop,
+        Table.CONNTRACK: drop,
+        Table.CONNTRACK_STATE: drop,
+        Table.EGRESS_RULE: (GotoTable(Table.EGRESS_DEFAULT),),
+        Table.EGRESS_DEFAULT: (GotoTable(Table.L3_FORWARDING),),
+        Table.L3_FORWARDING: drop,
+        Table.INGRESS_RULE: (GotoTable(Table.INGRESS_DEFAULT),),
+        Table.INGRESS_DEFAULT: (GotoTable(Table.COMMIT),),
+        Table.COMMIT: (GotoTable(Table.OUTPUT),),
+        Table.OUTPUT: drop,
+    }
+    for table, actions in misses.items():
+        yield _flow(table, Priority.MISS, Match(), actions)
+
+
+def _arp_reply_actions() -> tuple[Action, ...]:
+    """Proxy ARP: every request is answered with the virtual gateway's MAC (pure L3 fabric)."""
+    gateway = EUI(GATEWAY_MAC)
+    return (
+        Move("eth_src", "eth_dst"),
+        SetField.of("eth_src", gateway),
+        SetField("arp_op", 2),
+        Move("arp_sha", "arp_tha"),
+        SetField.of("arp_sha", gateway),
+        Move("arp_tpa", _SCRATCH_REG),
+        Move("arp_spa", "arp_tpa"),
+        Move(_SCRATCH_REG, "arp_spa"),
+        OutputInPort(),
+    )
+
+
+def _conntrack_state_flows() -> Iterator[Flow]:
+    table = Table.CONNTRACK_STATE
+    yield _flow(table, Priority.INVALID, Match.build(ct_state=ct_state(inv=True, trk=True)), ())
+    bypass = (SetField(REG_FLAGS, FLAG_BYPASS), GotoTable(Table.L3_FORWARDING))
+    yield _flow(table, Priority.BYPASS, Match.build(ct_state=ct_state(est=True, rpl=True, trk=True)), bypass)
+    yield _flow(table, Priority.BYPASS, Match.build(ct_state=ct_state(rel=True, trk=True)), bypass)
+    yield _flow(table, Priority.DEFAULT, Match.build(ct_state=ct_state(trk=True)), (GotoTable(Table.EGRESS_RULE),))
+
+
+def _edge_port_flows(node: NodeContext) -> Iterator[Flow]:
+    """Tunnel and gateway ports: classified, trusted for source addresses, outputs."""
+    edges = [(node.tunnel_port, PortClass.TUNNEL), (node.gateway_port, PortClass.GATEWAY)]
+    for port, port_class in edges:
+        if port is None:
+            continue
+        yield _flow(Table.CLASSIFIER, Priority.NORMAL, Match.build(in_port=port),
+                    (SetField(REG_PORT_CLASS, port_class), GotoTable(Table.SPOOF_GUARD)))
+        for family in _IP_FAMILIES:
+            yield _flow(Table.SPOOF_GUARD, Priority.NORMAL, Match.build(family, in_port=port),
+                        (GotoTable(Table.CONNTRACK),))
+        if port_class == PortClass.GATEWAY:
+            yield _flow(Table.SPOOF_GUARD, Priority.NORMAL, Match.build("arp", in_port=port),
+                        (GotoTable(Table.ARP_RESPONDER),))
+            yield from _gateway_route(node, port)
+        yield _flow(Table.OUTPUT, Priority.NORMAL, Match.build(None, **{REG_OUT_PORT: port}), (Output(port),))
+
+
+def _gateway_route(node: NodeContext, port: int) -> Iterator[Flow]:
+    """Addresses that are no pod's leave through the gateway (lowest L3 priority)."""
+    rewrite: tuple[Action, ...] = (SetField.of("eth_src", EUI(GATEWAY_MAC)),)
+    if node.gateway_peer_mac is not None:
+        rewrite += (SetField.of("eth_dst", node.gateway_peer_mac),)
+    local_side = (PortClass.POD & LOCAL_SIDE_MASK, LOCAL_SIDE_MASK)
+    for family in _IP_FAMILIES:
+        match = Match.build(family, **{REG_PORT_CLASS: local_side})
+        yield _flow(Table.L3_FORWARDING, Priority.DEFAULT - 50, match,
+                    (*rewrite, DecTtl(), SetField(REG_OUT_PORT, port), GotoTable(Table.COMMIT)))
+
+
+def local_pod_flows(binding: PortBinding) -> Iterator[Flow]:
+    """A local pod: classified, held to its own MAC and IPs, reachable, outputtable."""
+    pod_cookie = cookie(CookieCategory.POD, pod_object_id(str(binding.pod)))
+    port = binding.ofport
+    yield Flow(Table.CLASSIFIER, Priority.NORMAL, Match.build(in_port=port),
+               (SetField(REG_PORT_CLASS, PortClass.POD), GotoTable(Table.SPOOF_GUARD)), pod_cookie)
+    for ip in binding.ips:
+        family, src_field, dst_field = _family_fields(ip)
+        yield Flow(Table.SPOOF_GUARD, Priority.NORMAL,
+                   Match.build(family, in_port=port, dl_src=binding.mac, **{src_field: ip}),
+                   (GotoTable(Table.CONNTRACK),), pod_cookie)
+        if ip.version == 4:
+            yield Flow(Table.SPOOF_GUARD, Priority.NORMAL,
+                       Match.build("arp", in_port=port, dl_src=binding.mac, arp_spa=ip, arp_sha=binding.mac),
+                       (GotoTable(Table.ARP_RESPONDER),), pod_cookie)
+        actions: tuple[Action, ...] = (
+            SetField.of("eth_src", EUI(GATEWAY_MAC)),
+            SetField.of("eth_dst", binding.mac),
+            DecTtl(),
+            SetField(REG_OUT_PORT, port),
+            GotoTable(Table.INGRESS_RULE),
+        )
+        yield Flow(Table.L3_FORWARDING, Priority.NORMAL, Match.build(family, **{dst_field: ip}), actions, pod_cookie)
+    yield Flow(Table.OUTPUT, Priority.NORMAL, Match.build(None, **{REG_OUT_PORT: port}), (Output(port),), pod_cookie)
+
+
+def remote_pod_flows(pod: Pod, node: NodeContext) -> Iterator[Flow]:
+    """A pod on another node: packets from this node's side go through the tunnel to it."""
+    host = node.address_of(pod.node_name or "")
+    if node.tunnel_port is None or host is None or host.version != 4:
+        return
+    pod_cookie = cookie(CookieCategory.REMOTE, pod_object_id(f"{pod.namespace}/{pod.name}"))
+    local_side = (PortClass.POD & LOCAL_SIDE_MASK, LOCAL_SIDE_MASK)
+    for ip in pod.ips:
+        family, _, dst_field = _family_fields(ip)
+        match = Match.build(family, **{REG_PORT_CLASS: local_side, dst_field: ip})
+        actions: tuple[Action, ...] = (
+            SetField.of("tun_dst", host),
+            SetField("tun_id", TUNNEL_VNI),
+            SetField(REG_OUT_PORT, node.tunnel_port),
+            GotoTable(Table.COMMIT),
+        )
+        yield Flow(Table.L3_FORWARDING, Priority.NORMAL, match, actions, pod_cookie)
+
+
+def _family_fields(ip: IPAddress) -> tuple[str, str, str]:
+    if ip.version == 4:
+        return "ip", "nw_src", "nw_dst"
+    return "ipv6", "ipv6_src", "ipv6_dst"
+
+
+def _flow(table: Table, priority: int, match: Match, actions: tuple[Action, ...]) -> Flow:
+    return Flow(int(table), int(priority), match, actions, PIPELINE_COOKIE)

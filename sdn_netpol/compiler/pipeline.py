@@ -1,0 +1,161 @@
+"""The br-int pipeline in one place: tables, registers, priorities, cookies, conjunction ids.
+
+Everything another module needs to agree on lives here (docs/pipeline.md explains it with
+a real dump). Nothing here builds flows.
+
+Packet walk:
+  Classifier → SpoofGuard → (ARP: ArpResponder) → Conntrack → ConntrackState
+    → EgressRule → EgressDefault → L3Forwarding → IngressRule → IngressDefault
+    → Commit → Output
+Replies and related packets skip both policy directions (reg3 bit 0); packets in the
+original direction of an established connection are checked again, so withdrawing an
+allow cuts the connection, and SCTP (tracked without ports by OVS 3.1) stays per-port.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from enum import IntEnum
+
+
+class Table(IntEnum):
+    CLASSIFIER = 0
+    SPOOF_GUARD = 10
+    ARP_RESPONDER = 20
+    CONNTRACK = 30
+    CONNTRACK_STATE = 31
+    EGRESS_RULE = 40
+    EGRESS_DEFAULT = 41
+    L3_FORWARDING = 50
+    INGRESS_RULE = 60
+    INGRESS_DEFAULT = 61
+    COMMIT = 70
+    OUTPUT = 80
+
+
+class Priority(IntEnum):
+    MISS = 0
+    DEFAULT = 100
+    NORMAL = 200
+    CONJUNCTION = 200  # clause flows and their conj_id flows share one priority (OVS rule)
+    DIRECT_ALLOW = 300  # single-dimension allows: above every conjunction, all mean "allow"
+    BYPASS = 400
+    INVALID = 500
+
+
+# Registers (32-bit NXM registers reg0..reg7).
+REG_PORT_CLASS = "reg0"  # where the packet entered: see PortClass
+REG_OUT_PORT = "reg2"  # OpenFlow port chosen by L3Forwarding, used by ingress rules and Output
+REG_FLAGS = "reg3"  # bit 0: reply/related, policy bypassed
+
+
+class PortClass(IntEnum):
+    """reg0 values. Bit 0 set = 'local side' (pod or gateway): may be routed to a tunnel."""
+
+    POD = 0x1
+    TUNNEL = 0x2
+    GATEWAY = 0x3
+
+
+LOCAL_SIDE_MASK = 0x1
+FLAG_BYPASS = 0x1
+
+CT_ZONE = 1  # one zone for the bridge: pod addresses are unique cluster-wide
+TUNNEL_VNI = 0x1
+
+GATEWAY_MAC = "0a:00:00:00:00:fe"
+
+# Cookie layout (64 bits):  [63:56] magic  [55:48] category  [47:16] object id  [15:0] rule
+COOKIE_MAGIC = 0x5E
+MAGIC_SHIFT, CATEGORY_SHIFT, OBJECT_SHIFT = 56, 48, 16
+RULE_EGRESS_BIT = 0x8000
+RULE_INDEX_MASK = 0x7FFF
+MASK_MAGIC = 0xFF << MAGIC_SHIFT
+MASK_CATEGORY = MASK_MAGIC | (0xFF << CATEGORY_SHIFT)
+MASK_OBJECT = MASK_CATEGORY | (0xFFFFFFFF << OBJECT_SHIFT)
+MASK_ALL = (1 << 64) - 1
+
+
+class CookieCategory(IntEnum):
+    PIPELINE = 0x01  # fixed flows every node has
+    POD = 0x02  # per local pod: classifier, spoofguard, forwarding, output (object = pod)
+    REMOTE = 0x03  # routes to pods on other nodes (object = pod)
+    ISOLATION = 0x04  # default drops of isolated pods (object = pod)
+    RULE = 0x10  # one policy rule's flows (object = policy, rule = direction + index)
+    SHARED = 0x11  # a match flow carrying conjunctions of several rules
+
+
+def stable_id(text: str, bits: int = 32) -> int:
+    """A hash stable across processes and restarts (unlike hash())."""
+    digest = hashlib.sha256(text.encode()).digest()
+    return int.from_bytes(digest[:8], "big") & ((1 << bits) - 1)
+
+
+def cookie(category: CookieCategory, object_id: int = 0, rule: int = 0) -> int:
+    return (
+        (COOKIE_MAGIC << MAGIC_SHIFT)
+        | (int(category) << CATEGORY_SHIFT)
+        | ((object_id & 0xFFFFFFFF) << OBJECT_SHIFT)
+        | (rule & 0xFFFF)
+    )
+
+
+def policy_object_id(policy_ref: str) -> int:
+    return stable_id(f"policy:{policy_ref}")
+
+
+def pod_object_id(pod_ref: str) -> int:
+    return stable_id(f"pod:{pod_ref}")
+
+
+def rule_bits(direction: str, index: int) -> int:
+    return (RULE_EGRESS_BIT if direction == "Egress" else 0) | (index & RULE_INDEX_MASK)
+
+
+def rule_cookie(policy_ref: str, direction: str, index: int) -> int:
+    return cookie(CookieCategory.RULE, policy_object_id(policy_ref), rule_bits(direction, index))
+
+
+def policy_cookie_and_mask(policy_ref: str) -> tuple[int, int]:
+    """For `ovs-ofctl dump-flows br-int cookie=C/M`: every flow of one policy's rules."""
+    return cookie(CookieCategory.RULE, policy_object_id(policy_ref)), MASK_OBJECT
+
+
+@dataclass(frozen=True)
+class CookieInfo:
+    category: CookieCategory | None
+    object_id: int
+    direction: str | None
+    rule_index: int | None
+
+
+def decode_cookie(value: int) -> CookieInfo:
+    if value >> MAGIC_SHIFT != COOKIE_MAGIC:
+        return CookieInfo(None, 0, None, None)
+    raw_category = (value >> CATEGORY_SHIFT) & 0xFF
+    category = CookieCategory(raw_category) if raw_category in CookieCategory._value2member_map_ else None
+    object_id = (value >> OBJECT_SHIFT) & 0xFFFFFFFF
+    if category != CookieCategory.RULE:
+        return CookieInfo(category, object_id, None, None)
+    rule = value & 0xFFFF
+    direction = "Egress" if rule & RULE_EGRESS_BIT else "Ingress"
+    return CookieInfo(category, object_id, direction, rule & RULE_INDEX_MASK)
+
+
+def conjunction_ids(keys: list[str]) -> dict[str, int]:
+    """Stable 32-bit conjunction ids from content keys; collisions probe deterministically.
+
+    Ids depend only on each key (policy, direction, rule, resolved ports), so recompiling
+    an unchanged policy, or restarting, yields the same ids; keys are probed in sorted order
+    so a collision (≈ n²/2³³) moves only the later key.
+    """
+    taken: set[int] = set()
+    result: dict[str, int] = {}
+    for key in sorted(set(keys)):
+        candidate = stable_id(f"conj:{key}") or 1
+        while candidate in taken:
+            candidate = (candidate + 1) & 0xFFFFFFFF or 1
+        taken.add(candidate)
+        result[key] = candidate
+    return result
