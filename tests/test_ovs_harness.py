@@ -489,3 +489,22 @@ def test_tracer_reconnects_after_vswitchd_restart(
     assert tracer.trace(bridge, FLOW.format(port=8080), ["trk,new"]).dropped  # flows lost
     ovs.replace_flows(bridge, POLICY_FLOWS)
     assert tracer.trace(bridge, FLOW.format(port=8080), ["trk,new"]).of_outputs == (1,)
+
+
+def test_parse_trace_follows_tables_printed_at_column_zero() -> None:
+    """Tables >= 10 print their flow line unindented ("31. ct_state=..."): still the same bridge."""
+    raw = """Flow: tcp,in_port=1,nw_src=10.0.0.1,nw_dst=10.0.0.2
+
+bridge("br-int")
+----------------
+ 0. in_port=1, priority 200
+    goto_table:31
+31. ct_state=+trk, priority 100
+    goto_table:80
+80. reg2=0x65, priority 200
+    output:101
+
+Final flow: unchanged
+Datapath actions: 9
+"""
+    assert parse_trace(raw, "br-int").of_outputs == (101,)

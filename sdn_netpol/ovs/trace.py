@@ -67,6 +67,7 @@ _OUTPUT = re.compile(r"^(?:output:(?P<num>\d+)|output\(port=(?P<trunc>\d+)[,)].*
 _OUTPUT_REG = re.compile(r"^output:\S+\[.*\]$")
 _TUN_DST = re.compile(r"^set_field:(?P<ip>[0-9a-fA-F.:]+)->tun_(?:ipv6_)?dst$")
 _TUN_DST_LOAD = re.compile(r"^load:(?P<hex>0x[0-9a-fA-F]+)->NXM_NX_TUN_IPV4_DST\[\]$")
+_TABLE_LINE = re.compile(r"^\s*\d+\. ")
 _RESOLVED = re.compile(r"output port is (?P<port>\d+)")
 _TUNNELING = re.compile(r"tunneling to (?P<ip>\S+) via")
 
@@ -163,6 +164,9 @@ def _split_top(text: str) -> list[str]:
 def _feed(walk: _Walk, line: str) -> None:
     """Advance the walk by one trace line."""
     text = line.strip()
+    if _TABLE_LINE.match(line):  # "31. ct_state=..." : tables >= 10 print at column 0
+        walk.last = None
+        return
     if line[:1] not in ("", " "):  # a top-level line: section header, Flow:, Final flow:...
         if set(text) <= {"-", "="}:  # underlines and separators keep the section
             return
