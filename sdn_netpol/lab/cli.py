@@ -1,0 +1,217 @@
+"""`sdn-netpol lab …` and `sdn-netpol demo`: the lab from a shell (register `lab` and `demo`
+from this module in sdn_netpol/cli.py).
+
+Output contracts (DESIGN.md): `lab probe -o json` prints the matrix shape plus `expected`
+and `mismatches`. Exit status: 0 when the command did what it says; 1 on an error, and for
+`probe` when the measured matrix differs from the engine's (the JSON is printed anyway).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import click
+from rich.columns import Columns
+from rich.console import Console
+from rich.table import Table
+
+from sdn_netpol.cli_render import matrix_table, wide_console
+from sdn_netpol.lab.lab import ExternalResult, Lab, ProbeReport
+from sdn_netpol.lab.state import DEFAULT_WORKDIR
+from sdn_netpol.lab.store import LabError
+
+PATHS = click.option("-f", "--filename", "paths", multiple=True, required=True, type=click.Path(path_type=Path),
+                     help="Manifest file (YAML/JSON, multi-document, kind: List) or folder; repeatable.")
+WORKDIR = click.option("--workdir", type=click.Path(path_type=Path), default=DEFAULT_WORKDIR, show_default=True,
+                       envvar="SDN_NETPOL_LAB_WORKDIR", help="Lab state, OVS rundirs, manifests folder, logs.")
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "demo"
+
+
+def _lab(ctx: click.Context) -> Lab:
+    lab: Lab = ctx.obj
+    return lab
+
+
+class _LabGroup(click.Group):
+    """Turns LabError into a one-line error and exit 1 (no traceback for expected failures)."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except LabError as exc:
+            raise click.ClickException(str(exc)) from exc
+
+
+@click.group(name="lab", cls=_LabGroup)
+@WORKDIR
+@click.pass_context
+def lab(ctx: click.Context, workdir: Path) -> None:
+    """A multi-node cluster on this machine: OVS per node, CNI pods, controllers, real probes."""
+    ctx.obj = Lab(workdir)
+
+
+@lab.command()
+@PATHS
+@click.option("--nodes", type=click.IntRange(1, 250), default=3, show_default=True, help="Number of nodes.")
+@click.option("--tunnel", type=click.Choice(["vxlan", "geneve"]), default="vxlan", show_default=True)
+@click.option("--external", "external", multiple=True, metavar="IP",
+              help="Address of a host outside the cluster, reachable through a gateway port; repeatable.")
+@click.option("--flows", type=click.Choice(["controller", "static"]), default="controller", hidden=True,
+              help="Debug: 'static' compiles and loads flows from the lab instead of running controllers.")
+@click.pass_context
+def up(ctx: click.Context, paths: tuple[Path, ...], nodes: int, tunnel: str, external: tuple[str, ...],
+       flows: str) -> None:
+    """Create the lab from a model (cleans up a previous or crashed lab in the same workdir first)."""
+    lab_ = _lab(ctx)
+    state = lab_.up(paths, nodes, tunnel, external, flows)
+    table = Table(title=f"lab up: {len(state.nodes)} node(s), {len(state.pods)} pod(s), {tunnel}")
+    for column in ("pod", "node", "ip", "serves"):
+        table.add_column(column)
+    for key, pod in sorted(state.pods.items()):
+        table.add_row(key, pod.node, pod.ip, " ".join(f"{p}/{n}" for p, n in pod.ports))
+    console = wide_console()
+    console.print(table)
+    console.print(f"ready in {lab_.timings.get('total', 0):.1f} s  ({_phases(lab_.timings)})")
+
+
+def _phases(timings: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.2f} s" for k, v in timings.items() if k != "total")
+
+
+@lab.command()
+@PATHS
+@click.pass_context
+def apply(ctx: click.Context, paths: tuple[Path, ...]) -> None:
+    """Create or update objects; returns once every node has realized the change."""
+    start = time.monotonic()
+    for line in _lab(ctx).apply(paths):
+        click.echo(line)
+    click.echo(f"realized on every node in {time.monotonic() - start:.2f} s")
+
+
+@lab.command()
+@PATHS
+@click.pass_context
+def delete(ctx: click.Context, paths: tuple[Path, ...]) -> None:
+    """Delete objects (a Namespace takes its pods and policies); returns once realized."""
+    start = time.monotonic()
+    for line in _lab(ctx).delete(paths):
+        click.echo(line)
+    click.echo(f"realized on every node in {time.monotonic() - start:.2f} s")
+
+
+@lab.command()
+@click.option("--protocol", type=click.Choice(["TCP", "UDP", "SCTP"], case_sensitive=False), default="TCP",
+              show_default=True, callback=lambda _c, _p, v: v.upper())
+@click.option("--port", type=click.IntRange(1, 65535), required=True)
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.pass_context
+def probe(ctx: click.Context, protocol: str, port: int, output: str) -> None:
+    """Every pod to every pod with real packets, next to the engine's matrix."""
+    lab_ = _lab(ctx)
+    report = lab_.probe(protocol, port)
+    if output == "json":
+        click.echo(json.dumps(report.to_json()))
+    else:
+        console = wide_console()
+        show_report(console, report)
+        show_external(console, lab_.probe_external(protocol, port))
+    if report.mismatches:
+        ctx.exit(1)
+
+
+def show_report(console: Console, report: ProbeReport) -> None:
+    """Measured (✗ where it differs) beside expected, then the mismatches by name."""
+    proto = f"{report.measured.protocol}/{report.measured.port}"
+    measured = matrix_table(report.measured, f"measured {proto} ({report.seconds:.1f} s)", report.expected)
+    expected = matrix_table(report.expected, f"expected {proto} (policy engine)")
+    console.print(Columns([measured, expected], padding=(0, 4)))
+    console.print("  ✓ allowed   · denied   ✗ measured differs from expected")
+    if report.mismatches:
+        console.print(f"[bold red]{len(report.mismatches)} mismatch(es):[/]")
+        for src, dst in report.mismatches:
+            got = "allowed" if report.measured.allowed[src][dst] else "denied"
+            console.print(f"  {src} → {dst}: measured {got} ({report.outcomes.get((src, dst))}), "
+                          f"expected {'allowed' if report.expected.allowed[src][dst] else 'denied'}")
+    else:
+        console.print("[green]measured = expected[/]")
+
+
+def show_external(console: Console, results: list[ExternalResult]) -> None:
+    for r in results:
+        mark = "✓" if r.allowed else "·"
+        bad = "" if r.allowed == r.expected else f"  [bold red]✗ expected {'allowed' if r.expected else 'denied'}[/]"
+        console.print(f"  external {r.source} → {r.destination}: {mark} {r.outcome}{bad}")
+
+
+@lab.command()
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.pass_context
+def status(ctx: click.Context, output: str) -> None:
+    """Nodes, controllers (their /status), pods and servers."""
+    doc = _lab(ctx).status()
+    if output == "json":
+        click.echo(json.dumps(doc))
+        return
+    console = wide_console()
+    for node in doc["nodes"]:
+        ctl = node.get("controller") or {}
+        state = "running" if node["controller_running"] else "not running"
+        console.print(f"{node['name']} {node['address']} pods {node['pod_cidr']}: controller {state}; "
+                      f"realized_generation={ctl.get('realized_generation')} ports={len(ctl.get('ports') or {})} "
+                      f"last_error={ctl.get('last_error') or node.get('controller_error')}")
+    for key, pod in doc["pods"].items():
+        server = "serving" if pod["server_running"] else "server down"
+        console.print(f"  {key:24} {pod['node']:8} {pod['ip']:15} {server}: {' '.join(pod['ports'])}")
+
+
+@lab.command()
+@click.pass_context
+def down(ctx: click.Context) -> None:
+    """Remove every namespace, interface and process of the lab."""
+    seconds = _lab(ctx).down()
+    click.echo(f"lab down in {seconds:.2f} s")
+
+
+@click.command()
+@click.option("--keep", is_flag=True, help="Leave the lab up afterwards (then: sdn-netpol lab down).")
+@WORKDIR
+def demo(keep: bool, workdir: Path) -> None:
+    """The seed example on a real 2-node lab: test-network-policy, measured beside expected."""
+    console = wide_console()
+    lab_ = Lab(workdir)
+    start = time.monotonic()
+    try:
+        console.print("[bold]1.[/] lab up: 2 nodes, namespaces default and myproject, external host 172.17.0.10 "
+                      "and 172.17.1.10")
+        lab_.up([EXAMPLES / "cluster.yaml"], 2, external=("172.17.0.10", "172.17.1.10"))
+        console.print(f"   up in {lab_.timings['total']:.1f} s")
+        before = lab_.probe("TCP", 6379)
+        console.print(f"[bold]2.[/] no policy: {_count(before)} pod pairs reach TCP/6379")
+        console.print("[bold]3.[/] apply test-network-policy (default/db: ingress 6379 from 172.17.0.0/16 except "
+                      "172.17.1.0/24, namespace project=myproject, pods role=frontend; egress 5978 to 10.0.0.0/24)")
+        lab_.apply([EXAMPLES / "test-network-policy.yaml"])
+        ok = True
+        for port in (6379, 5978):
+            report = lab_.probe("TCP", port)
+            show_report(console, report)
+            external = lab_.probe_external("TCP", port)
+            show_external(console, [r for r in external if r.destination == "default/db"])
+            ok = ok and not report.mismatches and all(r.allowed == r.expected for r in external)
+    except LabError as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        if not keep:
+            lab_.down()
+    console.print(f"demo {'passed' if ok else 'FAILED'} in {time.monotonic() - start:.1f} s"
+                  + ("; lab left up (sdn-netpol lab down)" if keep else "; lab torn down"))
+    if not ok:
+        raise SystemExit(1)
+
+
+def _count(report: ProbeReport) -> str:
+    allowed = sum(v for row in report.measured.allowed.values() for v in row.values())
+    return f"{allowed}/{len(report.measured.pods) ** 2}"
+

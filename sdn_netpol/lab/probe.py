@@ -1,0 +1,227 @@
+"""Real-packet probes, all at once, from this process.
+
+Each probe's socket is opened inside its source pod's namespace (a socket keeps the
+namespace it was born in) and every probe of a matrix runs in one selector loop: a TCP
+connect, a UDP echo (resent until answered), or an SCTP INIT answered by INIT-ACK (over
+one raw socket per source). A denied pair costs the timeout once, not once per pair, so a
+9×9 matrix takes about one timeout (~1.5 s) whatever the policy.
+
+Outcomes: `connected` (handshake or echo), `refused` (TCP RST, ICMP port unreachable,
+SCTP ABORT: the packet reached the pod and nothing listens), `timeout` (dropped on the way:
+what a policy does), `error`. Both `connected` and `refused` count as reachable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import random
+import resource
+import selectors
+import socket
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from sdn_netpol.lab import netns, sctp
+
+TIMEOUT = 1.5  # seconds; TCP gets one SYN retransmission (at 1 s) inside it
+RESEND = 0.5  # UDP datagram / SCTP INIT resent every RESEND until answered
+WAVE = 4000  # probes in flight at once (file descriptors)
+REACHABLE = ("connected", "refused")
+
+
+@dataclass(frozen=True)
+class Probe:
+    source: str  # a name for the result ("ns/pod" or an external address)
+    destination: str
+    src_netns: str
+    dst_ip: str
+    src_ip: str | None = None  # bind to this source (the external host has several)
+
+
+@dataclass
+class _Flight:
+    probe: Probe
+    sock: socket.socket | None = None
+    token: bytes = b""
+    sport: int = 0
+    tag: int = 0
+    outcome: str | None = None
+
+
+@dataclass
+class _Run:
+    protocol: str
+    port: int
+    selector: selectors.BaseSelector = field(default_factory=selectors.DefaultSelector)
+    flights: list[_Flight] = field(default_factory=list)
+    raw: dict[tuple[str, str | None], socket.socket] = field(default_factory=dict)
+    by_sctp: dict[tuple[int, str, int], _Flight] = field(default_factory=dict)
+
+
+def run_probes(probes: Iterable[Probe], protocol: str, port: int, timeout: float = TIMEOUT) -> dict[Probe, str]:
+    """Outcome of every probe; they all run concurrently (in waves of WAVE)."""
+    _raise_fd_limit()
+    todo = list(probes)
+    outcomes: dict[Probe, str] = {}
+    for start in range(0, len(todo), WAVE):
+        outcomes.update(_wave(todo[start:start + WAVE], protocol.upper(), port, timeout))
+    return outcomes
+
+
+def _raise_fd_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def _wave(probes: list[Probe], protocol: str, port: int, timeout: float) -> dict[Probe, str]:
+    run = _Run(protocol, port)
+    try:
+        for probe in probes:
+            run.flights.append(_launch(run, probe))
+        _loop(run, timeout)
+    finally:
+        _close(run)
+    return {f.probe: f.outcome or "timeout" for f in run.flights}
+
+
+def _launch(run: _Run, probe: Probe) -> _Flight:
+    flight = _Flight(probe)
+    try:
+        if run.protocol == "TCP":
+            _start_tcp(run, flight)
+        elif run.protocol == "UDP":
+            _start_udp(run, flight)
+        else:
+            _start_sctp(run, flight)
+    except OSError as exc:
+        flight.outcome = "refused" if exc.errno == errno.ECONNREFUSED else "error"
+    return flight
+
+
+def _open(probe: Probe, kind: int, proto: int = 0) -> socket.socket:
+    sock = netns.socket_in(probe.src_netns, socket.AF_INET, kind, proto)
+    if probe.src_ip:
+        sock.bind((probe.src_ip, 0))
+    sock.setblocking(False)
+    return sock
+
+
+def _start_tcp(run: _Run, flight: _Flight) -> None:
+    sock = flight.sock = _open(flight.probe, socket.SOCK_STREAM)
+    code = sock.connect_ex((flight.probe.dst_ip, run.port))
+    if code not in (0, errno.EINPROGRESS):
+        raise OSError(code, os.strerror(code))
+    run.selector.register(sock, selectors.EVENT_WRITE, flight)
+
+
+def _start_udp(run: _Run, flight: _Flight) -> None:
+    sock = flight.sock = _open(flight.probe, socket.SOCK_DGRAM)
+    sock.connect((flight.probe.dst_ip, run.port))
+    flight.token = os.urandom(8)
+    sock.send(flight.token)
+    run.selector.register(sock, selectors.EVENT_READ, flight)
+
+
+def _start_sctp(run: _Run, flight: _Flight) -> None:
+    probe = flight.probe
+    raw_key = (probe.src_netns, probe.src_ip)
+    if raw_key not in run.raw:
+        raw = _open(probe, socket.SOCK_RAW, sctp.IPPROTO_SCTP)
+        run.raw[raw_key] = raw
+        run.selector.register(raw, selectors.EVENT_READ, raw_key)
+    while True:  # a source port unique per (source, destination): replies map back
+        flight.sport = random.randint(33000, 60999)
+        if (flight.sport, probe.dst_ip, id(run.raw[raw_key])) not in run.by_sctp:
+            break
+    flight.tag = random.randint(1, 0xFFFFFFFF)
+    run.by_sctp[(flight.sport, probe.dst_ip, id(run.raw[raw_key]))] = flight
+    _send_init(run, flight)
+
+
+def _send_init(run: _Run, flight: _Flight) -> None:
+    raw = run.raw[(flight.probe.src_netns, flight.probe.src_ip)]
+    with contextlib.suppress(OSError):
+        raw.sendto(sctp.init(flight.sport, run.port, flight.tag), (flight.probe.dst_ip, 0))
+
+
+def _loop(run: _Run, timeout: float) -> None:
+    start = time.monotonic()
+    next_resend = start + RESEND
+    while any(f.outcome is None for f in run.flights):
+        now = time.monotonic()
+        if now >= start + timeout:
+            return
+        if now >= next_resend:
+            _resend(run)
+            next_resend += RESEND
+        for key, _ in run.selector.select(min(start + timeout, next_resend) - now):
+            if isinstance(key.data, _Flight):
+                _on_socket(run, key.data)
+            else:
+                _on_raw(run, key.fileobj)  # type: ignore[arg-type]
+
+
+def _resend(run: _Run) -> None:
+    for flight in run.flights:
+        if flight.outcome is not None:
+            continue
+        if run.protocol == "UDP" and flight.sock is not None:
+            with contextlib.suppress(OSError):
+                flight.sock.send(flight.token)
+        elif run.protocol == "SCTP":
+            _send_init(run, flight)
+
+
+def _on_socket(run: _Run, flight: _Flight) -> None:
+    sock = flight.sock
+    assert sock is not None
+    if run.protocol == "TCP":
+        code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        flight.outcome = "connected" if code == 0 else "refused" if code == errno.ECONNREFUSED else "error"
+    else:
+        try:
+            data = sock.recv(64)
+        except BlockingIOError:
+            return
+        except ConnectionRefusedError:
+            flight.outcome = "refused"
+        except OSError:
+            flight.outcome = "error"
+        else:
+            if data == flight.token:
+                flight.outcome = "connected"
+    if flight.outcome is not None:
+        run.selector.unregister(sock)
+
+
+def _on_raw(run: _Run, raw: socket.socket) -> None:
+    while True:
+        try:
+            datagram = raw.recv(65536)
+        except (BlockingIOError, OSError):
+            return
+        pkt = sctp.parse_ip(datagram)
+        if pkt is None or pkt.sport != run.port:
+            continue
+        flight = run.by_sctp.get((pkt.dport, pkt.src, id(raw)))
+        if flight is None or flight.outcome is not None or pkt.tag != flight.tag:
+            continue
+        if pkt.first(sctp.INIT_ACK) is not None:
+            flight.outcome = "connected"
+            with contextlib.suppress(OSError):  # tidy: the server holds no state anyway
+                raw.sendto(sctp.abort(flight.sport, run.port, flight.tag, reflected=False), (pkt.src, 0))
+        elif pkt.first(sctp.ABORT) is not None:
+            flight.outcome = "refused"
+
+
+def _close(run: _Run) -> None:
+    for flight in run.flights:
+        if flight.sock is not None:
+            flight.sock.close()
+    for raw in run.raw.values():
+        raw.close()
+    run.selector.close()

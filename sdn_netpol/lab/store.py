@@ -1,0 +1,162 @@
+"""The shared manifests folder: what the lab's "API server" holds, one file per object.
+
+Every node's controller reads this folder (`--source dir:`). One object per file makes an
+update or a delete a single atomic rename or unlink; the lab writes what a kubelet and a
+scheduler would add (Node objects with their InternalIP, `spec.nodeName`, `status.podIP`).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sdn_netpol.manifests import ManifestError, manifest_files, read_documents
+from sdn_netpol.model.parse import Document, ParseResult, parse_documents
+
+NAMESPACED = ("Pod", "NetworkPolicy")
+KNOWN = ("Namespace", "Pod", "NetworkPolicy")
+
+
+class LabError(Exception):
+    """A lab command cannot go on; the message says what and why."""
+
+
+@dataclass(frozen=True)
+class ObjectRef:
+    kind: str
+    namespace: str  # "" for cluster-scoped objects
+    name: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}" if self.namespace else self.name
+
+    @property
+    def filename(self) -> str:
+        middle = f"{self.namespace}.{self.name}" if self.namespace else self.name
+        return f"{self.kind.lower()}-{middle}.yaml"
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.key}"
+
+
+def ref_of(body: dict[str, Any]) -> ObjectRef:
+    meta = body.get("metadata") or {}
+    kind = str(body.get("kind", ""))
+    namespace = str(meta.get("namespace") or "default") if kind in NAMESPACED else ""
+    return ObjectRef(kind, namespace, str(meta.get("name", "")))
+
+
+def _flatten(body: Any) -> Iterator[Any]:
+    """`kind: List` (and FooList) into items, as kubectl does."""
+    if isinstance(body, dict) and isinstance(body.get("items"), list) and str(body.get("kind", "")).endswith("List"):
+        item_kind = body["kind"][: -len("List")]
+        for item in body["items"]:
+            if item_kind and isinstance(item, dict) and "kind" not in item:
+                item = {**item, "kind": item_kind}
+            yield item
+    else:
+        yield body
+
+
+def read_objects(paths: Iterable[Path]) -> list[dict[str, Any]]:
+    """The objects in files/folders, validated as the API server would (all or nothing).
+
+    Kinds other than Namespace, Pod and NetworkPolicy are refused: the lab owns its nodes.
+    """
+    documents: list[Document] = []
+    try:
+        for path in paths:
+            for file in manifest_files(Path(path)):
+                documents.extend(read_documents(file))
+    except ManifestError as exc:
+        raise LabError(str(exc)) from exc
+    bodies = [item for doc in documents for item in _flatten(doc.body) if item is not None]
+    result = parse_documents([Document(f"object {i + 1}", b) for i, b in enumerate(bodies)])
+    if result.errors:
+        raise LabError("invalid objects, nothing changed:\n  " + "\n  ".join(str(e) for e in result.errors))
+    objects = []
+    for body in bodies:
+        if not isinstance(body, dict) or body.get("kind") not in KNOWN:
+            kind = body.get("kind") if isinstance(body, dict) else type(body).__name__
+            raise LabError(f"kind {kind!r} cannot be applied to the lab (Namespace, Pod, NetworkPolicy only)")
+        body = copy.deepcopy(body)
+        ref = ref_of(body)
+        body.setdefault("metadata", {})
+        if ref.namespace:
+            body["metadata"]["namespace"] = ref.namespace
+        objects.append(body)
+    return objects
+
+
+class Store:
+    """The folder; writes are atomic (temporary name without a manifest suffix + rename)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+
+    def write(self, body: dict[str, Any]) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        ref = ref_of(body)
+        tmp = self.folder / f".{ref.filename}.tmp"
+        tmp.write_text(yaml.safe_dump(body, sort_keys=False))
+        os.replace(tmp, self.folder / ref.filename)
+
+    def remove(self, ref: ObjectRef) -> bool:
+        try:
+            (self.folder / ref.filename).unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
+    def get(self, ref: ObjectRef) -> dict[str, Any] | None:
+        try:
+            body = yaml.safe_load((self.folder / ref.filename).read_text())
+        except (OSError, yaml.YAMLError):
+            return None
+        return body if isinstance(body, dict) else None
+
+    def refs(self, kind: str | None = None) -> list[ObjectRef]:
+        found = []
+        for file in sorted(self.folder.glob("*.yaml")):
+            body = self.get_file(file)
+            if body is not None and (kind is None or body.get("kind") == kind):
+                found.append(ref_of(body))
+        return found
+
+    @staticmethod
+    def get_file(file: Path) -> dict[str, Any] | None:
+        try:
+            body = yaml.safe_load(file.read_text())
+        except (OSError, yaml.YAMLError):
+            return None
+        return body if isinstance(body, dict) else None
+
+    def parse(self) -> ParseResult:
+        """The cluster as every controller sees it (Node objects are skipped by the model)."""
+        return parse_documents([d for f in sorted(self.folder.glob("*.yaml")) for d in read_documents(f)])
+
+
+def node_manifest(name: str, address: str, pod_cidr: str) -> dict[str, Any]:
+    """What the controllers learn tunnel endpoints from (`status.addresses` InternalIP)."""
+    return {
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
+        "spec": {"podCIDR": pod_cidr, "podCIDRs": [pod_cidr]},
+        "status": {"addresses": [{"type": "InternalIP", "address": address},
+                                 {"type": "Hostname", "address": name}]},
+    }
+
+
+def with_pod_status(body: dict[str, Any], node: str, ip: str) -> dict[str, Any]:
+    """The pod as the scheduler and kubelet leave it: bound to a node, Running, with its IP."""
+    out = copy.deepcopy(body)
+    out.setdefault("spec", {})["nodeName"] = node
+    out["status"] = {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}
+    return out
