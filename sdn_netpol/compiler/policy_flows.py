@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from functools import lru_cache
 
 from netaddr import IPNetwork
 
@@ -92,8 +93,7 @@ def _place(key: str, direction: Direction, rcookie: int, grant: Grant, ports: di
     local = sorted(ports[k] for k in grant.targets if k in ports)
     if not local:
         return None
-    target_field = "in_port" if direction == "Egress" else REG_OUT_PORT
-    dimensions: list[tuple[Match, ...]] = [tuple(Match.build(None, **{target_field: p}) for p in local)]
+    dimensions: list[tuple[Match, ...]] = [tuple(_target_match(direction, p) for p in local)]
     if not grant.peers.any:
         dimensions.append(tuple(_peer_match(direction, net) for net in grant.peers.cidrs))
     if grant.ports:
@@ -101,6 +101,13 @@ def _place(key: str, direction: Direction, rcookie: int, grant: Grant, ports: di
     return _Conj(key, direction, rcookie, tuple(dimensions))
 
 
+# Matches repeat across rules (the same pods are peers of many policies): build each once.
+@lru_cache(maxsize=1 << 16)
+def _target_match(direction: Direction, ofport: int) -> Match:
+    return Match.build(None, **{"in_port" if direction == "Egress" else REG_OUT_PORT: ofport})
+
+
+@lru_cache(maxsize=1 << 18)
 def _peer_match(direction: Direction, net: IPNetwork) -> Match:
     """The peer is the destination of egress traffic and the source of ingress traffic."""
     side = "dst" if direction == "Egress" else "src"
@@ -109,13 +116,16 @@ def _peer_match(direction: Direction, net: IPNetwork) -> Match:
     return Match.build("ipv6", **{f"ipv6_{side}": net})
 
 
-def _port_matches(port_range: PortRange) -> Iterator[Match]:
+@lru_cache(maxsize=1 << 12)
+def _port_matches(port_range: PortRange) -> tuple[Match, ...]:
+    matches = []
     for proto in _L4[port_range.protocol]:
         if port_range.lo == 0 and port_range.hi == 65535:
-            yield Match.build(proto)
+            matches.append(Match.build(proto))
             continue
         for value, mask in port_range_masks(port_range.lo, port_range.hi):
-            yield Match.build(proto, tp_dst=(value, mask))
+            matches.append(Match.build(proto, tp_dst=(value, mask)))
+    return tuple(matches)
 
 
 def _direct_flows(direct: dict[tuple[Direction, Match], set[int]]) -> Iterator[Flow]:
