@@ -1,0 +1,95 @@
+"""The os-ken application: OpenFlow 1.3 events in, calls on the Switch and the PortMap out.
+
+No logic lives here; handlers only translate os-ken events. os-ken 4.2.2 has no launcher
+(no os_ken.cmd), so `start` does what AppManager.run_apps does minus the blocking join and
+the shutdown that raises ('HubThread' object has no attribute 'kill'): the process owner
+(runtime.py) exits the process instead, leaving the flows in place.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from os_ken import cfg
+from os_ken.base import app_manager  # must be imported before os_ken.controller.controller
+from os_ken.controller import controller as _ofp_options  # noqa: F401  registers --ofp-* options
+from os_ken.controller import ofp_event
+from os_ken.controller.handler import CONFIG_DISPATCHER, DEAD_DISPATCHER, MAIN_DISPATCHER, set_ev_cls
+from os_ken.ofproto import ofproto_v1_3 as ofp
+
+from sdn_netpol.controller.portmap import PortMap
+from sdn_netpol.controller.switch import Switch
+
+LOG = logging.getLogger(__name__)
+SOCKET_TIMEOUT = 30.0  # os-ken's default 5 s can cut a large bundle while vswitchd is busy
+
+
+@dataclass(frozen=True)
+class Link:
+    """What the app reports to (passed to the app's constructor by `start`)."""
+
+    switch: Switch
+    ports: PortMap
+
+
+def _port_name(port: Any) -> str:
+    name = port.name
+    return name.decode(errors="replace") if isinstance(name, bytes) else str(name)
+
+
+class ControllerApp(app_manager.OSKenApp):  # type: ignore[misc]
+    OFP_VERSIONS: ClassVar[list[int]] = [ofp.OFP_VERSION]
+
+    def __init__(self, *args: Any, link: Link, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.link = link
+
+    @set_ev_cls(ofp_event.EventOFPStateChange, [MAIN_DISPATCHER, DEAD_DISPATCHER])
+    def state_change(self, ev: Any) -> None:
+        dp = ev.datapath
+        if ev.state == MAIN_DISPATCHER:
+            # os-ken read the port description before entering MAIN; port-status events follow.
+            self.link.ports.set_switch_ports({_port_name(p): no for no, p in (dp.ports or {}).items()})
+            self.link.switch.connected(dp)
+        elif ev.state == DEAD_DISPATCHER and self.link.switch.disconnected(dp):
+            self.link.ports.switch_gone()
+
+    @set_ev_cls(ofp_event.EventOFPPortStatus, MAIN_DISPATCHER)
+    def port_status(self, ev: Any) -> None:
+        msg = ev.msg
+        gone = msg.reason == ofp.OFPPR_DELETE
+        self.link.ports.switch_port(_port_name(msg.desc), None if gone else msg.desc.port_no)
+
+    @set_ev_cls(ofp_event.EventOFPFlowStatsReply, MAIN_DISPATCHER)
+    def flow_stats(self, ev: Any) -> None:
+        self.link.switch.flow_stats(ev.msg.datapath, ev.msg)
+
+    @set_ev_cls(ofp_event.EventOFPBarrierReply, MAIN_DISPATCHER)
+    def barrier_reply(self, ev: Any) -> None:
+        self.link.switch.barrier_reply(ev.msg.datapath, ev.msg.xid)
+
+    @set_ev_cls(ofp_event.EventONFBundleCtrlMsg, MAIN_DISPATCHER)
+    def bundle_reply(self, ev: Any) -> None:
+        self.link.switch.bundle_reply(ev.msg.datapath, ev.msg.bundle_id, ev.msg.type)
+
+    @set_ev_cls(ofp_event.EventOFPErrorMsg, [CONFIG_DISPATCHER, MAIN_DISPATCHER])
+    def error(self, ev: Any) -> None:
+        msg = ev.msg
+        text = f"type={msg.type} code={msg.code} data={bytes(msg.data[:64]).hex()}"
+        self.link.switch.error(msg.datapath, msg.xid, text)
+
+
+def start(listen: str, link: Link) -> list[Any]:
+    """Listen for the switch on HOST:PORT and run the app; returns os-ken's threads."""
+    host, _, port = listen.rpartition(":")
+    cfg.CONF(args=["--ofp-listen-host", host.strip("[]") or "127.0.0.1", "--ofp-tcp-listen-port", port],
+             project="os_ken", default_config_files=[])
+    cfg.CONF.set_override("socket_timeout", SOCKET_TIMEOUT)
+    manager = app_manager.AppManager.get_instance()
+    manager.load_apps([__name__])
+    contexts = manager.create_contexts()
+    threads: list[Any] = manager.instantiate_apps(**contexts, link=link)
+    LOG.info("OpenFlow listening on %s", listen)
+    return threads

@@ -1,0 +1,261 @@
+"""The pod-to-port map: which OpenFlow port of the bridge is which pod (docs/controller.md).
+
+Two halves, joined by interface name (an OpenFlow port's name is its Interface's name):
+- the switch: OpenFlow port numbers from the port description at connect and port-status
+  events after (app.py feeds `PortMap.set_switch_ports` / `switch_port`), so a port counts
+  only once the switch we talk to really has it;
+- OVSDB: each Interface's `type` and `external_ids`, as the CNI shim wrote them
+  (`iface-id` NS/NAME or `pod-namespace`+`pod-name`, `pod-ip`, `pod-mac`), monitored
+  through the OVSDB IDL (`InterfaceMonitor`), limited to the ports of our bridge.
+`node_context` then turns the joined view, the cluster state and the Node objects into
+the compiler's NodeContext.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from netaddr import EUI, AddrFormatError, IPAddress, mac_unix_expanded
+
+from sdn_netpol.compiler.topology import NodeContext, PortBinding, mac_for_ip
+from sdn_netpol.controller.nodes import NodeInfo, node_addresses
+from sdn_netpol.model.objects import PodKey
+from sdn_netpol.policy.state import ClusterState
+
+with warnings.catch_warnings():  # ovs.poller probes for eventlet, whose import warns it is deprecated
+    warnings.simplefilter("ignore")
+    import ovs.db.idl
+    import ovs.jsonrpc
+    import ovs.poller
+    import ovs.stream
+
+LOG = logging.getLogger(__name__)
+DB_NAME = "Open_vSwitch"
+COLUMNS = {"Bridge": ["name", "ports"], "Port": ["name", "interfaces"],
+           "Interface": ["name", "type", "external_ids"]}
+TUNNEL_TYPES = ("vxlan", "geneve")
+ROLE_KEY, GATEWAY_ROLE, PEER_MAC_KEY = "sdn-netpol-role", "gateway", "peer-mac"
+
+
+@dataclass(frozen=True)
+class Interface:
+    name: str
+    type: str
+    external_ids: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class PortView:
+    """One consistent picture: OpenFlow ports of the bridge and its OVSDB Interfaces."""
+
+    switch_ports: Mapping[str, int] = field(default_factory=dict)
+    interfaces: Mapping[str, Interface] = field(default_factory=dict)
+    switch_known: bool = False
+    interfaces_known: bool = False
+
+    @property
+    def complete(self) -> bool:
+        return self.switch_known and self.interfaces_known
+
+    def joined(self) -> list[tuple[int, Interface]]:
+        return sorted((no, self.interfaces[name]) for name, no in self.switch_ports.items()
+                      if name in self.interfaces)
+
+
+class PortMap:
+    """Thread-safe holder of both halves; `on_change` fires after each update."""
+
+    def __init__(self, on_change: Callable[[], None] = lambda: None) -> None:
+        self.on_change = on_change
+        self._view = PortView()
+        self._lock = threading.Lock()
+
+    def view(self) -> PortView:
+        with self._lock:
+            return self._view
+
+    def _update(self, **changes: Any) -> None:
+        with self._lock:
+            self._view = PortView(**{**self._view.__dict__, **changes})
+        self.on_change()
+
+    def set_switch_ports(self, ports: Mapping[str, int]) -> None:
+        """The port description of a (re)connected switch replaces what we knew."""
+        self._update(switch_ports=dict(ports), switch_known=True)
+
+    def switch_port(self, name: str, number: int | None) -> None:
+        """A port-status event: added/modified (number) or deleted (None)."""
+        ports = dict(self.view().switch_ports)
+        if number is None:
+            ports.pop(name, None)
+        else:
+            ports[name] = number
+        self._update(switch_ports=ports)
+
+    def switch_gone(self) -> None:
+        self._update(switch_ports={}, switch_known=False)
+
+    def set_interfaces(self, interfaces: Mapping[str, Interface]) -> None:
+        if self.view().interfaces_known and self.view().interfaces == interfaces:
+            return
+        self._update(interfaces=dict(interfaces), interfaces_known=True)
+
+
+# ---- OVSDB ------------------------------------------------------------------------------
+
+
+def _fetch_schema(remote: str) -> Any:
+    error, stream = ovs.stream.Stream.open_block(ovs.stream.Stream.open(remote), 5000)
+    if error:
+        raise OSError(error, f"cannot connect to OVSDB {remote}")
+    rpc = ovs.jsonrpc.Connection(stream)
+    try:
+        error, reply = rpc.transact_block(ovs.jsonrpc.Message.create_request("get_schema", [DB_NAME]))
+        if error or reply is None or reply.error:
+            raise OSError(error or 0, f"get_schema from {remote} failed: {reply.error if reply else error}")
+        return reply.result
+    finally:
+        rpc.close()
+
+
+class InterfaceMonitor:
+    """An OVSDB IDL replica of Bridge/Port/Interface; publishes our bridge's Interfaces."""
+
+    def __init__(self, remote: str, bridge: str, ports: PortMap, retry: float = 1.0) -> None:
+        self.remote = remote
+        self.bridge = bridge
+        self.ports = ports
+        self.retry = retry
+        self._stop = threading.Event()
+
+    def start(self) -> threading.Thread:
+        thread = threading.Thread(target=self.run, name="ovsdb-idl", daemon=True)
+        thread.start()
+        return thread
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                helper = ovs.db.idl.SchemaHelper(schema_json=_fetch_schema(self.remote))
+            except (OSError, ValueError) as exc:
+                LOG.warning("OVSDB %s: %s; retrying", self.remote, exc)
+                self._stop.wait(self.retry)
+                continue
+            for table, columns in COLUMNS.items():
+                helper.register_columns(table, columns)
+            idl = ovs.db.idl.Idl(self.remote, helper)
+            try:
+                self._loop(idl)
+            finally:
+                idl.close()
+
+    def _loop(self, idl: Any) -> None:
+        seen = -1
+        while not self._stop.is_set():
+            idl.run()
+            if idl.has_ever_connected() and idl.change_seqno != seen:
+                seen = idl.change_seqno
+                self.ports.set_interfaces(self._interfaces(idl))
+            poller = ovs.poller.Poller()
+            idl.wait(poller)
+            poller.timer_wait(500)  # wake up now and then to notice stop()
+            poller.block()
+
+    def _interfaces(self, idl: Any) -> dict[str, Interface]:
+        found: dict[str, Interface] = {}
+        for bridge in idl.tables["Bridge"].rows.values():
+            if bridge.name != self.bridge:
+                continue
+            for port in bridge.ports:
+                for iface in port.interfaces:
+                    found[iface.name] = Interface(iface.name, iface.type, dict(iface.external_ids))
+        return found
+
+
+# ---- the join ---------------------------------------------------------------------------
+
+
+def pod_of(iface: Interface) -> PodKey | None:
+    ids = iface.external_ids
+    namespace, _, name = ids.get("iface-id", "").partition("/")
+    if not (namespace and name):
+        namespace, name = ids.get("pod-namespace", ""), ids.get("pod-name", "")
+    return PodKey(namespace, name) if namespace and name else None
+
+
+def _ips(text: str) -> tuple[IPAddress, ...]:
+    found = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        try:
+            found.append(IPAddress(part))
+        except (AddrFormatError, ValueError):
+            LOG.warning("ignoring bad pod-ip %r", part)
+    return tuple(found)
+
+
+def _binding(ofport: int, iface: Interface, state: ClusterState, node: str) -> PortBinding | None:
+    """A local pod's port: the pod must exist, be in policy scope and not live elsewhere
+    (a stale port of a pod now scheduled on another node is not bound)."""
+    key = pod_of(iface)
+    pod = state.pods_by_key.get(key) if key is not None else None
+    if key is None or pod is None or not pod.in_policy_scope or pod.node_name not in (None, node):
+        return None
+    ips = _ips(iface.external_ids.get("pod-ip", "")) or pod.ips
+    if not ips:
+        return None
+    try:
+        mac = EUI(iface.external_ids["pod-mac"], dialect=mac_unix_expanded)
+    except (KeyError, AddrFormatError, ValueError):
+        v4 = next((ip for ip in ips if ip.version == 4), None)
+        if v4 is None:
+            return None
+        mac = mac_for_ip(v4)
+    return PortBinding(key, ofport, mac, ips)
+
+
+def _bindings(view: PortView, state: ClusterState, node: str) -> tuple[PortBinding, ...]:
+    chosen: dict[PodKey, PortBinding] = {}
+    for ofport, iface in view.joined():
+        binding = _binding(ofport, iface, state, node)
+        if binding is None:
+            continue
+        if binding.pod in chosen:  # two ports claim one pod: the newest (highest) ofport wins
+            LOG.warning("pod %s has ports %d and %d; using %d", binding.pod, chosen[binding.pod].ofport,
+                        ofport, ofport)
+        chosen[binding.pod] = binding
+    return tuple(sorted(chosen.values()))
+
+
+def _edges(view: PortView) -> tuple[int | None, int | None, EUI | None]:
+    tunnel = gateway = None
+    peer_mac = None
+    for ofport, iface in view.joined():
+        if iface.type in TUNNEL_TYPES and tunnel is None:
+            tunnel = ofport
+        if iface.external_ids.get(ROLE_KEY) == GATEWAY_ROLE and gateway is None:
+            gateway = ofport
+            try:
+                peer_mac = EUI(iface.external_ids[PEER_MAC_KEY], dialect=mac_unix_expanded)
+            except (KeyError, AddrFormatError, ValueError):
+                peer_mac = None
+    return tunnel, gateway, peer_mac
+
+
+def node_context(node: str, view: PortView, state: ClusterState, nodes: tuple[NodeInfo, ...]) -> NodeContext:
+    """The compiler's view of this node, from the joined ports and the Node objects."""
+    tunnel, gateway, peer_mac = _edges(view)
+    return NodeContext(node, _bindings(view, state, node), tunnel_port=tunnel, gateway_port=gateway,
+                       gateway_peer_mac=peer_mac, node_addresses=node_addresses(nodes))
+
+
+def realized_ports(context: NodeContext) -> dict[str, int]:
+    """For /status: {"ns/pod": ofport} of the pods this node enforces."""
+    return {str(b.pod): b.ofport for b in context.bindings}

@@ -1,0 +1,100 @@
+"""Wiring of one controller process, and its life: start every part, exit on SIGTERM.
+
+    source ──► Store ──┐
+    OVSDB IDL ─► PortMap ─┼─► Pending ─► Realizer ─► Switch (os-ken app) ─► br-int
+    os-ken port events ─┘                    └─► StatusBoard / Metrics ─► HTTP
+
+Exit is `os._exit` after flushing the logs: os-ken's native hub cannot stop its threads
+(AppManager.close raises), and nothing needs undoing: the flows stay on the switch
+(fail_mode=secure) and an uncommitted bundle is discarded by OVS when the socket closes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from dataclasses import dataclass
+from types import FrameType
+
+from sdn_netpol.controller import app, status
+from sdn_netpol.controller.config import Config
+from sdn_netpol.controller.metrics import Metrics
+from sdn_netpol.controller.portmap import InterfaceMonitor, PortMap
+from sdn_netpol.controller.store import Store
+from sdn_netpol.controller.switch import Switch
+from sdn_netpol.controller.sync import Pending, Realizer
+
+LOG = logging.getLogger(__name__)
+
+
+@dataclass
+class Parts:
+    metrics: Metrics
+    board: status.StatusBoard
+    store: Store
+    ports: PortMap
+    switch: Switch
+    realizer: Realizer
+    threads: list[threading.Thread]
+
+
+def build(config: Config) -> Parts:
+    """Every part, connected, nothing started."""
+    metrics = Metrics()
+    board = status.StatusBoard(config.node, config.source)
+    pending = Pending()
+    store = Store(on_change=pending.mark)
+    ports = PortMap(on_change=pending.mark)
+    switch = Switch(metrics, on_ready=pending.mark)
+    realizer = Realizer(config.node, store, ports, switch, pending, board, metrics, config.timing)
+    return Parts(metrics, board, store, ports, switch, realizer, [])
+
+
+def _start_source(config: Config, parts: Parts) -> threading.Thread:
+    def report(message: str | None) -> None:
+        parts.board.report("source", message)
+
+    if config.source == "kube":
+        from sdn_netpol.controller.sources.kube import KubeSource  # the client is slow to import
+
+        return KubeSource(parts.store, report, parts.metrics, config.kube).start()
+    if config.source.startswith("dir:"):
+        from sdn_netpol.controller.sources.directory import DirectorySource
+
+        return DirectorySource(config.source[len("dir:"):], parts.store, report, config.dir_poll).start()
+    raise ValueError(f"unknown source {config.source!r}: use kube or dir:PATH")
+
+
+def start(config: Config) -> Parts:
+    parts = build(config)
+    parts.threads.append(parts.realizer.start())
+    parts.threads.append(InterfaceMonitor(config.ovsdb, config.bridge, parts.ports).start())
+    parts.threads.append(_start_source(config, parts))
+
+    def healthy() -> bool:
+        return all(t.is_alive() for t in parts.threads)
+
+    status.serve(config.status_listen, parts.board, parts.metrics, healthy)
+    app.start(config.ofp_listen, app.Link(parts.switch, parts.ports))
+    return parts
+
+
+def run(config: Config) -> int:
+    """Run until SIGTERM/SIGINT; never returns normally (the process exits)."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        LOG.info("signal %d: exiting; flows stay on the switch", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    start(config)
+    LOG.info("controller for node %s: source %s, bridge %s, status on %s", config.node, config.source,
+             config.bridge, config.status_listen)
+    while not stop.wait(1.0):
+        pass
+    logging.shutdown()
+    os._exit(0)

@@ -1,0 +1,284 @@
+"""`--source kube`: list + watch of Namespaces, Pods, NetworkPolicies and Nodes.
+
+One thread per resource, each the classic reflector loop:
+    list (paged, resourceVersion R) → replace that kind in the store
+    watch from R (bookmarks on, server timeout T, client read timeout S) → apply events
+    stream ended cleanly (T elapsed)      → watch again from the last resourceVersion seen
+    no byte for S seconds (stalled)       → watch again from the last resourceVersion seen
+    connection cut (dropped)              → watch again from there, after a short back-off
+    410 Gone (history compacted)          → list again, then watch
+    other API errors (500s), refused      → retry the same step with exponential back-off
+The official client does the HTTP (auth, TLS, kubeconfig or in-cluster config). Bodies are
+read as raw JSON (`_preload_content=False`): the model parser wants dicts, and the
+client's typed models would refuse some objects an API server accepts (and cost ~1 ms per
+pod to build), which would wedge a watch on one event. Watch lines are split with the
+client's own `iter_resp_lines`; an ERROR event becomes an ApiException with its code.
+
+The state's source version is the lowest resourceVersion the four streams have reached
+(bookmarks advance idle ones): every change up to it is in the state.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import urllib3
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+from kubernetes.watch.watch import iter_resp_lines
+
+from sdn_netpol.controller.config import KubeOptions
+from sdn_netpol.controller.metrics import Metrics
+from sdn_netpol.controller.sources.objects import convert, raw_key
+from sdn_netpol.controller.store import Store, StoredObject
+from sdn_netpol.model.errors import ValidationError
+from sdn_netpol.model.parse import ObjectKey
+
+LOG = logging.getLogger(__name__)
+PAGE = 500
+CONNECT_TIMEOUT = 10.0
+LIST_READ_TIMEOUT = 60.0
+GONE = 410
+
+
+@dataclass(frozen=True)
+class Resource:
+    plural: str
+    kind: str
+    lister: Callable[[client.ApiClient], Callable[..., Any]]
+
+
+RESOURCES = (
+    Resource("namespaces", "Namespace", lambda c: client.CoreV1Api(c).list_namespace),
+    Resource("pods", "Pod", lambda c: client.CoreV1Api(c).list_pod_for_all_namespaces),
+    Resource("networkpolicies", "NetworkPolicy",
+             lambda c: client.NetworkingV1Api(c).list_network_policy_for_all_namespaces),
+    Resource("nodes", "Node", lambda c: client.CoreV1Api(c).list_node),
+)
+
+
+def api_client(kubeconfig: str | None) -> client.ApiClient:
+    """In-cluster config when running in a pod (and no kubeconfig given), else kubeconfig."""
+    configuration = client.Configuration()
+    try:
+        if kubeconfig is not None:
+            raise config.ConfigException("kubeconfig given")
+        config.load_incluster_config(client_configuration=configuration)
+    except config.ConfigException:
+        config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+    return client.ApiClient(configuration)
+
+
+def _check(resp: Any) -> None:
+    if not 200 <= resp.status <= 299:
+        body = resp.data.decode(errors="replace")[:300]
+        resp.release_conn()
+        raise ApiException(status=resp.status, reason=f"{resp.reason}: {body}")
+
+
+def _rv_key(version: str) -> tuple[int, str]:
+    """resourceVersions are opaque, but etcd's are integers: compare them as such."""
+    return (int(version), "") if version.isdigit() else (-1, version)
+
+
+class Versions:
+    """The last resourceVersion of each stream; the state's version is the lowest."""
+
+    def __init__(self, kinds: list[str]) -> None:
+        self._rv: dict[str, str | None] = dict.fromkeys(kinds)
+        self._lock = threading.Lock()
+
+    def update(self, kind: str, rv: str) -> str | None:
+        with self._lock:
+            self._rv[kind] = rv
+            known = [v for v in self._rv.values() if v is not None]
+            if len(known) < len(self._rv):
+                return None
+            return min(known, key=_rv_key)
+
+    def all_listed(self) -> bool:
+        with self._lock:
+            return all(v is not None for v in self._rv.values())
+
+
+class Backoff:
+    def __init__(self, maximum: float, first: float = 0.1) -> None:
+        self.first, self.maximum, self.delay = first, maximum, 0.0
+
+    def next(self) -> float:
+        self.delay = min(max(self.delay * 2, self.first), self.maximum)
+        return self.delay * random.uniform(0.8, 1.2)
+
+    def reset(self) -> None:
+        self.delay = 0.0
+
+
+class Reflector:
+    """List + watch of one resource into the store (the loop in the module docstring)."""
+
+    def __init__(self, resource: Resource, api: client.ApiClient, source: KubeSource) -> None:
+        self.resource = resource
+        self.list_fn = resource.lister(api)
+        self.source = source
+        self.options = source.options
+        self.backoff = Backoff(self.options.backoff_max)
+
+    def run(self) -> None:
+        rv: str | None = None
+        while not self.source.stopped.is_set():
+            try:
+                rv = self.relist() if rv is None else rv
+                rv = self.watch(rv)
+                self.backoff.reset()
+            except ApiException as exc:
+                if exc.status == GONE:
+                    self.restart("expired", f"410 Gone: {exc.reason}")
+                    rv = None
+                    continue
+                self.restart(f"http_{exc.status}", f"API error {exc.status}: {exc.reason}", pause=True)
+            except urllib3.exceptions.ReadTimeoutError:
+                self.restart("stalled", f"no data for {self.options.read_timeout:g} s")
+            except (urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
+                self.restart("dropped", f"{type(exc).__name__}: {exc}", pause=True)
+
+    def restart(self, reason: str, message: str, pause: bool = False) -> None:
+        LOG.warning("%s watch: %s; re-opening", self.resource.plural, message)
+        self.source.metrics.watch_restarts.labels(resource=self.resource.plural, reason=reason).inc()
+        if pause:
+            self.source.report(f"{self.resource.plural}: {message}")
+            self.source.stopped.wait(self.backoff.next())
+
+    def relist(self) -> str:
+        objects: dict[ObjectKey, StoredObject] = {}
+        invalid: dict[ObjectKey, tuple[ValidationError, ...]] = {}
+        token: str | None = None
+        while True:
+            resp = self.list_fn(limit=PAGE, _continue=token, _preload_content=False,
+                                _request_timeout=(CONNECT_TIMEOUT, LIST_READ_TIMEOUT))
+            _check(resp)
+            page = json.loads(resp.data)
+            for item in page.get("items") or []:
+                self._take({**item, "kind": self.resource.kind}, objects, invalid)
+            token = page.get("metadata", {}).get("continue")
+            if not token:
+                rv = str(page["metadata"]["resourceVersion"])
+                break
+        self.source.replaced(self.resource.kind, objects, invalid, rv)
+        LOG.info("listed %d %s at resourceVersion %s", len(objects), self.resource.plural, rv)
+        return rv
+
+    @staticmethod
+    def _take(body: dict[str, Any], objects: dict[ObjectKey, StoredObject],
+              invalid: dict[ObjectKey, tuple[ValidationError, ...]]) -> None:
+        result = convert(body)
+        if result.key is None:
+            return
+        if result.obj is not None:
+            objects[result.key] = result.obj
+        else:
+            invalid[result.key] = result.errors
+
+    def watch(self, rv: str) -> str:
+        """Apply events until the stream ends cleanly; return the last resourceVersion."""
+        resp = self.list_fn(watch=True, resource_version=rv, allow_watch_bookmarks=True,
+                            timeout_seconds=int(self.options.watch_timeout), _preload_content=False,
+                            _request_timeout=(CONNECT_TIMEOUT, self.options.read_timeout))
+        try:
+            _check(resp)
+            for event in self._events(resp):
+                rv = self.apply(event, rv)
+                self.backoff.reset()
+        finally:
+            resp.release_conn()
+        return rv
+
+    @staticmethod
+    def _events(resp: Any) -> Iterator[dict[str, Any]]:
+        for line in iter_resp_lines(resp):
+            if not line.strip():
+                continue
+            event = json.loads(line)
+            if event.get("type") == "ERROR":
+                status = event.get("object") or {}
+                raise ApiException(status=status.get("code"), reason=f"{status.get('reason')}: {status.get('message')}")
+            yield event
+
+    def apply(self, event: dict[str, Any], rv: str) -> str:
+        body = event.get("object") or {}
+        new_rv = str((body.get("metadata") or {}).get("resourceVersion") or rv)
+        kind = event.get("type")
+        if kind == "BOOKMARK":
+            self.source.bookmark(self.resource.kind, new_rv)
+        elif kind == "DELETED":
+            key = raw_key({**body, "kind": self.resource.kind})
+            if key is not None:
+                self.source.deleted(self.resource.kind, key, new_rv)
+        elif kind in ("ADDED", "MODIFIED"):
+            result = convert({**body, "kind": self.resource.kind})
+            if result.key is not None:
+                self.source.put(self.resource.kind, result.key, result.obj, result.errors, new_rv)
+        return new_rv
+
+
+class KubeSource:
+    """Four reflectors feeding one store; synced once every resource has been listed."""
+
+    def __init__(self, store: Store, report: Callable[[str | None], None], metrics: Metrics,
+                 options: KubeOptions) -> None:
+        self.store = store
+        self.report = report
+        self.metrics = metrics
+        self.options = options
+        self.versions = Versions([r.kind for r in RESOURCES])
+        self.stopped = threading.Event()
+
+    def start(self) -> threading.Thread:
+        """Start the reflectors; the returned thread lives as long as they do."""
+        api = api_client(self.options.kubeconfig)
+        threads = [threading.Thread(target=Reflector(r, api, self).run, name=f"watch-{r.plural}", daemon=True)
+                   for r in RESOURCES]
+        for thread in threads:
+            thread.start()
+
+        def supervise() -> None:
+            for thread in threads:
+                thread.join()
+
+        watcher = threading.Thread(target=supervise, name="source-kube", daemon=True)
+        watcher.start()
+        return watcher
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+    def replaced(self, kind: str, objects: dict[ObjectKey, StoredObject],
+                 invalid: dict[ObjectKey, tuple[ValidationError, ...]], rv: str) -> None:
+        version = self.versions.update(kind, rv)
+        self._log_invalid(invalid)
+        self.store.replace([kind], objects, invalid, version, synced=True if self.versions.all_listed() else None)
+        self.report(None)
+
+    def put(self, kind: str, key: ObjectKey, obj: StoredObject | None, errors: tuple[ValidationError, ...],
+            rv: str) -> None:
+        self._log_invalid({key: errors} if obj is None else {})
+        self.store.put(key, obj, errors, self.versions.update(kind, rv))
+
+    def deleted(self, kind: str, key: ObjectKey, rv: str) -> None:
+        self.store.delete(key, self.versions.update(kind, rv))
+
+    def bookmark(self, kind: str, rv: str) -> None:
+        version = self.versions.update(kind, rv)
+        if version is not None:
+            self.store.set_version(version)
+
+    @staticmethod
+    def _log_invalid(invalid: dict[ObjectKey, tuple[ValidationError, ...]]) -> None:
+        for errors in invalid.values():
+            for error in errors:
+                LOG.warning("invalid object skipped (last valid version stays): %s", error)

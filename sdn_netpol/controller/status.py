@@ -1,0 +1,170 @@
+"""/healthz, /status and /metrics over HTTP (TCP `HOST:PORT` or `unix:PATH`).
+
+A unix socket is offered because a controller inside a node's network namespace (the lab,
+a test) is not reachable at 127.0.0.1 from outside it, while a socket file is.
+
+/status is JSON, one entry per node this process serves (always one; the shape lets a lab
+merge the answers of all its controllers):
+
+    {"node": "n1", "nodes": {"n1": {
+        "source": "dir:/m", "source_synced": true, "switch_connected": true,
+        "desired_generation": 7, "realized_generation": 7,
+        "source_version": "sha256:…",          # of the realized state (kube: resourceVersion)
+        "realized_at": 1732630000.1,             # unix time of the last realization
+        "last_error": null, "errors": {"source": null, "switch": null, "realize": null},
+        "flows": {"total": 42, "by_table": {"0": 5, …}}, "flow_mods_sent": 42,
+        "ports": {"ns/pod": 3},                  # pods this node enforces, realized
+        "invalid_objects": [{"kind": …, "namespace": …, "name": …,
+                             "last_valid_enforced": true, "errors": [{"object", "path",
+                             "message", "text"}]}]}}}
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socketserver
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from sdn_netpol.controller.metrics import Metrics
+from sdn_netpol.controller.store import Invalid
+
+ERROR_PLACES = ("source", "switch", "realize")
+
+
+@dataclass(frozen=True)
+class Realized:
+    generation: int
+    source_version: str
+    at: float
+    flows_by_table: dict[int, int]
+    ports: dict[str, int]
+    invalid: tuple[Invalid, ...]
+
+
+@dataclass
+class StatusBoard:
+    """Written by the realizer and the sources, read by the HTTP handler; one lock."""
+
+    node: str
+    source: str
+    desired_generation: int = 0
+    source_synced: bool = False
+    switch_connected: bool = False
+    realized: Realized | None = None
+    errors: dict[str, str | None] = field(default_factory=lambda: dict.fromkeys(ERROR_PLACES))
+    last_error: str | None = None
+    flow_mods_sent: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def report(self, place: str, message: str | None) -> None:
+        """An error at `place` (None clears it); the latest error stays as last_error until
+        a realization succeeds."""
+        with self._lock:
+            self.errors[place] = message
+            if message is not None:
+                self.last_error = f"{place}: {message}"
+
+    def observe(self, desired_generation: int, source_synced: bool, switch_connected: bool) -> None:
+        with self._lock:
+            self.desired_generation = desired_generation
+            self.source_synced = source_synced
+            self.switch_connected = switch_connected
+
+    def set_realized(self, realized: Realized, flow_mods: int) -> None:
+        with self._lock:
+            self.realized = realized
+            self.flow_mods_sent += flow_mods
+            self.errors["realize"] = None
+            self.errors["switch"] = None
+            if not any(self.errors.values()):
+                self.last_error = None
+
+    def to_json(self) -> dict[str, Any]:
+        with self._lock:
+            done = self.realized
+            entry: dict[str, Any] = {
+                "source": self.source, "source_synced": self.source_synced,
+                "switch_connected": self.switch_connected,
+                "desired_generation": self.desired_generation,
+                "realized_generation": done.generation if done else None,
+                "source_version": done.source_version if done else None,
+                "realized_at": done.at if done else None,
+                "last_error": self.last_error, "errors": dict(self.errors),
+                "flows": {"total": sum(done.flows_by_table.values()) if done else 0,
+                          "by_table": {str(t): n for t, n in sorted(done.flows_by_table.items())} if done else {}},
+                "flow_mods_sent": self.flow_mods_sent,
+                "ports": dict(sorted(done.ports.items())) if done else {},
+                "invalid_objects": [i.to_json() for i in done.invalid] if done else [],
+            }
+        return {"node": self.node, "nodes": {self.node: entry}}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0]
+        server: _StatusServer = self.server  # type: ignore[assignment]
+        if path == "/healthz":
+            healthy = server.healthy()
+            self._send(200 if healthy else 503, b"ok\n" if healthy else b"unhealthy\n", "text/plain")
+        elif path == "/status":
+            body = json.dumps(server.board.to_json(), indent=1).encode() + b"\n"
+            self._send(200, body, "application/json")
+        elif path == "/metrics":
+            self._send(200, server.metrics.render(), "text/plain; version=0.0.4; charset=utf-8")
+        else:
+            self._send(404, b"not found\n", "text/plain")
+
+    def _send(self, code: int, body: bytes, content_type: str) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def address_string(self) -> str:
+        return str(self.client_address[0]) if self.client_address else "unix"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Scrapes every few seconds would drown the log; errors still surface in /status."""
+
+
+class _StatusServer:
+    board: StatusBoard
+    metrics: Metrics
+    healthy: Callable[[], bool]
+
+
+class _TcpServer(ThreadingHTTPServer, _StatusServer):
+    daemon_threads = True
+
+
+class _UnixServer(socketserver.ThreadingUnixStreamServer, _StatusServer):
+    daemon_threads = True
+
+    def get_request(self) -> tuple[Any, Any]:
+        conn, _ = self.socket.accept()
+        return conn, ("unix", 0)
+
+
+def serve(listen: str, board: StatusBoard, metrics: Metrics, healthy: Callable[[], bool]) -> threading.Thread:
+    """Start the server in a daemon thread; `listen` is HOST:PORT or unix:PATH."""
+    server: _TcpServer | _UnixServer
+    if listen.startswith("unix:"):
+        path = Path(listen[len("unix:"):])
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        server = _UnixServer(str(path), _Handler)
+    else:
+        host, _, port = listen.rpartition(":")
+        server = _TcpServer((host.strip("[]") or "127.0.0.1", int(port)), _Handler)
+    server.board, server.metrics, server.healthy = board, metrics, healthy
+    thread = threading.Thread(target=server.serve_forever, name="status-http", daemon=True)
+    thread.start()
+    return thread

@@ -1,0 +1,164 @@
+"""The objects a source has delivered, and the immutable snapshots the realizer compiles.
+
+Sources (kube watch events, folder reloads) mutate the store; every mutation bumps the
+generation and wakes the realizer, which takes one `Snapshot` per realization. An update
+that fails validation never replaces the last valid version of its object (as an API
+server that rejected the update would have kept it); it is listed in `invalid` until the
+object becomes valid again or goes away.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+
+from sdn_netpol.controller.nodes import NODE_KIND, NodeInfo, place_pods
+from sdn_netpol.model.errors import ValidationError
+from sdn_netpol.model.objects import Namespace, NetworkPolicy, Pod
+from sdn_netpol.model.parse import ObjectKey
+from sdn_netpol.policy.state import ClusterState
+
+StoredObject = Namespace | Pod | NetworkPolicy | NodeInfo
+
+
+def node_key(name: str) -> ObjectKey:
+    return (NODE_KIND, "", name)
+
+
+@dataclass(frozen=True)
+class Invalid:
+    """An object whose latest version was rejected; `enforced` = a last valid version stays."""
+
+    key: ObjectKey
+    errors: tuple[ValidationError, ...]
+    enforced: bool
+
+    def to_json(self) -> dict[str, object]:
+        kind, namespace, name = self.key
+        return {
+            "kind": kind, "namespace": namespace, "name": name, "last_valid_enforced": self.enforced,
+            "errors": [{"object": e.obj, "path": e.path, "message": e.message, "text": str(e)}
+                       for e in self.errors],
+        }
+
+
+@dataclass(frozen=True, eq=False)
+class Snapshot:
+    """Everything one realization depends on from the source side."""
+
+    generation: int
+    objects: Mapping[ObjectKey, StoredObject]
+    invalid: tuple[Invalid, ...]
+    source_version: str
+    synced: bool
+    changed_at: float  # time.monotonic() of the mutation that made this generation
+
+    @cached_property
+    def nodes(self) -> tuple[NodeInfo, ...]:
+        return tuple(sorted(o for o in self.objects.values() if isinstance(o, NodeInfo)))
+
+    @cached_property
+    def state(self) -> ClusterState:
+        """Pods that name no node are placed by the nodes' pod CIDRs (see nodes.place_pods)."""
+        values = self.objects.values()
+        return ClusterState.build(
+            (o for o in values if isinstance(o, Namespace)),
+            place_pods((o for o in values if isinstance(o, Pod)), self.nodes),
+            (o for o in values if isinstance(o, NetworkPolicy)),
+            self.generation,
+        )
+
+
+@dataclass
+class Store:
+    """Thread-safe; `on_change` is called (outside the lock) after every mutation."""
+
+    on_change: Callable[[], None] = lambda: None
+    _objects: dict[ObjectKey, StoredObject] = field(default_factory=dict)
+    _invalid: dict[ObjectKey, tuple[ValidationError, ...]] = field(default_factory=dict)
+    _generation: int = 0
+    _version: str = ""
+    _synced: bool = False
+    _changed_at: float = field(default_factory=time.monotonic)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _snapshot: Snapshot | None = None
+
+    def put(self, key: ObjectKey, obj: StoredObject | None, errors: Iterable[ValidationError] = (),
+            version: str | None = None) -> None:
+        """One object's new version (a watch ADDED/MODIFIED); None = rejected, keep the old."""
+        with self._lock:
+            if obj is not None:
+                self._objects[key] = obj
+                self._invalid.pop(key, None)
+            else:
+                self._invalid[key] = tuple(errors)
+            self._bump(version)
+        self.on_change()
+
+    def delete(self, key: ObjectKey, version: str | None = None) -> None:
+        with self._lock:
+            self._objects.pop(key, None)
+            self._invalid.pop(key, None)
+            self._bump(version)
+        self.on_change()
+
+    def replace(self, kinds: Iterable[str], objects: Mapping[ObjectKey, StoredObject],
+                invalid: Mapping[ObjectKey, Iterable[ValidationError]], version: str | None = None,
+                synced: bool | None = None) -> None:
+        """Everything of `kinds` is now `objects` (a relist, a folder reload). A rejected key
+        keeps its previous valid version when the new set has none."""
+        wanted = set(kinds)
+        with self._lock:
+            old = {k: v for k, v in self._objects.items() if k[0] in wanted}
+            for key in old:
+                del self._objects[key]
+            self._objects.update(objects)
+            for key in invalid:
+                if key not in objects and key in old:
+                    self._objects[key] = old[key]
+            self._invalid = {k: v for k, v in self._invalid.items() if k[0] not in wanted}
+            self._invalid.update({k: tuple(v) for k, v in invalid.items()})
+            if synced is not None:
+                self._synced = synced
+            self._bump(version)
+        self.on_change()
+
+    def set_version(self, version: str) -> None:
+        """A newer source version with no object change (a bookmark)."""
+        with self._lock:
+            if version == self._version:
+                return
+            self._bump(version)
+        self.on_change()
+
+    def mark_synced(self) -> None:
+        with self._lock:
+            if self._synced:
+                return
+            self._synced = True
+            self._bump(None)
+        self.on_change()
+
+    def _bump(self, version: str | None) -> None:
+        self._generation += 1
+        self._changed_at = time.monotonic()
+        if version is not None:
+            self._version = version
+        self._snapshot = None
+
+    @property
+    def generation(self) -> int:
+        with self._lock:
+            return self._generation
+
+    def snapshot(self) -> Snapshot:
+        with self._lock:
+            if self._snapshot is None:
+                invalid = tuple(
+                    Invalid(k, v, k in self._objects) for k, v in sorted(self._invalid.items()))
+                self._snapshot = Snapshot(self._generation, dict(self._objects), invalid, self._version,
+                                          self._synced, self._changed_at)
+            return self._snapshot

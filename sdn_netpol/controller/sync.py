@@ -1,0 +1,171 @@
+"""The realizer: one worker thread that makes the switch hold compile_node(state, node).
+
+Every change (store mutation, port change, a switch that finished reading its table) marks
+`Pending`; the worker waits a few ms so that a burst lands as one change, then takes one
+snapshot of each side, compiles, diffs against the table the switch holds, and sends the
+difference as ONE atomic bundle followed by a barrier. Only after the barrier does the
+realized generation advance. Nothing is sent before the source has synced (an empty
+store would mean "no policies": an open switch) or before both halves of the port map
+are known; until then the switch keeps the flows it has (fail_mode=secure).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from sdn_netpol.compiler.compile import compile_node
+from sdn_netpol.compiler.diff import diff
+from sdn_netpol.compiler.flow import FlowSet
+from sdn_netpol.compiler.topology import NodeContext
+from sdn_netpol.controller import wire
+from sdn_netpol.controller.config import Timing
+from sdn_netpol.controller.metrics import Metrics
+from sdn_netpol.controller.portmap import PortMap, node_context, realized_ports
+from sdn_netpol.controller.status import Realized, StatusBoard
+from sdn_netpol.controller.store import Snapshot, Store
+from sdn_netpol.controller.switch import BundleRejected, Session, Switch, SwitchGone
+
+LOG = logging.getLogger(__name__)
+
+
+class Pending:
+    """'Something changed since …': a wake-up flag plus the time of the oldest unrealized change."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._since: float | None = None
+        self._lock = threading.Lock()
+
+    def mark(self) -> None:
+        with self._lock:
+            if self._since is None:
+                self._since = time.monotonic()
+        self._event.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._event.wait(timeout)
+
+    def take(self) -> float | None:
+        """Clear the flag; return when the oldest change being taken happened."""
+        with self._lock:
+            self._event.clear()
+            since, self._since = self._since, None
+        return since
+
+
+class Realizer:
+    def __init__(self, node: str, store: Store, ports: PortMap, switch: Switch, pending: Pending,
+                 board: StatusBoard, metrics: Metrics, timing: Timing | None = None) -> None:
+        self.node = node
+        self.store = store
+        self.ports = ports
+        self.switch = switch
+        self.pending = pending
+        self.board = board
+        self.metrics = metrics
+        self.timing = timing or Timing()
+        self.cache = wire.FlowModCache()
+        self._compiled: tuple[int, NodeContext, FlowSet] | None = None
+        self._retry = 0.0
+        self._stop = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def start(self) -> threading.Thread:
+        self.thread = threading.Thread(target=self.run, name="realizer", daemon=True)
+        self.thread.start()
+        return self.thread
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.pending.mark()
+
+    def run(self) -> None:
+        while not self._stop.is_set():
+            self.pending.wait()
+            time.sleep(self.timing.coalesce)
+            since = self.pending.take()
+            if self._stop.is_set():
+                return
+            if self.step(since):
+                self._retry = 0.0
+            elif self._retry:
+                self._stop.wait(self._retry)
+                self.pending.mark()
+
+    def step(self, since: float | None) -> bool:
+        """One realization attempt; False means "retry after a back-off"."""
+        try:
+            self.realize(since)
+            return True
+        except SwitchGone as exc:
+            LOG.warning("switch gone during realization: %s; waiting for it to reconnect", exc)
+            self.board.report("switch", str(exc))
+            return True  # the reconnect (a new session reading its table) marks pending
+        except BundleRejected as exc:
+            self.metrics.bundles.labels(result="rejected").inc()
+            self._fail("switch", f"bundle rejected, switch unchanged: {exc}")
+        except Exception as exc:  # a compiler bug must not kill the worker; the switch stays as it is
+            LOG.exception("realization failed")
+            self._fail("realize", f"{type(exc).__name__}: {exc}")
+        return False
+
+    def _fail(self, place: str, message: str) -> None:
+        LOG.error("%s", message)
+        self.board.report(place, message)
+        self._retry = min(max(self._retry * 2, self.timing.retry_min), self.timing.retry_max)
+
+    def realize(self, since: float | None) -> None:
+        snap = self.store.snapshot()
+        view = self.ports.view()
+        session = self.switch.session()
+        self.board.observe(snap.generation, snap.synced, session is not None)
+        if not snap.synced or not view.complete or session is None or session.installed is None:
+            return
+        context = node_context(self.node, view, snap.state, snap.nodes)
+        desired = self._compile(snap, context)
+        sent = self._send(session, session.installed, desired)
+        session.installed, session.foreign = desired, ()
+        self.cache.retain(desired)
+        self._publish(snap, context, desired, sent, since)
+
+    def _compile(self, snap: Snapshot, context: NodeContext) -> FlowSet:
+        if self._compiled is not None and self._compiled[:2] == (snap.generation, context):
+            return self._compiled[2]
+        desired = compile_node(snap.state, context)
+        self._compiled = (snap.generation, context, desired)
+        return desired
+
+    def _send(self, session: Session, installed: FlowSet, desired: FlowSet) -> dict[str, int]:
+        if installed is desired and not session.foreign:
+            return {}
+        deletes = tuple(wire.raw_delete(f.table, f.priority, f.match) for f in session.foreign)
+        change = wire.Change(diff(installed, desired), deletes)
+        if not change:
+            return {}
+        timeout = self.timing.barrier_timeout + 0.001 * len(change)
+        session.apply(change, self.cache, timeout)
+        counts = change.counts()
+        for command, n in counts.items():
+            self.metrics.flow_mods.labels(command=command).inc(n)
+        self.metrics.bundles.labels(result="committed").inc()
+        LOG.info("bundle committed: %s", ", ".join(f"{n} {c}" for c, n in counts.items() if n))
+        return counts
+
+    def _publish(self, snap: Snapshot, context: NodeContext, desired: FlowSet, sent: dict[str, int],
+                 since: float | None) -> None:
+        by_table: dict[int, int] = {}
+        for flow in desired:
+            by_table[flow.table] = by_table.get(flow.table, 0) + 1
+        realized = Realized(snap.generation, snap.source_version, time.time(), by_table,
+                            realized_ports(context), snap.invalid)
+        self.board.set_realized(realized, sum(sent.values()))
+        self.metrics.set_flow_counts(by_table)
+        self.metrics.realized_generation.set(snap.generation)
+        self.metrics.invalid_objects.set(len(snap.invalid))
+        if since is not None:
+            self.metrics.realization.observe(time.monotonic() - since)
+
+    def healthy(self) -> bool:
+        return self.thread is not None and self.thread.is_alive()
