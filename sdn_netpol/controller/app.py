@@ -4,17 +4,21 @@ No logic lives here; handlers only translate os-ken events. os-ken 4.2.2 has no 
 (no os_ken.cmd), so `start` does what AppManager.run_apps does minus the blocking join and
 the shutdown that raises ('HubThread' object has no attribute 'kill'): the process owner
 (runtime.py) exits the process instead, leaving the flows in place.
+
+One os-ken defect is worked around (`_Datapath`): with the native hub, a connection that
+the switch closes never reaches DEAD_DISPATCHER, so the app would never learn of it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from os_ken import cfg
 from os_ken.base import app_manager  # must be imported before os_ken.controller.controller
-from os_ken.controller import controller as _ofp_options  # noqa: F401  registers --ofp-* options
+from os_ken.controller import controller as ofp_controller  # also registers the --ofp-* options
 from os_ken.controller import ofp_event
 from os_ken.controller.handler import CONFIG_DISPATCHER, DEAD_DISPATCHER, MAIN_DISPATCHER, set_ev_cls
 from os_ken.ofproto import ofproto_v1_3 as ofp
@@ -81,12 +85,35 @@ class ControllerApp(app_manager.OSKenApp):  # type: ignore[misc]
         self.link.switch.error(msg.datapath, msg.xid, text)
 
 
+class _Datapath(ofp_controller.Datapath):  # type: ignore[misc]
+    """When the receive loop ends (EOF, error), os-ken's serve() "kills" the send thread (a
+    no-op in the native hub) and joins it, while it blocks forever on its empty queue: the
+    connection is never closed and DEAD_DISPATCHER never comes. An empty message with
+    close_socket=True wakes the send loop so that it ends, and serve() can finish."""
+
+    def _recv_loop(self) -> None:
+        try:
+            super()._recv_loop()
+        finally:
+            self.send(b"", close_socket=True)
+
+
+def _connection_factory(sock: Any, address: Any) -> None:
+    """os_ken.controller.controller.datapath_connection_factory, with our Datapath."""
+    with contextlib.closing(_Datapath(sock, address)) as datapath:
+        try:
+            datapath.serve()
+        except Exception:
+            LOG.exception("OpenFlow connection from %s failed", address)
+
+
 def start(listen: str, link: Link) -> list[Any]:
     """Listen for the switch on HOST:PORT and run the app; returns os-ken's threads."""
     host, _, port = listen.rpartition(":")
     cfg.CONF(args=["--ofp-listen-host", host.strip("[]") or "127.0.0.1", "--ofp-tcp-listen-port", port],
              project="os_ken", default_config_files=[])
     cfg.CONF.set_override("socket_timeout", SOCKET_TIMEOUT)
+    ofp_controller.datapath_connection_factory = _connection_factory  # read when the server starts
     manager = app_manager.AppManager.get_instance()
     manager.load_apps([__name__])
     contexts = manager.create_contexts()

@@ -43,11 +43,12 @@ class Parts:
 def build(config: Config) -> Parts:
     """Every part, connected, nothing started."""
     metrics = Metrics()
-    board = status.StatusBoard(config.node, config.source)
     pending = Pending()
     store = Store(on_change=pending.mark)
     ports = PortMap(on_change=pending.mark)
     switch = Switch(metrics, on_ready=pending.mark)
+    board = status.StatusBoard(config.node, config.source, desired=lambda: store.generation,
+                               connected=lambda: switch.session() is not None)
     realizer = Realizer(config.node, store, ports, switch, pending, board, metrics, config.timing)
     return Parts(metrics, board, store, ports, switch, realizer, [])
 

@@ -54,9 +54,9 @@ class StatusBoard:
 
     node: str
     source: str
-    desired_generation: int = 0
+    desired: Callable[[], int] = lambda: 0  # the store's generation, read live
+    connected: Callable[[], bool] = lambda: False  # the switch is connected and its table read
     source_synced: bool = False
-    switch_connected: bool = False
     realized: Realized | None = None
     errors: dict[str, str | None] = field(default_factory=lambda: dict.fromkeys(ERROR_PLACES))
     last_error: str | None = None
@@ -71,11 +71,9 @@ class StatusBoard:
             if message is not None:
                 self.last_error = f"{place}: {message}"
 
-    def observe(self, desired_generation: int, source_synced: bool, switch_connected: bool) -> None:
+    def observe(self, source_synced: bool) -> None:
         with self._lock:
-            self.desired_generation = desired_generation
             self.source_synced = source_synced
-            self.switch_connected = switch_connected
 
     def set_realized(self, realized: Realized, flow_mods: int) -> None:
         with self._lock:
@@ -87,12 +85,14 @@ class StatusBoard:
                 self.last_error = None
 
     def to_json(self) -> dict[str, Any]:
+        desired = self.desired()  # read first: a realization that lands meanwhile only looks behind
+        connected = self.connected()
         with self._lock:
             done = self.realized
             entry: dict[str, Any] = {
                 "source": self.source, "source_synced": self.source_synced,
-                "switch_connected": self.switch_connected,
-                "desired_generation": self.desired_generation,
+                "switch_connected": connected,
+                "desired_generation": desired,
                 "realized_generation": done.generation if done else None,
                 "source_version": done.source_version if done else None,
                 "realized_at": done.at if done else None,

@@ -120,7 +120,7 @@ class Realizer:
         snap = self.store.snapshot()
         view = self.ports.view()
         session = self.switch.session()
-        self.board.observe(snap.generation, snap.synced, session is not None)
+        self.board.observe(snap.synced)
         if not snap.synced or not view.complete or session is None or session.installed is None:
             return
         context = node_context(self.node, view, snap.state, snap.nodes)

@@ -1,0 +1,196 @@
+"""The controller with `--source dir:PATH` on a real OVS: the switch always ends up holding
+exactly compile_node's flows, and /status says which folder version it holds."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sdn_netpol.controller.sources.directory import folder_version
+from sdn_netpol.model.objects import PodKey
+from tests.controller_fixtures import (
+    NODE,
+    Controller,
+    CutProxy,
+    FolderCluster,
+    Switch,
+    assert_flows_converge,
+    controller,
+    namespace_manifest,
+    node_manifest,
+    pod_manifest,
+    policy_manifest,
+    switch,
+    wait_for,
+)
+
+
+@pytest.fixture
+def sw(tmp_path: Path) -> Iterator[Switch]:
+    with switch(tmp_path) as s:
+        s.set_controller(6653)
+        yield s
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> FolderCluster:
+    folder = tmp_path / "manifests"
+    folder.mkdir()
+    return FolderCluster(folder)
+
+
+@pytest.fixture
+def ctl(sw: Switch, cluster: FolderCluster, tmp_path: Path) -> Iterator[Controller]:
+    c = controller(sw, tmp_path, f"dir:{cluster.path}")
+    yield c
+    c.stop()
+
+
+def seed(sw: Switch, cluster: FolderCluster) -> None:
+    """Two local pods and one remote, a policy, the two nodes."""
+    sw.add_pod("x", "a", "10.244.1.2")
+    sw.add_pod("x", "b", "10.244.1.3")
+    cluster.apply(
+        node_manifest(NODE, "192.168.50.1", "10.244.1.0/24"), node_manifest("node-2", "192.168.50.2", "10.244.2.0/24"),
+        namespace_manifest("x", team="a"), namespace_manifest("y", team="b"),
+        pod_manifest("x", "a", "10.244.1.2", app="web"), pod_manifest("x", "b", "10.244.1.3", app="db"),
+        pod_manifest("y", "r", "10.244.2.7", node="node-2", app="web"),
+        policy_manifest("x", "db", "db", {"app": "web"}),
+    )
+
+
+def realized_version(ctl: Controller, version: str) -> bool:
+    return bool(ctl.status()["source_version"] == version)
+
+
+def test_changes_are_realized_exactly(sw: Switch, cluster: FolderCluster, ctl: Controller) -> None:
+    seed(sw, cluster)
+    ctl.start()
+    assert_flows_converge(sw, lambda: cluster.expected(sw))
+    wait_for(lambda: realized_version(ctl, folder_version(cluster.path)), what="the folder version in /status")
+    assert ctl.status()["ports"] == {"x/a": sw.pods[PodKey("x", "a")].ofport, "x/b": sw.pods[PodKey("x", "b")].ofport}
+
+    def step(what: str) -> None:
+        assert_flows_converge(sw, lambda: cluster.expected(sw))
+        wait_for(lambda: realized_version(ctl, folder_version(cluster.path)), what=f"version after {what}")
+
+    sw.add_pod("x", "d", "10.244.1.4")
+    cluster.apply(pod_manifest("x", "d", "10.244.1.4", app="web"))
+    step("pod add")
+    assert ctl.status()["ports"]["x/d"] == sw.pods[PodKey("x", "d")].ofport
+    cluster.apply(pod_manifest("x", "d", "10.244.1.4", app="db"))
+    step("pod relabel")
+    cluster.apply({**policy_manifest("x", "from-b", "db", None),
+                   "spec": {"podSelector": {"matchLabels": {"app": "db"}}, "policyTypes": ["Ingress"],
+                            "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"team": "b"}}}]}]}})
+    step("policy add")
+    cluster.apply(namespace_manifest("y", team="c"))
+    step("namespace relabel")
+    cluster.apply(policy_manifest("x", "db", "db", {"app": "web"}, port=8080))
+    step("policy update")
+    cluster.delete("NetworkPolicy", "x", "db")
+    step("policy delete")
+    cluster.delete("Pod", "x", "d")
+    sw.remove_pod("x", "d")
+    step("pod delete")
+    assert "x/d" not in ctl.status()["ports"]
+
+
+def test_restarted_controller_sends_no_flow_mod(sw: Switch, cluster: FolderCluster, ctl: Controller) -> None:
+    seed(sw, cluster)
+    ctl.start()
+    assert_flows_converge(sw, lambda: cluster.expected(sw))
+    installed = sw.flows()
+    assert ctl.flow_mods_sent() == len(installed)
+    assert ctl.stop() == 0
+    assert sw.flows() == installed  # fail_mode=secure: a controller outage leaves the flows
+    ctl.start()
+    wait_for(lambda: ctl.status()["realized_generation"], what="the restarted controller to realize")
+    assert ctl.flow_mods_sent() == 0
+    assert ctl.status()["flow_mods_sent"] == 0
+    assert sw.flows() == installed
+
+
+def test_restarted_ovs_gets_everything_back(sw: Switch, cluster: FolderCluster, ctl: Controller) -> None:
+    seed(sw, cluster)
+    ctl.start()
+    assert_flows_converge(sw, lambda: cluster.expected(sw))
+    before = ctl.flow_mods_sent()
+    sw.ovs.restart_vswitchd()
+    assert_flows_converge(sw, lambda: cluster.expected(sw))
+    assert ctl.flow_mods_sent() == before + len(sw.flows())
+
+
+def test_invalid_policy_is_reported_and_everything_else_enforced(sw: Switch, cluster: FolderCluster,
+                                                                 ctl: Controller) -> None:
+    seed(sw, cluster)
+    ctl.start()
+    assert_flows_converge(sw, lambda: cluster.expected(sw))
+    bad = policy_manifest("x", "bad", "web", None)
+    bad["spec"]["ingress"] = [{"from": [{"ipBlock": {"cidr": "172.17.0.0/16", "except": ["10.1.0.0/16"]}}]}]
+    cluster.apply(bad)
+    wait_for(lambda: realized_version(ctl, folder_version(cluster.path)), what="the bad policy's folder version")
+    (entry,) = ctl.status()["invalid_objects"]
+    assert (entry["kind"], entry["namespace"], entry["name"], entry["last_valid_enforced"]) == (
+        "NetworkPolicy", "x", "bad", False)
+    assert entry["errors"][0]["path"] == "spec.ingress[0].from[0].ipBlock.except[0]"
+    assert "is not within 172.17.0.0/16" in entry["errors"][0]["text"]
+    assert_flows_converge(sw, lambda: cluster.expected(sw))  # the model drops the bad one: same as ours
+
+    enforced = cluster.expected(sw)
+    broken = policy_manifest("x", "db", "db", {"app": "web"})
+    broken["spec"]["ingress"][0]["ports"] = [{"protocol": "TCP", "port": 90, "endPort": 80}]
+    cluster.apply(broken)  # an invalid update of a valid policy: its last valid version stays
+    wait_for(lambda: realized_version(ctl, folder_version(cluster.path)), what="the broken update's version")
+    invalid = {e["name"]: e for e in ctl.status()["invalid_objects"]}
+    assert invalid["db"]["last_valid_enforced"] is True
+    assert invalid["db"]["errors"][0]["path"].startswith("spec.ingress[0].ports[0]")
+    assert sw.flows() == enforced
+    assert ctl.metrics()["sdn_netpol_invalid_objects"] == 2
+
+    cluster.apply(policy_manifest("x", "db", "db", {"app": "web"}, port=81))
+    assert_flows_converge(sw, lambda: cluster.expected(sw))
+    wait_for(lambda: [e["name"] for e in ctl.status()["invalid_objects"]] == ["bad"], what="db valid again")
+
+
+def test_foreign_flows_are_removed_on_connect(sw: Switch, cluster: FolderCluster, ctl: Controller) -> None:
+    """Reconciliation is exact: a stray flow, and one no Flow value expresses (NORMAL:
+    the controller never relies on it), both go; nothing is flushed."""
+    seed(sw, cluster)
+    ctl.start()
+    assert_flows_converge(sw, lambda: cluster.expected(sw))
+    ctl.stop()
+    sw.ovs.add_flows("br-int", "table=5,priority=7,ip actions=drop\ntable=0,priority=1 actions=NORMAL\n")
+    ctl.start()
+    assert_flows_converge(sw, lambda: cluster.expected(sw))
+    assert ctl.metrics()['sdn_netpol_flow_mods_sent_total{command="delete"}'] == 2
+    assert ctl.flow_mods_sent() == 2
+
+
+def test_connection_cut_mid_bundle_ends_exact(sw: Switch, cluster: FolderCluster, tmp_path: Path) -> None:
+    """The bridge talks to the controller through a relay that cuts the connection after
+    the bundle has started: OVS discards the uncommitted bundle (atomic), and after the
+    reconnect the controller reads the table and ends up exact."""
+    proxy = CutProxy((sw.root_ip, 6654), (sw.root_ip, 6653))
+    sw.set_controller(6654)
+    ctl = controller(sw, tmp_path, f"dir:{cluster.path}")
+    try:
+        seed(sw, cluster)
+        ctl.start()
+        assert_flows_converge(sw, lambda: cluster.expected(sw))
+        before = sw.flows()
+        proxy.arm(after_bytes=1500)
+        wide = policy_manifest("x", "wide", "web", None)
+        wide["spec"]["ingress"] = [{"from": [{"ipBlock": {"cidr": f"10.50.{i}.0/24"}} for i in range(60)]}]
+        cluster.apply(wide)
+        assert proxy.cut.wait(10), "the relay never cut the connection"
+        wait_for(lambda: not ctl.status()["switch_connected"], what="the controller to notice the cut")
+        assert sw.flows() == before  # nothing of the half-sent bundle was applied
+        proxy.release()
+        assert_flows_converge(sw, lambda: cluster.expected(sw))
+        wait_for(lambda: realized_version(ctl, folder_version(cluster.path)), what="realized after reconnect")
+    finally:
+        ctl.stop()
+        proxy.close()
