@@ -114,7 +114,7 @@ def actions_for(draw: st.DrawFn, table: int, match: Match) -> tuple[Action, ...]
         st.builds(Output, st.one_of(st.integers(1, 0xFEFF), st.just(OFPP_LOCAL))),
         st.just(OutputInPort()), st.builds(Resubmit, st.integers(0, 253)),
         st.sampled_from(writable).flatmap(lambda n: st.builds(
-            SetField, st.just(n), st.integers(0, ACTION_FIELDS[n].full))),
+            SetField, st.just(n), st.integers(0, 0xFF if n == "arp_op" else ACTION_FIELDS[n].full))),
         st.sampled_from([(a, b) for a in [*writable, "ct_mark"] for b in writable
                          if ACTION_FIELDS[a].bits == ACTION_FIELDS[b].bits]).map(
             lambda p: Move(*p)),
@@ -201,6 +201,7 @@ IP = Match.build("ip")
     lambda: Flow(0, 1, Match.build("arp"), (Ct(commit=True),)),  # ct needs IP
     lambda: Flow(0, 1, Match(), (DecTtl(),)),
     lambda: Flow(0, 1, IP, (SetField("arp_op", 2),)),  # arp field on IP
+    lambda: SetField("arp_op", 256),  # OVS keeps arp_op in 8 bits
     lambda: Flow(0, 1, IP, (SetField("ct_mark", 1),)),  # only inside ct(commit, exec())
     lambda: Flow(0, 1, IP, (Ct(exec_actions=(SetField("ct_mark", 1),)),)),  # exec w/o commit
     lambda: Flow(0, 1, IP.replace(ct_state="+inv"), (Ct(commit=True),)),

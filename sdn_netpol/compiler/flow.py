@@ -253,7 +253,8 @@ class SetField:
     value: int
 
     def __post_init__(self) -> None:
-        if not 0 <= self.value <= _action_spec(self.field).full:
+        limit = 0xFF if self.field == "arp_op" else _action_spec(self.field).full
+        if not 0 <= self.value <= limit:  # arp_op is a 16-bit field OVS keeps in 8 bits
             raise ValueError(f"set_field {self.field}: value {self.value} out of range")
 
     @classmethod

@@ -84,7 +84,7 @@ FIELD_ORDER = {name: i for i, name in enumerate(MATCH_FIELDS)}
 #: Fields actions may write (set_field) or copy (move), named as OVS prints set_field.
 ACTION_FIELDS: Mapping[str, FieldSpec] = _specs(
     ("eth_src", 48, "mac", False), ("eth_dst", 48, "mac", False),
-    ("arp_op", 8, "int", False), ("arp_sha", 48, "mac", False), ("arp_tha", 48, "mac", False),
+    ("arp_op", 16, "int", False), ("arp_sha", 48, "mac", False), ("arp_tha", 48, "mac", False),
     ("arp_spa", 32, "ipv4", False), ("arp_tpa", 32, "ipv4", False),
     ("tun_id", 64, "int", False), ("tun_dst", 32, "ipv4", False), *_REGS,
     ("ct_mark", 32, "int", False),

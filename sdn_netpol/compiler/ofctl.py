@@ -1,15 +1,18 @@
 """The one place that turns flows into `ovs-ofctl` text and back.
 
-`render_flow` emits exactly the line `ovs-ofctl -O OpenFlow13 --no-stats --no-names
+`render_flow` emits exactly the line `ovs-ofctl -O OpenFlow15 --no-stats --no-names
 dump-flows` prints for that flow (without its leading space): OVS's field order,
 protocol shorthands (`tcp6`, not `dl_type=0x86dd,nw_proto=6`), `set_field`, `goto_table`,
 C-style `%#x` hex (zero is `0`), glibc IPv6 text (`::1.2.3.4`), cookie/table/priority
 omitted at their defaults. `ovs-ofctl add-flows`/`replace-flows` read that line as is, so a
 golden file, a bundle input and a dump all look alike and compare as text.
 
-Always talk OpenFlow 1.3 to OVS (`-O OpenFlow13`): with the default OpenFlow 1.0 OVS
-prints `load:`/`mod_dl_src:` and shows `goto_table:N` as `resubmit(,N)`; the parser
-refuses those forms rather than guess.
+Give ovs-ofctl `-O OpenFlow13` or `-O OpenFlow15`: for everything rendered here both dump
+the same text (checked in tests/test_flow_ovs_roundtrip.py), and OF1.5 also turns a
+`load:` written by someone else into `set_field` (docs/ovs-canonical-forms.md). With the
+default OpenFlow 1.0, OVS prints `load:`/`mod_dl_src:` and installs `goto_table:N` as
+`resubmit(,N)`; the parser refuses those forms rather than guess. Port names are refused
+too: dump with `--no-names`.
 """
 
 from __future__ import annotations
@@ -65,7 +68,7 @@ _STATS_KEYS = frozenset({"duration", "n_packets", "n_bytes", "idle_age", "hard_a
 # ---- rendering -------------------------------------------------------------------------
 
 def render_flow(flow: Flow) -> str:
-    """One line, as `ovs-ofctl -O OpenFlow13 --no-stats dump-flows` prints it."""
+    """One line, as `ovs-ofctl -O OpenFlow15 --no-stats --no-names dump-flows` prints it."""
     head = (f"cookie={flow.cookie:#x}, " if flow.cookie else "") + (
         f"table={flow.table}, " if flow.table else "")
     match = render_match(flow.match, flow.priority)

@@ -4,7 +4,9 @@
 where OpenFlow 1.3 has them and Nicira extensions (NXM fields reg*, ct_state, ct_mark,
 conj_id, tun_ipv4_*; NX actions resubmit, conjunction, ct, reg_move) where it does not.
 `from_flow_stats` reads one entry of a flow-stats reply back into a `Flow`, so the
-controller can diff what the switch holds against what it should hold.
+controller can diff what the switch holds against what it should hold. It also reads the
+ONF copy-field action OVS answers for a `move` that was installed with OpenFlow 1.5 (as
+`ovs-ofctl -O OpenFlow15` installs it), which os-ken 4.2 leaves undecoded.
 
 No I/O: the caller owns the datapath and sends the messages. The datapath only lends its
 `ofproto`/`ofproto_parser` modules, which os-ken messages need to serialise.
