@@ -1,0 +1,208 @@
+"""Hypothesis strategies for small random clusters, shared by the policy-core property tests and
+the flow compiler's differential tests.
+
+Everything is drawn from small alphabets so that selectors, ipBlocks and named ports actually
+hit each other: 2-3 namespaces, up to 8 pods with labels over {app, role} × {x, y, z},
+IPv4 addresses in 10.0.0.0/28 and IPv6 in fd00::/124 (unique per pod), container ports named
+http/dns/metrics on a few numbers, and policies with every kind of peer and port entry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Literal
+
+from hypothesis import strategies as st
+from netaddr import IPAddress, IPNetwork
+
+from sdn_netpol.model.labels import Labels, LabelSelector, Requirement
+from sdn_netpol.model.objects import (
+    ContainerPort,
+    Direction,
+    IPBlock,
+    Namespace,
+    NetworkPolicy,
+    Peer,
+    Pod,
+    PolicyPort,
+    Protocol,
+    Rule,
+)
+from sdn_netpol.policy.state import ClusterState
+
+NAMESPACES = ("ns-a", "ns-b", "ns-c")
+LABEL_KEYS = ("app", "role")
+LABEL_VALUES = ("x", "y", "z")
+NAMESPACE_LABEL_KEY = "team"
+PORT_NAMES = ("http", "dns")
+PORT_NUMBERS = (53, 80, 443, 8080)
+MAX_PODS = 8
+V4_BASE = IPAddress("10.0.0.0")
+V6_BASE = IPAddress("fd00::")
+#: addresses that are no pod's: inside the pod pools (after the pods) and well outside them
+EXTERNAL_IPS = (IPAddress("10.0.0.14"), IPAddress("192.0.2.7"), IPAddress("fd00::e"), IPAddress("2001:db8::7"))
+
+Status = Literal["running", "no-status", "host-network", "pending", "no-ip"]
+
+#: mostly TCP, so that port entries and container ports meet often
+protocols_st: st.SearchStrategy[Protocol] = st.sampled_from(("TCP", "TCP", "TCP", "UDP", "SCTP"))
+labels_st = st.dictionaries(st.sampled_from(LABEL_KEYS), st.sampled_from(LABEL_VALUES), max_size=2).map(Labels)
+
+
+@st.composite
+def requirements(draw: st.DrawFn, keys: Sequence[str] = LABEL_KEYS) -> Requirement:
+    key = draw(st.sampled_from(keys))
+    operator = draw(st.sampled_from(("In", "NotIn", "Exists", "DoesNotExist")))
+    values: frozenset[str] = frozenset()
+    if operator in ("In", "NotIn"):
+        values = frozenset(draw(st.sets(st.sampled_from(LABEL_VALUES), min_size=1, max_size=2)))
+    return Requirement(key, operator, values)
+
+
+@st.composite
+def selectors(draw: st.DrawFn, keys: Sequence[str] = LABEL_KEYS) -> LabelSelector:
+    match = draw(st.dictionaries(st.sampled_from(keys), st.sampled_from(LABEL_VALUES), max_size=1))
+    expressions = draw(st.lists(requirements(keys), max_size=1))
+    return LabelSelector(Labels(match), tuple(expressions))
+
+
+namespace_selectors = selectors((NAMESPACE_LABEL_KEY,)) | st.builds(
+    lambda name: LabelSelector(Labels({"kubernetes.io/metadata.name": name})), st.sampled_from(NAMESPACES))
+
+
+@st.composite
+def namespaces(draw: st.DrawFn) -> tuple[Namespace, ...]:
+    count = draw(st.integers(2, 3))
+    return tuple(
+        Namespace.implied(name, Labels(draw(st.dictionaries(st.just(NAMESPACE_LABEL_KEY),
+                                                            st.sampled_from(LABEL_VALUES), max_size=1))))
+        for name in NAMESPACES[:count]
+    )
+
+
+@st.composite
+def container_ports(draw: st.DrawFn) -> tuple[ContainerPort, ...]:
+    named = draw(st.dictionaries(st.sampled_from(PORT_NAMES),
+                                 st.tuples(st.sampled_from(PORT_NUMBERS), protocols_st), min_size=1, max_size=2))
+    unnamed = draw(st.lists(st.tuples(st.sampled_from(PORT_NUMBERS), protocols_st), max_size=1))
+    return tuple(ContainerPort(name, n, p) for name, (n, p) in sorted(named.items())) + tuple(
+        ContainerPort(None, n, p) for n, p in unnamed)
+
+
+@st.composite
+def pods(draw: st.DrawFn, namespace_names: Sequence[str], index: int) -> Pod:
+    """Pod number `index` owns 10.0.0.<index+1> and/or fd00::<index+1> (unique addresses)."""
+    family = draw(st.sampled_from(("v4", "v4", "v6", "dual")))
+    ips = []
+    if family in ("v4", "dual"):
+        ips.append(V4_BASE + index + 1)
+    if family in ("v6", "dual"):
+        ips.append(V6_BASE + index + 1)
+    status: Status = draw(st.sampled_from(("running",) * 6 + ("no-status", "host-network", "pending", "no-ip")))
+    pod = Pod(
+        namespace=draw(st.sampled_from(namespace_names)),
+        name=f"pod-{index}",
+        labels=draw(labels_st),
+        ips=tuple(ips),
+        node_name=draw(st.sampled_from(("node-1", "node-2"))),
+        ports=draw(container_ports()),
+    )
+    if status == "no-status":
+        return replace(pod, ips=(), ips_known=False)
+    if status == "host-network":
+        return replace(pod, host_network=True)
+    if status == "pending":
+        return replace(pod, phase="Pending")
+    if status == "no-ip":
+        return replace(pod, ips=())
+    return pod
+
+
+@st.composite
+def ip_blocks(draw: st.DrawFn) -> IPBlock:
+    version = draw(st.sampled_from((4, 4, 6)))
+    bits = 32 if version == 4 else 128
+    base = V4_BASE if version == 4 else V6_BASE
+    if draw(st.integers(0, 9)) == 0:
+        cidr = IPNetwork(f"{base}/0").cidr  # everything of the family
+    else:  # inside the pools, mostly wide enough to hold several pods: /28../32, /124../128
+        prefix = draw(st.sampled_from((bits - 4, bits - 4, bits - 3, bits - 2, bits - 1, bits)))
+        cidr = IPNetwork(f"{base + draw(st.integers(0, 15))}/{prefix}").cidr
+    excepts = []
+    for _ in range(draw(st.integers(0, 2))):
+        if cidr.prefixlen >= bits:
+            break
+        sub_prefix = draw(st.integers(max(cidr.prefixlen + 1, bits - 4), bits))
+        inside = cidr.first + draw(st.integers(0, min(cidr.size, 16) - 1))
+        excepts.append(IPNetwork(f"{IPAddress(inside, version)}/{sub_prefix}").cidr)
+    return IPBlock(cidr, tuple(sorted(set(excepts))))
+
+
+@st.composite
+def peers(draw: st.DrawFn) -> Peer:
+    kind = draw(st.sampled_from(("pods", "namespaces", "both", "ipblock", "ipblock")))
+    if kind == "pods":
+        return Peer(pod_selector=draw(selectors()))
+    if kind == "namespaces":
+        return Peer(namespace_selector=draw(namespace_selectors))
+    if kind == "both":
+        return Peer(pod_selector=draw(selectors()), namespace_selector=draw(namespace_selectors))
+    return Peer(ip_block=draw(ip_blocks()))
+
+
+@st.composite
+def policy_ports(draw: st.DrawFn) -> PolicyPort:
+    protocol = draw(protocols_st)
+    kind = draw(st.sampled_from(("all", "number", "range", "named", "named")))
+    if kind == "all":
+        return PolicyPort(protocol)
+    if kind == "named":
+        return PolicyPort(protocol, draw(st.sampled_from(PORT_NAMES)))
+    port = draw(st.sampled_from(PORT_NUMBERS))
+    if kind == "number":
+        return PolicyPort(protocol, port)
+    return PolicyPort(protocol, port, draw(st.sampled_from([n for n in (*PORT_NUMBERS, 81) if n >= port])))
+
+
+@st.composite
+def rules(draw: st.DrawFn) -> Rule:
+    return Rule(tuple(draw(st.lists(peers(), max_size=2))), tuple(draw(st.lists(policy_ports(), max_size=2))))
+
+
+@st.composite
+def policies(draw: st.DrawFn, namespace_names: Sequence[str] = NAMESPACES, name: str = "pol") -> NetworkPolicy:
+    ingress = tuple(draw(st.lists(rules(), max_size=2)))
+    egress = tuple(draw(st.lists(rules(), max_size=2)))
+    explicit = draw(st.sampled_from((None, ("Ingress",), ("Egress",), ("Ingress", "Egress"))))
+    types: frozenset[Direction] = (
+        frozenset(explicit) if explicit else frozenset(("Ingress", "Egress") if egress else ("Ingress",)))
+    return NetworkPolicy(draw(st.sampled_from(namespace_names)), name, draw(selectors()), types, ingress, egress)
+
+
+@st.composite
+def cluster_states(draw: st.DrawFn, max_pods: int = MAX_PODS, max_policies: int = 5) -> ClusterState:
+    ns = draw(namespaces())
+    names = [n.name for n in ns]
+    pod_count = draw(st.integers(2, max_pods))
+    pod_list = [draw(pods(names, i)) for i in range(pod_count)]
+    policy_count = draw(st.integers(0, max_policies))
+    policy_list = [draw(policies(names, f"pol-{i}")) for i in range(policy_count)]
+    return ClusterState.build(ns, pod_list, policy_list)
+
+
+def probes(state: ClusterState) -> tuple[tuple[Protocol, int], ...]:
+    """(protocol, port) pairs worth checking in `state`: every container port, both ends of
+    every policy port entry and the port just past it, one port of each protocol-wide entry."""
+    found: set[tuple[Protocol, int]] = {("TCP", 80)}
+    for pod in state.pods:
+        found.update((cp.protocol, cp.port) for cp in pod.ports)
+    for policy in state.policies:
+        for rule in (*policy.ingress, *policy.egress):
+            for entry in rule.ports:
+                if isinstance(entry.port, int):
+                    last = entry.end_port or entry.port
+                    found.update({(entry.protocol, entry.port), (entry.protocol, last), (entry.protocol, last + 1)})
+                elif entry.port is None:
+                    found.add((entry.protocol, 9))
+    return tuple(sorted(found))
