@@ -196,6 +196,9 @@ BAD_OTHERS = [
      f"pod x/web: spec.containers[0].ports[0].protocol: 'ICMP': {PROTOCOLS_HINT}"),
     ("container-port-name", _pod_with(spec__containers__0__ports__0__name="Web_Port"),
      f"pod x/web: spec.containers[0].ports[0].name: 'Web_Port': {SVC_NAME_HINT}"),
+    ("container-ports-not-a-list", _pod_with(spec__containers__0__ports=1),
+     "pod x/web: spec.containers[0].ports: must be a list"),
+    ("pod-ips-not-a-list", _pod_with(status__podIPs="10.0.0.1"), "pod x/web: status.podIPs: must be a list"),
     ("container-port-name-duplicate", pod("x/web", "10.0.0.1", ports=[("http", 80), ("http", 81)]),
      "pod x/web: spec.containers[0].ports[1].name: Duplicate value: 'http'"),
 ]

@@ -7,6 +7,7 @@ selectors and resolved rules can be compared and cached.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Literal
 
 from netaddr import IPAddress, IPNetwork
@@ -69,8 +70,9 @@ class Pod:
     ports: tuple[ContainerPort, ...] = ()
     ips_known: bool = True
 
-    @property
+    @cached_property
     def key(self) -> PodKey:
+        """One PodKey per pod, made once: indexes and resolved sets hold many references to it."""
         return PodKey(self.namespace, self.name)
 
     @property

@@ -200,6 +200,9 @@ def _container_ports(spec: dict[str, Any], errors: FieldErrors) -> tuple[Contain
         return ()
     for i, container in enumerate(containers):
         entries = container.get("ports") if isinstance(container, dict) else None
+        if entries is not None and not isinstance(entries, list):
+            errors.add(f"spec.containers[{i}].ports", "must be a list")
+            continue
         names: set[str] = set()
         for j, entry in enumerate(entries or []):
             path = f"spec.containers[{i}].ports[{j}]"

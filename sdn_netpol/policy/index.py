@@ -10,7 +10,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 
 from sdn_netpol.model.labels import LabelSelector, Requirement
-from sdn_netpol.model.objects import Namespace, NetworkPolicy, Peer, Pod, PodKey
+from sdn_netpol.model.objects import NAMESPACE_NAME_LABEL, Namespace, NetworkPolicy, Peer, Pod, PodKey
 
 _EMPTY: frozenset[PodKey] = frozenset()
 
@@ -55,7 +55,12 @@ class SelectorIndex:
         pods: Iterable[Pod],
         policies: Iterable[NetworkPolicy],
     ) -> None:
-        self._namespaces = {ns.name: ns for ns in namespaces}
+        pods, policies = list(pods), list(policies)
+        # Namespaces as the API server has them: every namespace a pod or policy lives in
+        # exists, and carries kubernetes.io/metadata.name (even in a hand-built state).
+        self._namespaces = {ns.name: _with_name_label(ns) for ns in namespaces}
+        for name in {p.namespace for p in pods} | {p.namespace for p in policies}:
+            self._namespaces.setdefault(name, Namespace.implied(name))
         self._ns_index = _LabelIndex()
         for ns in self._namespaces.values():
             self._ns_index.add(ns.name, ns.labels.items())
@@ -99,7 +104,7 @@ class SelectorIndex:
         """Pods a selector peer names; ipBlock peers name no pod here."""
         if peer.ip_block is not None:
             return _EMPTY
-        key = (policy_namespace, peer)
+        key = (peer_scope(policy_namespace, peer), peer)
         found = self._peer_cache.get(key)
         if found is None:
             found = self._select_peer(policy_namespace, peer)
@@ -114,3 +119,15 @@ class SelectorIndex:
         for ns in self.namespaces(peer.namespace_selector):
             result |= self.pods(ns, pod_selector)
         return frozenset(result)
+
+
+def _with_name_label(ns: Namespace) -> Namespace:
+    if ns.labels.get(NAMESPACE_NAME_LABEL) == ns.name:
+        return ns
+    return Namespace.implied(ns.name, ns.labels)
+
+
+def peer_scope(policy_namespace: str, peer: Peer) -> str:
+    """The part of a peer's meaning that comes from where its policy lives: a peer with a
+    namespaceSelector means the same pods from any namespace (a cache key, "" = anywhere)."""
+    return "" if peer.namespace_selector is not None else policy_namespace

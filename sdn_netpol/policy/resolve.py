@@ -5,18 +5,37 @@ The flow compiler consumes this. Each `Grant` is one conjunction: traffic betwee
 is allowed in `direction`. Named ports are resolved through the *destination* pod's
 containerPorts, so a rule whose pods resolve a name differently yields several grants:
 for ingress the targets are split, for egress the peer pods are.
+
+Orders are deterministic: a rule's numeric grant comes first, then its named-port grants by
+port ranges; peer CIDRs are sorted by family, first address, prefix length.
+
+Speed: everything a rule needs that depends only on the snapshot — pod addresses (numbered
+in address order, so peer sets are sorted and deduplicated as integers), the peer set of a
+`from`/`to` list, the pods inside an ipBlock (binary search), named-port resolutions — is
+computed once per ClusterState by `Resolver` and shared by every rule that asks again.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 from netaddr import IPNetwork, IPSet
 
-from sdn_netpol.model.objects import Direction, IPBlock, NetworkPolicy, Pod, PodKey, PolicyPort, Protocol, Rule
+from sdn_netpol.model.objects import (
+    Direction,
+    IPBlock,
+    NetworkPolicy,
+    Peer,
+    PodKey,
+    PolicyPort,
+    Protocol,
+    Rule,
+)
+from sdn_netpol.policy.index import peer_scope
 from sdn_netpol.policy.state import ClusterState
 
 
@@ -65,35 +84,45 @@ class ResolvedPolicy:
     rules: tuple[ResolvedRule, ...]
 
 
+ANY_PEER = Peers(any=True)
+NO_PEER = Peers()
+
+
 def resolve_all(state: ClusterState) -> tuple[ResolvedPolicy, ...]:
     return tuple(resolve_policy(state, p) for p in state.policies)
 
 
 def resolve_policy(state: ClusterState, policy: NetworkPolicy) -> ResolvedPolicy:
+    resolver = state.resolver
     applied_to = state.index.applied_to(policy)
     rules: list[ResolvedRule] = []
     for direction in sorted(policy.policy_types):
         for index, rule in enumerate(policy.rules(direction)):
-            grants = _rule_grants(state, policy, direction, rule, applied_to)
+            grants = _rule_grants(resolver, policy, direction, rule, applied_to)
             rules.append(ResolvedRule(policy.ref, direction, index, grants))
     return ResolvedPolicy(policy.ref, applied_to, policy.policy_types, tuple(rules))
 
 
 def _rule_grants(
-    state: ClusterState, policy: NetworkPolicy, direction: Direction, rule: Rule, targets: frozenset[PodKey]
+    resolver: Resolver, policy: NetworkPolicy, direction: Direction, rule: Rule, targets: frozenset[PodKey]
 ) -> tuple[Grant, ...]:
     if not targets:
         return ()
-    peer_pods = _peer_pods(state, policy, rule)
     numeric = tuple(sorted({r for pp in rule.ports if not isinstance(pp.port, str) for r in _numeric(pp)}))
-    named = [pp for pp in rule.ports if isinstance(pp.port, str)]
+    named = tuple(pp for pp in rule.ports if isinstance(pp.port, str))
     grants: list[Grant] = []
     if not rule.ports or numeric:
-        peers = _peers(state, rule, peer_pods)
+        peers = resolver.peers(policy.namespace, rule.peers)
         if not peers.empty:
             grants.append(Grant(targets, peers, numeric))
-    if named:
-        grants.extend(_named_grants(state, rule, direction, targets, peer_pods, named))
+    if named and direction == "Ingress":
+        peers = resolver.peers(policy.namespace, rule.peers)
+        if not peers.empty:
+            groups = resolver.group_by_named_ports(targets, named)
+            grants.extend(Grant(frozenset(keys), peers, ports) for ports, keys in groups)
+    elif named:
+        reached = resolver.egress_named(policy.namespace, rule, named)
+        grants.extend(Grant(targets, peers, ports) for ports, peers in reached)
     return tuple(grants)
 
 
@@ -104,27 +133,183 @@ def _numeric(pp: PolicyPort) -> tuple[PortRange, ...]:
     return (PortRange(pp.protocol, pp.port, pp.end_port or pp.port),)
 
 
-def _peer_pods(state: ClusterState, policy: NetworkPolicy, rule: Rule) -> frozenset[PodKey] | None:
-    """Pods named by the rule's selector peers; None = all (an empty from/to)."""
-    if not rule.peers:
-        return None
-    found: set[PodKey] = set()
-    for peer in rule.peers:
-        found |= state.index.peer_pods(policy.namespace, peer)
-    return frozenset(found)
+class Resolver:
+    """What resolution derives from one snapshot, computed once and shared by every rule.
+
+    Only pods inside NetworkPolicy's scope have addresses here (the label index holds only
+    them too). Pure caches: results are those of resolving every rule from scratch.
+    """
+
+    def __init__(self, state: ClusterState) -> None:
+        self._index = state.index
+        self._pods = state.pods_by_key
+        addresses = {p.key: [_host_key(ip.version, int(ip)) for ip in p.ips] for p in state.pods if p.in_policy_scope}
+        # every distinct pod address, in CIDR sort order; an address's ordinal is its position
+        self._keys: list[int] = sorted({k for keys in addresses.values() for k in keys})
+        self._networks = [_network(k) for k in self._keys]
+        position = {key: i for i, key in enumerate(self._keys)}
+        self._ordinals: dict[PodKey, tuple[int, ...]] = {
+            pod: tuple(sorted({position[k] for k in keys})) for pod, keys in addresses.items()
+        }
+        self._peers: dict[tuple[str, tuple[Peer, ...]], Peers] = {}
+        self._peer_ordinals: dict[tuple[str, Peer], frozenset[int]] = {}
+        self._block_ordinals: dict[IPBlock, tuple[int, ...]] = {}
+        self._resolutions: dict[tuple[PolicyPort, ...], dict[PodKey, tuple[PortRange, ...]]] = {}
+        self._groups: dict[
+            tuple[str, Peer | None, tuple[PolicyPort, ...]], list[tuple[tuple[PortRange, ...], frozenset[int]]]
+        ] = {}
+
+    # --- peer addresses ------------------------------------------------------------------
+
+    def peers(self, namespace: str, peers: tuple[Peer, ...]) -> Peers:
+        """The addresses of a `from`/`to` list: selected pods' addresses ∪ (ipBlock − except)."""
+        if not peers:
+            return ANY_PEER
+        cache_key = (namespace, peers)
+        found = self._peers.get(cache_key)
+        if found is None:
+            ordinals: set[int] = set()
+            for peer in peers:
+                if peer.ip_block is None:
+                    ordinals |= self._selected_ordinals(namespace, peer)
+            blocks = [block_networks(peer.ip_block) for peer in peers if peer.ip_block is not None]
+            found = Peers(cidrs=self._cidrs(ordinals, [n for nets in blocks for n in nets])) if ordinals or blocks \
+                else NO_PEER
+            self._peers[cache_key] = found
+        return found
+
+    def _selected_ordinals(self, namespace: str, peer: Peer) -> frozenset[int]:
+        cache_key = (peer_scope(namespace, peer), peer)
+        found = self._peer_ordinals.get(cache_key)
+        if found is None:
+            ordinals = self._ordinals
+            found = frozenset(o for key in self._index.peer_pods(namespace, peer) for o in ordinals[key])
+            self._peer_ordinals[cache_key] = found
+        return found
+
+    def _cidrs(self, ordinals: Iterable[int], extra: list[IPNetwork]) -> tuple[IPNetwork, ...]:
+        """Pod addresses (by ordinal) plus other networks, deduplicated, in CIDR sort order."""
+        networks = self._networks
+        if not extra:
+            return tuple(networks[o] for o in sorted(ordinals))
+        merged: dict[int, IPNetwork] = {self._keys[o]: networks[o] for o in ordinals}
+        for net in extra:
+            merged.setdefault(_net_key(net.version, net.first, net.prefixlen), net)
+        return tuple(merged[k] for k in sorted(merged))
+
+    def block_ordinals(self, block: IPBlock) -> tuple[int, ...]:
+        """Pod addresses inside cidr and outside every except (binary search, no scan)."""
+        found = self._block_ordinals.get(block)
+        if found is None:
+            inside = set(self._range(block.cidr))
+            for ex in block.excepts:
+                inside.difference_update(self._range(ex))
+            found = tuple(sorted(inside))
+            self._block_ordinals[block] = found
+        return found
+
+    def _range(self, net: IPNetwork) -> range:
+        return range(bisect_left(self._keys, _net_key(net.version, net.first, 0)),
+                     bisect_right(self._keys, _net_key(net.version, net.last, 255)))
+
+    @cached_property
+    def _owners(self) -> dict[int, list[PodKey]]:
+        """Address ordinal → the pods that have it (usually one)."""
+        owners: dict[int, list[PodKey]] = defaultdict(list)
+        for key, ordinals in self._ordinals.items():
+            for ordinal in ordinals:
+                owners[ordinal].append(key)
+        return owners
+
+    # --- named ports ---------------------------------------------------------------------
+
+    def resolutions(self, named: tuple[PolicyPort, ...]) -> dict[PodKey, tuple[PortRange, ...]]:
+        """What the named entries mean on each in-scope pod (absent: nothing)."""
+        found = self._resolutions.get(named)
+        if found is None:
+            found = {}
+            for key in self._ordinals:
+                pod = self._pods[key]
+                ranges = {
+                    PortRange(pp.protocol, number, number)
+                    for pp in named
+                    for number in pod.resolve_named_port(str(pp.port), pp.protocol)
+                }
+                if ranges:
+                    found[key] = tuple(sorted(ranges))
+            self._resolutions[named] = found
+        return found
+
+    def group_by_named_ports(
+        self, keys: Iterable[PodKey], named: tuple[PolicyPort, ...]
+    ) -> list[tuple[tuple[PortRange, ...], list[PodKey]]]:
+        """Pods that resolve the named entries to the same numbers share one grant;
+        pods that resolve them to nothing get none."""
+        resolutions = self.resolutions(named)
+        groups: dict[tuple[PortRange, ...], list[PodKey]] = defaultdict(list)
+        for key in keys:
+            ranges = resolutions.get(key)
+            if ranges:
+                groups[ranges].append(key)
+        return sorted((ports, sorted(members)) for ports, members in groups.items())
+
+    def egress_named(
+        self, namespace: str, rule: Rule, named: tuple[PolicyPort, ...]
+    ) -> list[tuple[tuple[PortRange, ...], Peers]]:
+        """Egress through named ports: destination pods grouped by what the names mean on them,
+        each group with the addresses by which the rule reaches its pods.
+
+        A name means something only on a pod, so an ipBlock peer reaches through a named port
+        exactly the in-scope pods whose address lies in the block (by those addresses).
+        """
+        merged: dict[tuple[PortRange, ...], set[int]] = defaultdict(set)
+        for peer in rule.peers or (None,):
+            for ports, ordinals in self._named_groups(namespace, peer, named):
+                merged[ports] |= ordinals
+        return [(ports, Peers(cidrs=self._cidrs(merged[ports], []))) for ports in sorted(merged) if merged[ports]]
+
+    def _named_groups(
+        self, namespace: str, peer: Peer | None, named: tuple[PolicyPort, ...]
+    ) -> list[tuple[tuple[PortRange, ...], frozenset[int]]]:
+        """For one peer (None: every pod), the addresses it reaches, grouped by resolution."""
+        scope = "" if peer is None else peer_scope(namespace, peer)
+        cache_key = (scope, peer, named)
+        found = self._groups.get(cache_key)
+        if found is None:
+            resolutions = self.resolutions(named)
+            groups: dict[tuple[PortRange, ...], set[int]] = defaultdict(set)
+            if peer is not None and peer.ip_block is not None:
+                for ordinal in self.block_ordinals(peer.ip_block):
+                    for key in self._owners[ordinal]:
+                        if key in resolutions:
+                            groups[resolutions[key]].add(ordinal)
+            else:
+                keys = self._ordinals if peer is None else self._index.peer_pods(namespace, peer)
+                for key in keys:
+                    if key in resolutions:
+                        groups[resolutions[key]].update(self._ordinals[key])
+            found = [(ports, frozenset(ordinals)) for ports, ordinals in groups.items()]
+            self._groups[cache_key] = found
+        return found
 
 
-def _peers(state: ClusterState, rule: Rule, peer_pods: frozenset[PodKey] | None) -> Peers:
-    if peer_pods is None:
-        return Peers(any=True)
-    cidrs = list(pod_networks(state, peer_pods))
-    for peer in rule.peers:
-        if peer.ip_block is not None:
-            cidrs.extend(block_networks(peer.ip_block))
-    return Peers(cidrs=tuple(sorted(set(cidrs))))
+def _net_key(version: int, first: int, prefixlen: int) -> int:
+    """One int that sorts CIDRs by family, first address, prefix length (ints are cheap to
+    sort, hash and keep: no tuples for the garbage collector to walk)."""
+    return (version << 140) | (first << 8) | prefixlen
+
+
+def _host_key(version: int, address: int) -> int:
+    return _net_key(version, address, 32 if version == 4 else 128)
+
+
+def _network(key: int) -> IPNetwork:
+    version, first, prefixlen = key >> 140, (key >> 8) & ((1 << 132) - 1), key & 0xFF
+    return IPNetwork((first, prefixlen), version)
 
 
 def pod_networks(state: ClusterState, keys: Iterable[PodKey]) -> Iterable[IPNetwork]:
+    """Every address of the given pods, each as a host network (/32, /128)."""
     pods = state.pods_by_key
     for key in keys:
         for ip in pods[key].ips:
@@ -141,69 +326,3 @@ def block_networks(block: IPBlock) -> tuple[IPNetwork, ...]:
     """cidr minus every except, as the fewest CIDRs (a set difference, never a drop flow)."""
     remaining = IPSet([block.cidr]) - IPSet(block.excepts)
     return tuple(remaining.iter_cidrs())
-
-
-def _named_grants(
-    state: ClusterState,
-    rule: Rule,
-    direction: Direction,
-    targets: frozenset[PodKey],
-    peer_pods: frozenset[PodKey] | None,
-    named: list[PolicyPort],
-) -> list[Grant]:
-    pods = state.pods_by_key
-    if direction == "Ingress":
-        peers = _peers(state, rule, peer_pods)
-        if peers.empty:
-            return []
-        groups = _group_by_resolution((pods[k] for k in targets), named)
-        return [Grant(frozenset(keys), peers, ports) for ports, keys in groups]
-    addresses = _egress_destinations(state, rule, peer_pods)
-    groups = _group_by_resolution((pods[k] for k in addresses), named)
-    return [
-        Grant(targets, Peers(cidrs=tuple(sorted({n for k in keys for n in addresses[k]}))), ports)
-        for ports, keys in groups
-        if any(addresses[k] for k in keys)
-    ]
-
-
-def _egress_destinations(
-    state: ClusterState, rule: Rule, peer_pods: frozenset[PodKey] | None
-) -> dict[PodKey, set[IPNetwork]]:
-    """Destination pods of an egress rule with the addresses by which the rule reaches them.
-
-    A named port means something only on a pod, so an ipBlock peer reaches through a named
-    port exactly the in-scope pods whose address lies in the block.
-    """
-    if peer_pods is None:
-        return {k: set(pod_networks(state, [k])) for k in _all_in_scope(state)}
-    result = {k: set(pod_networks(state, [k])) for k in peer_pods}
-    blocks = [peer.ip_block for peer in rule.peers if peer.ip_block is not None]
-    if blocks:
-        for pod in state.pods:
-            if not pod.in_policy_scope:
-                continue
-            inside = {_host_network(str(ip)) for ip in pod.ips if any(b.contains(ip) for b in blocks)}
-            if inside:
-                result.setdefault(pod.key, set()).update(inside)
-    return result
-
-
-def _all_in_scope(state: ClusterState) -> frozenset[PodKey]:
-    return frozenset(p.key for p in state.pods if p.in_policy_scope)
-
-
-def _group_by_resolution(
-    pods: Iterable[Pod], named: list[PolicyPort]
-) -> list[tuple[tuple[PortRange, ...], list[PodKey]]]:
-    """Pods that resolve the named ports to the same numbers share one grant."""
-    groups: dict[tuple[PortRange, ...], list[PodKey]] = defaultdict(list)
-    for pod in pods:
-        ranges = set()
-        for pp in named:
-            assert isinstance(pp.port, str)
-            for number in pod.resolve_named_port(pp.port, pp.protocol):
-                ranges.add(PortRange(pp.protocol, number, number))
-        if ranges:
-            groups[tuple(sorted(ranges))].append(pod.key)
-    return sorted((ports, sorted(keys)) for ports, keys in groups.items())

@@ -5,10 +5,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 from sdn_netpol.model.objects import Namespace, NetworkPolicy, Pod, PodKey
 from sdn_netpol.model.parse import ParseResult
 from sdn_netpol.policy.index import SelectorIndex
+
+if TYPE_CHECKING:
+    from sdn_netpol.policy.resolve import Resolver
 
 
 @dataclass(frozen=True, eq=False)
@@ -33,7 +37,7 @@ class ClusterState:
     ) -> ClusterState:
         pod_list = sorted(pods, key=lambda p: (p.namespace, p.name))
         policy_list = sorted(policies, key=lambda p: (p.namespace, p.name))
-        declared = {ns.name: ns for ns in namespaces}
+        declared = {ns.name: Namespace.implied(ns.name, ns.labels) for ns in namespaces}
         for name in {p.namespace for p in pod_list} | {p.namespace for p in policy_list}:
             declared.setdefault(name, Namespace.implied(name))
         ns_list = sorted(declared.values(), key=lambda n: n.name)
@@ -46,6 +50,13 @@ class ClusterState:
     @cached_property
     def index(self) -> SelectorIndex:
         return SelectorIndex(self.namespaces, self.pods, self.policies)
+
+    @cached_property
+    def resolver(self) -> Resolver:
+        """Rule-resolution caches (addresses, peer sets, named ports) of this snapshot."""
+        from sdn_netpol.policy.resolve import Resolver  # resolve imports this module
+
+        return Resolver(self)
 
     @cached_property
     def pods_by_key(self) -> dict[PodKey, Pod]:
