@@ -30,11 +30,11 @@ def controller_markers(state: LabState) -> list[str]:
 
 
 def controller_argv(state: LabState, node: NodeState) -> list[str]:
-    cli = Path(sys.executable).parent / "sdn-netpol"
-    head = [str(cli)] if cli.exists() else [sys.executable, "-m", "sdn_netpol.cli"]
+    """`sdn-netpol controller …`, run as its module so that it works whether or not the
+    subcommand is registered in this install."""
     return [
-        *head, "controller", "--source", f"dir:{state.manifests}", "--node", node.name, "--bridge", "br-int",
-        "--ovsdb", f"unix:{node.rundir}/db.sock",
+        sys.executable, "-m", "sdn_netpol.controller.cli", "--source", f"dir:{state.manifests}",
+        "--node", node.name, "--bridge", "br-int", "--ovsdb", f"unix:{node.rundir}/db.sock",
         "--ofp-listen", f"127.0.0.1:{OFP_PORT}", "--status-listen", f"unix:{status_socket(node)}",
     ]
 
@@ -85,6 +85,7 @@ class NodeProgress:
     pods: frozenset[str]  # the pods this node hosts once the change is done
     doc: dict[str, Any] | None = None
     problem: str = "no answer yet"
+    dead: bool = False  # the controller process is gone: waiting is pointless
 
     def realized(self, version: str) -> bool:
         """Realized from exactly these folder bytes, nothing newer pending, and enforcing
@@ -112,7 +113,7 @@ def wait_realized(state: LabState, version: str, timeout: float = REALIZE_TIMEOU
             _poll(state, node, item)
         if all(p.realized(version) for p in progress.values()):
             return {name: p.doc or {} for name, p in progress.items()}
-        if time.monotonic() >= deadline:
+        if time.monotonic() >= deadline or any(p.dead for p in progress.values()):
             raise LabError(_lagging(progress, version, timeout))
         time.sleep(0.05)
 
@@ -123,8 +124,8 @@ def local_pods(state: LabState, node: str) -> frozenset[str]:
 
 def _poll(state: LabState, node: NodeState, item: NodeProgress) -> None:
     if not procs.alive(node.controller_pid):
-        item.doc = None
-        item.problem = f"controller is not running (see {Path(node.rundir) / 'controller.log'})"
+        item.doc, item.dead = None, True
+        item.problem = f"controller is not running; {log_tail(node)}"
         return
     try:
         item.doc = status(node)
@@ -132,6 +133,15 @@ def _poll(state: LabState, node: NodeState, item: NodeProgress) -> None:
         item.problem = f"/status: {exc}"
         return
     item.problem = describe(item.doc)
+
+
+def log_tail(node: NodeState, lines: int = 3) -> str:
+    log = Path(node.rundir) / "controller.log"
+    try:
+        tail = log.read_text(errors="replace").strip().splitlines()[-lines:]
+    except OSError:
+        tail = []
+    return f"{log} ends with: " + " | ".join(tail) if tail else f"see {log}"
 
 
 def describe(doc: dict[str, Any]) -> str:

@@ -91,6 +91,10 @@ class Lab:
         self.timings[name] = round(now - start, 3)
         return now
 
+    def wait_realized(self) -> None:
+        """Until every node enforces the folder as it is now (e.g. after a controller restart)."""
+        self._realize(self.state())
+
     def _realize(self, state: LabState) -> None:
         """Return once every node enforces the folder as it is now."""
         if state.flows == "static":

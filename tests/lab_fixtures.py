@@ -1,0 +1,198 @@
+"""Helpers for the lab tests: manifests as dicts, apply/delete through the lab, probe checks.
+
+Everything goes through the product path: the CNI plugin attached the pods, the
+controllers (one per node, in its namespace) installed the flows, and the probes are real
+packets between pod namespaces.
+"""
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sdn_netpol.lab import netns
+from sdn_netpol.lab.lab import Lab, ProbeReport
+from sdn_netpol.lab.state import PodState
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = ROOT / "examples" / "conformance" / "model.yaml"
+PODS = [f"{ns}/{p}" for ns in "xyz" for p in "abc"]
+PACKET_OUTGOING = 4  # sll_pkttype of a frame the socket's own host sent
+
+
+def netpol(name: str, namespace: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": name, "namespace": namespace}, "spec": spec}
+
+
+def deny_ingress(namespace: str) -> dict[str, Any]:
+    return netpol("deny-ingress", namespace, {"podSelector": {}, "policyTypes": ["Ingress"]})
+
+
+def pod_manifest(namespace: str, name: str, labels: dict[str, str], ports: list[tuple[str, int]]) -> dict[str, Any]:
+    container_ports = [{"name": f"serve-{port}-{proto.lower()}", "containerPort": port, "protocol": proto}
+                       for proto, port in ports]
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": namespace, "labels": labels},
+            "spec": {"containers": [{"name": "serve", "image": "lab/serve", "ports": container_ports}]}}
+
+
+def namespace(name: str, labels: dict[str, str]) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}}
+
+
+@dataclass
+class Cluster:
+    """One test's view of the module's lab: what it applied is undone afterwards."""
+
+    lab: Lab
+    tmp: Path
+    applied: list[dict[str, Any]] = field(default_factory=list)
+    relabelled: bool = False
+    counter: int = 0
+
+    def _file(self, docs: tuple[dict[str, Any], ...]) -> Path:
+        self.counter += 1
+        path = self.tmp / f"objects-{self.counter}.yaml"
+        path.write_text(yaml.safe_dump_all(list(docs)))
+        return path
+
+    def apply(self, *docs: dict[str, Any]) -> None:
+        self.lab.apply([self._file(docs)])
+        for doc in docs:
+            if doc["kind"] == "NetworkPolicy":
+                self.applied.append(doc)
+            else:
+                self.relabelled = True
+
+    def delete(self, *docs: dict[str, Any]) -> None:
+        self.lab.delete([self._file(docs)])
+        names = {(d["metadata"]["namespace"], d["metadata"]["name"]) for d in docs if d["kind"] == "NetworkPolicy"}
+        self.applied = [d for d in self.applied
+                        if (d["metadata"]["namespace"], d["metadata"]["name"]) not in names]
+
+    def reset(self) -> None:
+        if self.applied:
+            self.delete(*self.applied)
+        if self.relabelled:
+            self.lab.apply([MODEL])  # labels back as the model says, pods in place
+
+    def check(self, protocol: str, port: int) -> ProbeReport:
+        """Measured == expected, or a message naming every differing pair and what happened."""
+        report = self.lab.probe(protocol, port)
+        detail = [f"{s}->{d}: measured {report.outcomes.get((s, d))}, expected "
+                  f"{'allowed' if report.expected.allowed[s][d] else 'denied'}" for s, d in report.mismatches]
+        assert not report.mismatches, f"{protocol}/{port}: {len(detail)} mismatch(es):\n" + "\n".join(detail)
+        assert report.seconds < 5.0, f"a {len(report.measured.pods)}² probe took {report.seconds:.1f} s"
+        return report
+
+    def pod(self, key: str) -> PodState:
+        return self.lab.state().pods[key]
+
+
+def allowed_pairs(report: ProbeReport) -> set[tuple[str, str]]:
+    return {(s, d) for s in report.measured.pods for d in report.measured.pods if report.expected.allowed[s][d]}
+
+
+@dataclass
+class Stream:
+    """A long TCP conversation with a pod's echo server: one chunk every `period` seconds,
+    each echo awaited; records every failure and the slowest round trip."""
+
+    sock: socket.socket
+    period: float = 0.02
+    sent: int = 0
+    echoed: int = 0
+    errors: list[str] = field(default_factory=list)
+    slowest: float = 0.0
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> Stream:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        n = 0
+        while not self._stop.is_set():
+            chunk = f"{n:08d}".encode() * 128
+            begin = time.monotonic()
+            try:
+                self.sock.sendall(chunk)
+                self.sent += len(chunk)
+                got = b""
+                while len(got) < len(chunk):
+                    data = self.sock.recv(len(chunk) - len(got))
+                    if not data:
+                        raise ConnectionError("closed by the peer")
+                    got += data
+            except OSError as exc:
+                self.errors.append(f"chunk {n}: {exc!r}")
+                return
+            if got != chunk:
+                self.errors.append(f"chunk {n}: echo differs")
+                return
+            self.echoed += len(got)
+            self.slowest = max(self.slowest, time.monotonic() - begin)
+            n += 1
+            time.sleep(self.period)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+        self.sock.close()
+
+
+def connect(src: PodState, dst: PodState, port: int, timeout: float = 3.0) -> socket.socket:
+    sock = netns.socket_in(src.netns, socket.AF_INET, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    sock.connect((dst.ip, port))
+    return sock
+
+
+@contextlib.contextmanager
+def sniffer(pod: PodState) -> Iterator[socket.socket]:
+    """An AF_PACKET socket on the pod's eth0: every IPv4 frame the pod receives."""
+    sock = netns.socket_in(pod.netns, socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0800))
+    try:
+        sock.bind(("eth0", 0))
+        sock.settimeout(0.2)
+        yield sock
+    finally:
+        sock.close()
+
+
+def received(sock: socket.socket, marker: bytes, seconds: float = 1.0) -> list[bytes]:
+    """Frames carrying `marker` that the pod receives within `seconds` (its own replies,
+    which an AF_PACKET socket also sees, are left out)."""
+    deadline = time.monotonic() + seconds
+    found = []
+    while time.monotonic() < deadline:
+        try:
+            frame, address = sock.recvfrom(65536)
+        except TimeoutError:
+            continue
+        if marker in frame and address[2] != PACKET_OUTGOING:
+            found.append(frame)
+    return found
+
+
+def frames_with(sock: socket.socket, marker: bytes, seconds: float = 1.0) -> int:
+    return len(received(sock, marker, seconds))
+
+
+def send_frame(pod: PodState, frame: bytes) -> None:
+    """Put a hand-made Ethernet frame on the wire from inside the pod (as a rogue
+    process in the pod could)."""
+    sock = netns.socket_in(pod.netns, socket.AF_PACKET, socket.SOCK_RAW, 0)
+    with sock:
+        sock.bind(("eth0", 0))
+        sock.send(frame)
