@@ -83,10 +83,15 @@ def _endpoint(state: ClusterState, text: str, option: str) -> Endpoint:
             raise click.BadParameter(f"no pod {text} in the manifests", param_hint=option)
         return Endpoint(pod=pod)
     try:
-        return Endpoint(ip=IPAddress(text))
+        ip = IPAddress(text)
     except (AddrFormatError, ValueError) as exc:
         raise click.BadParameter(f"{text!r} is neither NAMESPACE/POD nor an IP address",
                                  param_hint=option) from exc
+    owners = [p for p in state.pods if p.in_policy_scope and ip in p.ips]
+    if len(owners) == 1:  # a packet from or to a pod's address is that pod's
+        click.echo(f"note: {text} is the address of pod {owners[0].key}", err=True)
+        return Endpoint(pod=owners[0])
+    return Endpoint(ip=ip)
 
 
 def _looks_like_ip(text: str) -> bool:

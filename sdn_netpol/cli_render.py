@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from rich.console import Console
+from rich import box
+from rich.console import Console, RenderableType
 from rich.table import Table
 
 from sdn_netpol.policy.matrix import Matrix
@@ -16,11 +17,12 @@ def matrix_table(matrix: Matrix, title: str | None = None, expected: Matrix | No
     With `expected`, a cell that differs is shown as `✗` (measured ≠ expected).
     """
     table = Table(title=title or f"{matrix.protocol}/{matrix.port}: may ROW connect to COLUMN?",
-                  show_lines=False, pad_edge=False, padding=(0, 1))
-    table.add_column("#", justify="right", style="dim")
-    table.add_column("from \\ to", no_wrap=True)
-    for i in range(1, len(matrix.pods) + 1):
-        table.add_column(str(i), justify="center", no_wrap=True)
+                  box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1), collapse_padding=True)
+    count = len(matrix.pods)
+    table.add_column("#", justify="right", style="dim", no_wrap=True, min_width=len(str(count)))
+    table.add_column("from \\ to", no_wrap=True, min_width=max((len(p) for p in matrix.pods), default=0))
+    for i in range(1, count + 1):
+        table.add_column(str(i), justify="center", no_wrap=True, min_width=len(str(i)))
     for i, src in enumerate(matrix.pods, start=1):
         cells = [_cell(matrix, expected, src, dst) for dst in matrix.pods]
         table.add_row(str(i), src, *cells)
@@ -35,10 +37,20 @@ def _cell(matrix: Matrix, expected: Matrix | None, src: str, dst: str) -> str:
 
 
 def print_matrix(console: Console, matrix: Matrix, title: str | None = None, expected: Matrix | None = None) -> None:
-    console.print(matrix_table(matrix, title, expected))
+    table = matrix_table(matrix, title, expected)
+    fit_width(console, table)
+    console.print(table)
     console.print(f"  {ALLOW} allowed   {DENY} denied" + ("   ✗ measured differs from expected" if expected else ""))
 
 
 def wide_console() -> Console:
     """Never wrap a matrix: a 30-pod table is ~130 columns, wider than a default terminal."""
     return Console(width=max(Console().width, 160), highlight=False)
+
+
+def fit_width(console: Console, renderable: RenderableType) -> None:
+    """Widen `console` so that `renderable` is printed at its natural width: rich squeezes a
+    table that does not fit (cells become "…"), a long line is better than a lost column."""
+    needed = console.measure(renderable, options=console.options.update(max_width=100_000)).maximum
+    if needed > console.width:
+        console.width = needed

@@ -764,11 +764,23 @@ def test_explain_lists_every_isolating_policy_and_every_allowing_rule() -> None:
 
 def test_explain_an_outside_address_and_ip_block_peer(example: ClusterState) -> None:
     assert explain(verdict(example, "172.17.0.9", "default/db", 6379))[1:] == [
-        "  egress: not a pod under NetworkPolicy, nothing to check",
+        "  egress: 172.17.0.9 is not a pod: no egress policy applies",
         "  ingress: default/db is isolated for ingress by default/test-network-policy",
         "    allowed by policy default/test-network-policy ingress[0] "
         "(peer: ipBlock 172.17.0.0/16 except 172.17.1.0/24; port: TCP 6379)",
     ]
+
+
+@pytest.mark.parametrize(
+    ("pod_ref", "reason"),
+    [("default/host", "default/host uses the host network"),
+     ("default/pending", "default/pending is not running (phase Pending)"),
+     ("default/no-ip", "default/no-ip has no IP address")],
+)
+def test_explain_says_why_network_policy_does_not_apply_to_a_pod(pod_ref: str, reason: str) -> None:
+    state = build(*EXAMPLE_CLUSTER, *OUT_OF_SCOPE, TEST_NETWORK_POLICY)
+    lines = explain(verdict(state, "default/frontend", pod_ref, 6379))
+    assert lines[2] == f"  ingress: {reason}: no ingress policy applies"
 
 
 def test_explain_loopback() -> None:

@@ -47,12 +47,17 @@ class RuleMatch:
 
 @dataclass(frozen=True)
 class SideVerdict:
-    """One direction's decision. `isolated_by` empty means the side is not isolated."""
+    """One direction's decision. `isolated_by` empty means the side is not isolated.
+
+    `subject` is the pod whose policies decide, None when NetworkPolicy does not apply to that
+    end; `outside` then says why in plain words (an outside address, host network, ...).
+    """
 
     direction: Direction
     subject: str | None
     isolated_by: tuple[str, ...]
     allowed_by: tuple[RuleMatch, ...]
+    outside: str | None = None
 
     @property
     def allowed(self) -> bool:
@@ -114,8 +119,9 @@ class _Connection:
     port: int
 
     def side(self, direction: Direction, pod: Pod | None) -> SideVerdict:
+        end = self.src if direction == "Egress" else self.dst
         if pod is None or not pod.in_policy_scope:
-            return SideVerdict(direction, None, (), ())
+            return SideVerdict(direction, None, (), (), outside=outside_reason(end))
         isolating = [p for p in self._selecting(pod) if p.affects(direction)]
         matches = tuple(m for p in isolating for m in self._rule_matches(p, direction))
         return SideVerdict(direction, f"{pod.namespace}/{pod.name}", tuple(p.ref for p in isolating), matches)
@@ -175,6 +181,18 @@ class _Connection:
         return self.port in dst_pod.resolve_named_port(entry.port, self.protocol)
 
 
+def outside_reason(end: Endpoint) -> str:
+    """Why NetworkPolicy does not apply to this end of a connection, in plain words."""
+    pod = end.pod
+    if pod is None:
+        return f"{end} is not a pod"
+    if pod.host_network:
+        return f"{end} uses the host network"
+    if pod.phase != "Running":
+        return f"{end} is not running (phase {pod.phase})"
+    return f"{end} has no IP address"
+
+
 def explain(verdict: Verdict) -> list[str]:
     """Plain-words reasons, one line each, for `sdn-netpol explain`."""
     head = "ALLOWED" if verdict.allowed else "DENIED"
@@ -190,7 +208,7 @@ def explain(verdict: Verdict) -> list[str]:
 def _explain_side(side: SideVerdict) -> list[str]:
     word = "egress" if side.direction == "Egress" else "ingress"
     if side.subject is None:
-        return [f"  {word}: not a pod under NetworkPolicy, nothing to check"]
+        return [f"  {word}: {side.outside or 'not a pod'}: no {word} policy applies"]
     if not side.isolated_by:
         reason = f"no policy selects it with policyType {side.direction}"
         return [f"  {word}: {side.subject} is not isolated for {word} ({reason}): allowed"]
