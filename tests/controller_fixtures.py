@@ -98,8 +98,8 @@ class Switch:
 
     def set_controller(self, port: int) -> None:
         """Before any flows (set-controller wipes the table); reconnect within a second."""
-        self.ovs.vsctl("set-controller", BRIDGE, f"tcp:{self.root_ip}:{port}")
-        self.ovs.vsctl("set", "Controller", BRIDGE, "max_backoff=1000", "inactivity_probe=0")
+        self.ovs.vsctl("--", "--id=@c", "create", "Controller", f'target="tcp:{self.root_ip}:{port}"',
+                       "max_backoff=1000", "inactivity_probe=0", "--", "set", "Bridge", BRIDGE, "controller=@c")
 
     def add_pod(self, namespace: str, name: str, ip: str) -> Pod:
         """An internal port with the external_ids the CNI shim writes."""
@@ -361,6 +361,16 @@ class FolderCluster(Cluster):
 
     def docs(self) -> list[dict[str, Any]]:
         return [d for f in sorted(self.path.glob("*.yaml")) for d in yaml.safe_load_all(f.read_text()) if d]
+
+
+@dataclass
+class StaticCluster(Cluster):
+    """Fixed documents: what the switch must hold in a state no live source shows."""
+
+    documents: list[dict[str, Any]]
+
+    def docs(self) -> list[dict[str, Any]]:
+        return self.documents
 
 
 @dataclass

@@ -1,0 +1,218 @@
+"""The controller with `--source kube` against the wire-level fake API server (the
+unchanged `kubernetes` client talks HTTP to it) and a real OVS: changes are realized
+exactly, and every API fault (dropped, stalled, compacted, failing) converges again."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests import fakekube
+from tests.controller_fixtures import (
+    NODE,
+    Controller,
+    KubeCluster,
+    StaticCluster,
+    Switch,
+    assert_flows_converge,
+    controller,
+    namespace_manifest,
+    node_manifest,
+    pod_manifest,
+    policy_manifest,
+    switch,
+    wait_for,
+)
+from tests.fakekube import FakeKube
+
+READ_TIMEOUT = "1.0"  # seconds of silence before a watch counts as stalled (fast tests)
+
+
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeKube]:
+    """The fake serves Namespaces, Pods, NetworkPolicies; the controller also lists and
+    watches Nodes, so this test adds them to its resource table (same code paths)."""
+    if not any(r.kind == "Node" for r in fakekube.RESOURCES):
+        monkeypatch.setattr(fakekube, "RESOURCES", (*fakekube.RESOURCES, fakekube.Resource("nodes", "Node", "v1",
+                                                                                            False)))
+    with FakeKube() as fk:
+        yield fk
+
+
+@pytest.fixture
+def sw(tmp_path: Path) -> Iterator[Switch]:
+    with switch(tmp_path) as s:
+        s.set_controller(6653)
+        yield s
+
+
+@pytest.fixture
+def cluster(fake: FakeKube) -> KubeCluster:
+    return KubeCluster(fake)
+
+
+@pytest.fixture
+def ctl(sw: Switch, fake: FakeKube, tmp_path: Path) -> Iterator[Controller]:
+    kubeconfig = fake.write_kubeconfig(tmp_path / "kubeconfig")
+    c = controller(sw, tmp_path, "kube", "--kubeconfig", str(kubeconfig), "--watch-read-timeout", READ_TIMEOUT)
+    yield c
+    c.stop()
+
+
+def seed(sw: Switch, cluster: KubeCluster) -> None:
+    sw.add_pod("x", "a", "10.244.1.2")
+    sw.add_pod("x", "b", "10.244.1.3")
+    cluster.apply(
+        node_manifest(NODE, "192.168.50.1", "10.244.1.0/24"), node_manifest("node-2", "192.168.50.2", "10.244.2.0/24"),
+        namespace_manifest("x", team="a"), namespace_manifest("y", team="b"),
+        pod_manifest("x", "a", "10.244.1.2", app="web"), pod_manifest("x", "b", "10.244.1.3", app="db"),
+        pod_manifest("y", "r", "10.244.2.7", node="node-2", app="web"),
+        policy_manifest("x", "db", "db", {"app": "web"}),
+    )
+
+
+def converged(sw: Switch, cluster: KubeCluster) -> None:
+    assert_flows_converge(sw, lambda: cluster.expected(sw))
+
+
+def restarts(ctl: Controller, reason: str) -> float:
+    return sum(v for k, v in ctl.metrics().items()
+               if k.startswith("sdn_netpol_watch_restarts_total") and f'reason="{reason}"' in k)
+
+
+def lists(fake: FakeKube) -> int:
+    return sum(1 for r in fake.request_log() if r.verb == "list")
+
+
+def test_changes_are_realized_exactly(sw: Switch, cluster: KubeCluster, fake: FakeKube, ctl: Controller) -> None:
+    seed(sw, cluster)
+    ctl.start()
+    converged(sw, cluster)
+    sw.add_pod("x", "d", "10.244.1.4")
+    cluster.apply(pod_manifest("x", "d", "10.244.1.4", app="web"))
+    converged(sw, cluster)
+    cluster.apply(pod_manifest("x", "d", "10.244.1.4", app="db"))
+    converged(sw, cluster)
+    cluster.apply({**policy_manifest("x", "from-b", "db", None),
+                   "spec": {"podSelector": {"matchLabels": {"app": "db"}}, "policyTypes": ["Ingress"],
+                            "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"team": "b"}}}]}]}})
+    converged(sw, cluster)
+    cluster.apply(namespace_manifest("y", team="c"))
+    converged(sw, cluster)
+    cluster.apply(policy_manifest("x", "db", "db", {"app": "web"}, port=8080))
+    converged(sw, cluster)
+    cluster.delete("NetworkPolicy", "x", "db")
+    converged(sw, cluster)
+    cluster.delete("Pod", "x", "d")
+    sw.remove_pod("x", "d")
+    converged(sw, cluster)
+    assert set(ctl.status()["ports"]) == {"x/a", "x/b"}
+    fake.send_bookmarks()  # every stream learns the newest resourceVersion: the state is complete up to it
+    wait_for(lambda: ctl.status()["source_version"] == fake.resource_version, what="bookmarks to advance the version")
+
+
+def test_restarted_controller_sends_no_flow_mod(sw: Switch, cluster: KubeCluster, ctl: Controller) -> None:
+    seed(sw, cluster)
+    ctl.start()
+    converged(sw, cluster)
+    installed = sw.flows()
+    ctl.stop()
+    ctl.start()
+    wait_for(lambda: ctl.status()["realized_generation"], what="the restarted controller to realize")
+    assert ctl.flow_mods_sent() == 0
+    assert sw.flows() == installed
+
+
+def test_restarted_ovs_gets_everything_back(sw: Switch, cluster: KubeCluster, ctl: Controller) -> None:
+    seed(sw, cluster)
+    ctl.start()
+    converged(sw, cluster)
+    sw.ovs.restart_vswitchd()
+    converged(sw, cluster)
+
+
+def test_dropped_watches_converge(sw: Switch, cluster: KubeCluster, fake: FakeKube, ctl: Controller) -> None:
+    seed(sw, cluster)
+    ctl.start()
+    converged(sw, cluster)
+    listed = lists(fake)
+    fake.drop_watches()  # abrupt: truncated chunked bodies
+    cluster.apply(pod_manifest("x", "b", "10.244.1.3", app="web"))
+    converged(sw, cluster)
+    fake.drop_watches(clean=True)  # the apiserver's own request timeout
+    cluster.apply(policy_manifest("x", "db", "db", {"app": "db"}))
+    converged(sw, cluster)
+    assert restarts(ctl, "dropped") >= 4
+    assert lists(fake) == listed  # resumed from the last resourceVersion, no relist
+
+
+def test_stalled_watches_converge(sw: Switch, cluster: KubeCluster, fake: FakeKube, ctl: Controller) -> None:
+    seed(sw, cluster)
+    ctl.start()
+    converged(sw, cluster)
+    listed = lists(fake)
+    stalled = restarts(ctl, "stalled")
+    fake.stall_watches(2.5)
+    cluster.apply(pod_manifest("x", "b", "10.244.1.3", app="web"), policy_manifest("x", "db", "db", {"app": "db"}))
+    converged(sw, cluster)
+    assert restarts(ctl, "stalled") > stalled
+    assert lists(fake) == listed
+
+
+def test_compacted_history_relists_and_converges(sw: Switch, cluster: KubeCluster, fake: FakeKube,
+                                                 ctl: Controller) -> None:
+    """Changes made while the watches were stalled, then lost with them (dropped after a
+    compaction), come back through the 410 → relist path, deletions included."""
+    seed(sw, cluster)
+    ctl.start()
+    converged(sw, cluster)
+    listed = lists(fake)
+    fake.stall_watches(30)
+    cluster.delete("NetworkPolicy", "x", "db")
+    cluster.delete("Namespace", "", "y")
+    cluster.delete("Pod", "y", "r")
+    cluster.apply(policy_manifest("x", "deny", "web", None))
+    fake.compact()
+    fake.drop_watches()
+    wait_for(lambda: restarts(ctl, "expired") >= 4, what="410 on every resource")
+    fake.stall_watches(0)
+    converged(sw, cluster)
+    assert lists(fake) >= listed + 4
+
+
+def test_api_errors_back_off_and_converge(sw: Switch, cluster: KubeCluster, fake: FakeKube,
+                                          ctl: Controller) -> None:
+    seed(sw, cluster)
+    fake.fail_next_lists(6)  # the first lists answer 500
+    ctl.start()
+    converged(sw, cluster)
+    assert restarts(ctl, "http_500") == 6
+    fake.fail_next_lists(3, 503, include_watches=True)
+    fake.drop_watches()
+    cluster.apply(pod_manifest("x", "b", "10.244.1.3", app="web"))
+    converged(sw, cluster)
+    assert restarts(ctl, "http_503") == 3
+    assert ctl.status()["errors"]["source"] is None or ctl.status()["realized_generation"]
+
+
+def test_invalid_policy_is_reported_and_last_valid_version_enforced(sw: Switch, cluster: KubeCluster,
+                                                                    ctl: Controller) -> None:
+    seed(sw, cluster)
+    ctl.start()
+    converged(sw, cluster)
+    broken = policy_manifest("x", "db", "db", {"app": "web"})
+    broken["spec"]["ingress"][0]["ports"] = [{"protocol": "TCP", "port": "http", "endPort": 90}]
+    cluster.apply(broken)
+    entry: dict[str, Any] = wait_for(lambda: next(iter(ctl.status()["invalid_objects"]), {}),
+                                     what="the invalid policy in /status")
+    assert (entry["kind"], entry["namespace"], entry["name"], entry["last_valid_enforced"]) == (
+        "NetworkPolicy", "x", "db", True)
+    assert entry["errors"][0]["path"].startswith("spec.ingress[0].ports[0]")
+    cluster.apply(policy_manifest("x", "other", "web", {"app": "db"}))  # everything else is still enforced
+    last_valid = [d for d in cluster.docs() if (d["kind"], d["metadata"]["name"]) != ("NetworkPolicy", "db")]
+    last_valid.append(policy_manifest("x", "db", "db", {"app": "web"}))
+    assert_flows_converge(sw, lambda: StaticCluster(last_valid).expected(sw))
+    assert ctl.metrics()["sdn_netpol_invalid_objects"] == 1
