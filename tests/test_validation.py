@@ -146,6 +146,17 @@ BAD_POLICIES = [
      P + f"spec.egress[0].to[0].namespaceSelector.matchLabels.team: '-x': {VALUE_HINT}"),
     ("peer-pod-selector-path", "ingress:\n- from: [{podSelector: {matchExpressions: [{key: a, operator: In}]}}]",
      P + "spec.ingress[0].from[0].podSelector.matchExpressions[0].values: must be specified when `operator` is 'In'"),
+    # --- unknown (misspelt) fields: strict, as kubectl's default field validation
+    ("unknown-field-form", "ingress:\n- form: [{podSelector: {}}]", P + "spec.ingress[0].form: unknown field"),
+    ("unknown-spec-field", "podselector: {matchLabels: {app: db}}", P + "spec.podselector: unknown field"),
+    ("unknown-peer-field", from_peer("{podSelector: {}, namespace: {}}"), f"{PEER}.namespace: unknown field"),
+    ("unknown-ipblock-field", from_peer("{ipBlock: {cidr: 10.0.0.0/8, exceptions: [10.1.0.0/16]}}"),
+     f"{PEER}.ipBlock.exceptions: unknown field"),
+    ("unknown-port-field", port_entry("{port: 80, end_port: 90}"), f"{PORT}.end_port: unknown field"),
+    ("unknown-selector-field", "podSelector: {matchlabels: {app: db}}",
+     P + "spec.podSelector.matchlabels: unknown field"),
+    ("unknown-expression-field", "podSelector: {matchExpressions: [{key: a, operator: Exists, value: [b]}]}",
+     P + "spec.podSelector.matchExpressions[0].value: unknown field"),
     # --- policyTypes and shape
     ("policy-type-lowercase", "policyTypes: [ingress]",
      P + "spec.policyTypes[0]: 'ingress': supported values: \"Ingress\", \"Egress\""),

@@ -34,6 +34,15 @@ from sdn_netpol.model.objects import (
 )
 
 _IANA_SVC_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
+PEER_FIELDS = ("podSelector", "namespaceSelector", "ipBlock")
+
+
+def known_fields(raw: dict[str, Any], known: tuple[str, ...], path: str, errors: FieldErrors) -> None:
+    """An unknown field is an error, as with kubectl's default (strict) field validation: a
+    misspelt field would otherwise change a policy silently (`form:` would allow everyone)."""
+    for key in raw:
+        if key not in known:
+            errors.add(f"{path}.{key}", "unknown field")
 
 
 def parse_network_policy(
@@ -45,6 +54,7 @@ def parse_network_policy(
     if not isinstance(spec, dict):
         errors.add("spec", "must be an object")
         return None
+    known_fields(spec, ("podSelector", "policyTypes", "ingress", "egress"), "spec", errors)
     # The API server's order: podSelector, ingress, egress, policyTypes (messages come in it).
     selector = parse_selector(spec.get("podSelector"), "spec.podSelector", errors)
     ingress = _rules(spec, "ingress", "from", errors)
@@ -94,6 +104,7 @@ def _rules(
         if not isinstance(item, dict):
             errors.add(path, "must be an object")
             continue
+        known_fields(item, (peers_field, "ports"), path, errors)
         ports = _ports(item.get("ports"), f"{path}.ports", errors)
         peers = _peers(item.get(peers_field), f"{path}.{peers_field}", errors)
         if peers is not None and ports is not None:
@@ -119,7 +130,8 @@ def _peer(raw: Any, path: str, errors: FieldErrors) -> Peer | None:
     if not isinstance(raw, dict):
         errors.add(path, "must be an object")
         return None
-    present = [k for k in ("podSelector", "namespaceSelector", "ipBlock") if raw.get(k) is not None]
+    known_fields(raw, PEER_FIELDS, path, errors)
+    present = [k for k in PEER_FIELDS if raw.get(k) is not None]
     if not present:
         errors.add(path, "must specify a peer (podSelector, namespaceSelector or ipBlock)")
         return None
@@ -147,6 +159,7 @@ def _ip_block(raw: Any, path: str, errors: FieldErrors) -> IPBlock | None:
     if not isinstance(raw, dict):
         errors.add(path, "must be an object")
         return None
+    known_fields(raw, ("cidr", "except"), path, errors)
     cidr = _cidr(raw.get("cidr"), f"{path}.cidr", errors)
     excepts_raw = raw.get("except") or []
     if not isinstance(excepts_raw, list):
@@ -221,6 +234,7 @@ def _port(raw: Any, path: str, errors: FieldErrors) -> PolicyPort | None:
         errors.add(path, "must be an object")
         return None
     before = len(errors.items)
+    known_fields(raw, ("protocol", "port", "endPort"), path, errors)
     protocol = raw.get("protocol") or "TCP"
     if protocol not in PROTOCOLS:
         errors.add(f"{path}.protocol", f'{protocol!r}: supported values: "TCP", "UDP", "SCTP"')
@@ -285,6 +299,7 @@ def parse_selector(raw: Any, path: str, errors: FieldErrors) -> LabelSelector | 
         errors.add(path, "must be an object")
         return None
     before = len(errors.items)
+    known_fields(raw, ("matchLabels", "matchExpressions"), path, errors)
     labels = parse_labels(raw.get("matchLabels"), f"{path}.matchLabels", errors)
     expressions = _expressions(raw.get("matchExpressions"), f"{path}.matchExpressions", errors)
     if len(errors.items) > before or labels is None:
@@ -329,6 +344,7 @@ def _requirement(raw: Any, path: str, errors: FieldErrors) -> Requirement | None
         return None
     key, operator, values = raw.get("key"), raw.get("operator"), raw.get("values") or []
     before = len(errors.items)
+    known_fields(raw, ("key", "operator", "values"), path, errors)
     validate_label_key(key, f"{path}.key", errors)
     if operator not in OPERATORS:
         errors.add(
