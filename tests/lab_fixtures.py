@@ -185,9 +185,6 @@ def received(sock: socket.socket, marker: bytes, seconds: float = 1.0) -> list[b
     return found
 
 
-def frames_with(sock: socket.socket, marker: bytes, seconds: float = 1.0) -> int:
-    return len(received(sock, marker, seconds))
-
 
 def send_frame(pod: PodState, frame: bytes) -> None:
     """Put a hand-made Ethernet frame on the wire from inside the pod (as a rogue
