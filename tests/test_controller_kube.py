@@ -190,12 +190,14 @@ def test_api_errors_back_off_and_converge(sw: Switch, cluster: KubeCluster, fake
     ctl.start()
     converged(sw, cluster)
     assert restarts(ctl, "http_500") == 6
+    assert ctl.status()["errors"]["source"] is None
     fake.fail_next_lists(3, 503, include_watches=True)
     fake.drop_watches()
     cluster.apply(pod_manifest("x", "b", "10.244.1.3", app="web"))
     converged(sw, cluster)
     assert restarts(ctl, "http_503") == 3
-    assert ctl.status()["errors"]["source"] is None or ctl.status()["realized_generation"]
+    wait_for(lambda: ctl.status()["errors"]["source"] is None, what="the source error to clear")
+    assert ctl.status()["last_error"] is None
 
 
 def test_invalid_policy_is_reported_and_last_valid_version_enforced(sw: Switch, cluster: KubeCluster,

@@ -64,12 +64,14 @@ class StatusBoard:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def report(self, place: str, message: str | None) -> None:
-        """An error at `place` (None clears it); the latest error stays as last_error until
-        a realization succeeds."""
+        """An error at `place` (None: it recovered). last_error is the latest error while
+        any place is still failing, None once all have recovered."""
         with self._lock:
             self.errors[place] = message
             if message is not None:
                 self.last_error = f"{place}: {message}"
+            elif not any(self.errors.values()):
+                self.last_error = None
 
     def observe(self, source_synced: bool) -> None:
         with self._lock:

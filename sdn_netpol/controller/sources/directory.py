@@ -31,7 +31,7 @@ from sdn_netpol.controller.sources.objects import NO_KIND, WANTED_KINDS, convert
 from sdn_netpol.controller.store import Store, StoredObject
 from sdn_netpol.manifests import ManifestError, decode_documents, manifest_files
 from sdn_netpol.model.errors import ValidationError
-from sdn_netpol.model.parse import Document, ObjectKey
+from sdn_netpol.model.parse import ObjectKey
 
 LOG = logging.getLogger(__name__)
 RACY_SECONDS = 2.0  # an mtime this recent may hide a same-size rewrite in the same tick
@@ -76,45 +76,67 @@ def _version(files: list[tuple[str, bytes]]) -> str:
     return "sha256:" + digest.hexdigest()
 
 
+Entry = tuple[ObjectKey, StoredObject | None, tuple[ValidationError, ...]]  # None: rejected
+
+
+@dataclass(frozen=True)
+class ParsedFile:
+    """One file's bytes and what they mean, kept so that an unchanged file is not parsed
+    again (a 10k-pod folder costs seconds of YAML) and a broken one keeps its last meaning."""
+
+    data: bytes
+    entries: tuple[Entry, ...]
+
+
 @dataclass(frozen=True)
 class Loaded:
     objects: dict[ObjectKey, StoredObject]
     invalid: dict[ObjectKey, tuple[ValidationError, ...]]
-    decoded: dict[str, list[Document]]  # per file, for the next load's fallback
+    files: dict[str, ParsedFile]  # for the next load
 
 
-def load(root: str, contents: FolderContents, previous: dict[str, list[Document]]) -> Loaded:
+def load(root: str, contents: FolderContents, previous: dict[str, ParsedFile]) -> Loaded:
     """Objects and rejections of one folder read, in `matrix -f` order."""
     objects: dict[ObjectKey, StoredObject] = {}
     invalid: dict[ObjectKey, tuple[ValidationError, ...]] = {}
-    decoded: dict[str, list[Document]] = {}
+    files: dict[str, ParsedFile] = {}
     for rel, data in contents.files:
         label = os.path.join(root, rel)
-        try:
-            decoded[rel] = list(decode_documents(label, data.decode("utf-8")))
-        except (ManifestError, UnicodeDecodeError) as exc:
-            decoded[rel] = previous.get(rel, [])
-            invalid[(NO_KIND, label, "")] = (ValidationError(label, "", f"cannot decode: {exc}"),)
-        for doc in decoded[rel]:
-            for source, body in flatten(doc.source, doc.body):
-                _take(source, body, objects, invalid)
-    return Loaded(objects, invalid, decoded)
+        parsed, problem = _parse_file(label, data, previous.get(rel))
+        files[rel] = parsed
+        for key, obj, errors in parsed.entries:
+            if obj is not None:
+                objects[key] = obj
+                invalid.pop(key, None)
+            else:
+                invalid[key] = errors
+        if problem is not None:
+            invalid[(NO_KIND, label, "")] = (ValidationError(label, "", problem),)
+    return Loaded(objects, invalid, files)
 
 
-def _take(source: str, body: Any, objects: dict[ObjectKey, StoredObject],
-          invalid: dict[ObjectKey, tuple[ValidationError, ...]]) -> None:
+def _parse_file(label: str, data: bytes, previous: ParsedFile | None) -> tuple[ParsedFile, str | None]:
+    """The file's meaning, or (when it cannot be decoded) its last meaning and why."""
+    if previous is not None and previous.data == data:
+        return previous, None
+    try:
+        documents = list(decode_documents(label, data.decode("utf-8")))
+    except (ManifestError, UnicodeDecodeError) as exc:
+        kept = "; its last decodable content still applies" if previous is not None and previous.entries else ""
+        return previous or ParsedFile(b"", ()), f"cannot decode: {exc}{kept}"
+    entries = [_entry(source, body) for doc in documents for source, body in flatten(doc.source, doc.body)]
+    return ParsedFile(data, tuple(e for e in entries if e is not None)), None
+
+
+def _entry(source: str, body: Any) -> Entry | None:
     if isinstance(body, dict) and body.get("kind") and not is_wanted(body):
-        return  # another kind, or another API's NetworkPolicy: skipped, as matrix -f does
+        return None  # another kind, or another API's NetworkPolicy: skipped, as matrix -f does
     if not isinstance(body, dict) or not body.get("kind"):
-        invalid[(NO_KIND, source, "")] = (ValidationError(source, "kind", "Required value"),)
-        return
+        return ((NO_KIND, source, ""), None, (ValidationError(source, "kind", "Required value"),))
     result = convert(body)
-    key = result.key or (str(body["kind"]), source, "")
     if result.obj is not None and result.key is not None:
-        objects[result.key] = result.obj
-        invalid.pop(result.key, None)
-    else:
-        invalid[key] = result.errors
+        return (result.key, result.obj, ())
+    return (result.key or (str(body["kind"]), source, ""), None, result.errors)
 
 
 def flatten(source: str, body: Any) -> Iterator[tuple[str, Any]]:
@@ -159,7 +181,7 @@ class DirectorySource:
         self.store = store
         self.report = report
         self.poll_interval = poll_interval
-        self._decoded: dict[str, list[Document]] = {}
+        self._files: dict[str, ParsedFile] = {}
         self._version: str | None = None
         self._signature: Signature | None = None
         self._stop = threading.Event()
@@ -191,8 +213,8 @@ class DirectorySource:
         self._signature = signature
         if contents.version == self._version:
             return False
-        loaded = load(str(self.path), contents, self._decoded)
-        self._decoded = loaded.decoded
+        loaded = load(str(self.path), contents, self._files)
+        self._files = loaded.files
         self._version = contents.version
         for key, errors in loaded.invalid.items():
             for error in errors:

@@ -151,7 +151,7 @@ class Reflector:
         LOG.warning("%s watch: %s; re-opening", self.resource.plural, message)
         self.source.metrics.watch_restarts.labels(resource=self.resource.plural, reason=reason).inc()
         if pause:
-            self.source.report(f"{self.resource.plural}: {message}")
+            self.source.problem(self.resource.plural, message)
             self.source.stopped.wait(self.backoff.next())
 
     def relist(self) -> str:
@@ -170,6 +170,7 @@ class Reflector:
                 rv = str(page["metadata"]["resourceVersion"])
                 break
         self.source.replaced(self.resource.kind, objects, invalid, rv)
+        self.source.problem(self.resource.plural, None)
         LOG.info("listed %d %s at resourceVersion %s", len(objects), self.resource.plural, rv)
         return rv
 
@@ -191,6 +192,7 @@ class Reflector:
                             _request_timeout=(CONNECT_TIMEOUT, self.options.read_timeout))
         try:
             _check(resp)
+            self.source.problem(self.resource.plural, None)
             for event in self._events(resp):
                 rv = self.apply(event, rv)
                 self.backoff.reset()
@@ -237,6 +239,8 @@ class KubeSource:
         self.options = options
         self.versions = Versions([r.kind for r in RESOURCES])
         self.stopped = threading.Event()
+        self._problems: dict[str, str] = {}
+        self._lock = threading.Lock()
 
     def start(self) -> threading.Thread:
         """Start the reflectors; the returned thread lives as long as they do."""
@@ -257,12 +261,21 @@ class KubeSource:
     def stop(self) -> None:
         self.stopped.set()
 
+    def problem(self, resource: str, message: str | None) -> None:
+        """The source's error in /status: every resource that is failing, or None."""
+        with self._lock:
+            if message is None:
+                self._problems.pop(resource, None)
+            else:
+                self._problems[resource] = message
+            text = "; ".join(f"{r}: {m}" for r, m in sorted(self._problems.items())) or None
+        self.report(text)
+
     def replaced(self, kind: str, objects: dict[ObjectKey, StoredObject],
                  invalid: dict[ObjectKey, tuple[ValidationError, ...]], rv: str) -> None:
         version = self.versions.update(kind, rv)
         self._log_invalid(invalid)
         self.store.replace([kind], objects, invalid, version, synced=True if self.versions.all_listed() else None)
-        self.report(None)
 
     def put(self, kind: str, key: ObjectKey, obj: StoredObject | None, errors: tuple[ValidationError, ...],
             rv: str) -> None:
