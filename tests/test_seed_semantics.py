@@ -552,6 +552,13 @@ def test_protocol_defaults_to_tcp() -> None:
     assert not allows(state, "default/client", "default/s", 80, "UDP")
 
 
+def test_empty_port_entry_means_every_tcp_port_only() -> None:
+    state = ports_state("[{}]", pod("default/s", "10.1.0.1"))
+    assert allows(state, "default/client", "default/s", 1)
+    assert allows(state, "default/client", "default/s", 65535)
+    assert not allows(state, "default/client", "default/s", 53, "UDP")
+
+
 def test_protocol_without_port_allows_every_port_of_that_protocol() -> None:
     state = ports_state("[{protocol: UDP}]", pod("default/s", "10.1.0.1"))
     assert allows(state, "default/client", "default/s", 1, "UDP")
@@ -727,6 +734,25 @@ def test_a_pod_cannot_block_access_to_itself() -> None:
     v = verdict(state, "default/a", "default/a", 80, "UDP")
     assert v.allowed and v.loopback
     assert not v.egress.allowed and not v.ingress.allowed
+
+
+# --- The node a pod runs on ---------------------------------------------------------------------
+
+
+def test_traffic_between_a_pod_and_the_node_it_runs_on_is_always_allowed() -> None:
+    # the node is known by its host-network pods (kubelet, node agents): they have its address
+    state = build(pod("default/db", "10.244.1.10", {"role": "db"}, node="node-1"),
+                  pod("kube-system/agent-1", "192.168.0.1", host_network=True, node="node-1"),
+                  pod("kube-system/agent-2", "192.168.0.2", host_network=True, node="node-2"),
+                  DEFAULT_DENY_ALL.replace("name: default-deny-all", "name: deny-all\n  namespace: default"))
+    assert allows(state, "kube-system/agent-1", "default/db", 10250)
+    assert allows(state, "default/db", "kube-system/agent-1", 6443)
+    assert verdict(state, "kube-system/agent-1", "default/db", 80).node_local
+    # another node is just another address: the pod's policies decide
+    assert not allows(state, "kube-system/agent-2", "default/db", 10250)
+    assert not allows(state, "default/db", "kube-system/agent-2", 6443)
+    assert explain(verdict(state, "kube-system/agent-1", "default/db", 80))[1:] == [
+        "  traffic between a pod and the node it runs on is always allowed (the host-network end is that node)"]
 
 
 # --- Explanations --------------------------------------------------------------------------------

@@ -4,7 +4,8 @@ This is the oracle the flow compiler is proven against, so it is written as the
 Kubernetes text reads — per connection, policy by policy — not for speed.
 A connection is allowed iff the source's egress and the destination's ingress both allow
 it; a side that is not a pod in NetworkPolicy's scope, or a pod no policy isolates in that
-direction, allows everything. A pod cannot block access to itself.
+direction, allows everything. A pod cannot block access to itself, and traffic between a
+pod and the node it runs on (known by its host-network pods) is always allowed.
 """
 
 from __future__ import annotations
@@ -73,22 +74,34 @@ class Verdict:
     egress: SideVerdict
     ingress: SideVerdict
     loopback: bool = False
+    node_local: bool = False
 
     @property
     def allowed(self) -> bool:
-        return self.loopback or (self.egress.allowed and self.ingress.allowed)
+        return self.loopback or self.node_local or (self.egress.allowed and self.ingress.allowed)
 
 
 def decide(state: ClusterState, src: Endpoint, dst: Endpoint, protocol: Protocol, port: int) -> Verdict:
     src_ip, dst_ip = connection_addresses(src, dst)
     conn = _Connection(state, src, dst, src_ip, dst_ip, protocol, port)
     loopback = src.pod is not None and dst.pod is not None and src.pod.key == dst.pod.key
+    node_local = src.pod is not None and dst.pod is not None and is_node_local(src.pod, dst.pod)
     return Verdict(
         str(src), str(dst), protocol, port,
         egress=conn.side("Egress", src.pod),
         ingress=conn.side("Ingress", dst.pod),
         loopback=loopback,
+        node_local=node_local,
     )
+
+
+def is_node_local(a: Pod, b: Pod) -> bool:
+    """Traffic between a pod and the node it runs on is always allowed (Kubernetes docs).
+    Without Node objects the node is known by its host-network pods, which have its address."""
+    if a.node_name is None or a.node_name != b.node_name or a.host_network == b.host_network:
+        return False
+    pod = b if a.host_network else a
+    return pod.in_policy_scope
 
 
 def connection_addresses(src: Endpoint, dst: Endpoint) -> tuple[IPAddress | None, IPAddress | None]:
@@ -199,6 +212,10 @@ def explain(verdict: Verdict) -> list[str]:
     lines = [f"{head}: {verdict.source} -> {verdict.destination} {verdict.protocol}/{verdict.port}"]
     if verdict.loopback:
         lines.append("  a pod cannot block access to itself (loopback is always allowed)")
+        return lines
+    if verdict.node_local:
+        lines.append("  traffic between a pod and the node it runs on is always allowed "
+                     "(the host-network end is that node)")
         return lines
     for side in (verdict.egress, verdict.ingress):
         lines.extend(_explain_side(side))
