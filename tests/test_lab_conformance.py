@@ -97,7 +97,8 @@ def test_no_policy_everything_connects_on_every_protocol(cluster: Cluster) -> No
 
 def test_forwarding_decrements_ttl_and_keeps_mtu_1450_across_the_tunnel(cluster: Cluster) -> None:
     """x/a (node1) → y/b (node2): one routed hop (TTL 64 arrives as 63), and a full
-    1450-byte datagram with DF set crosses VXLAN whole; 1451 bytes do not fit the pod MTU."""
+    1450-byte datagram with DF set crosses VXLAN whole; 1451 bytes do not fit the pod MTU;
+    the pod resolved its (virtual) gateway to the ARP responder's MAC."""
     src, dst = cluster.pod("x/a"), cluster.pod("y/b")
     sock = netns.socket_in(src.netns, socket.AF_INET, socket.SOCK_DGRAM)
     with sock, sniffer(dst) as sniff:
@@ -113,6 +114,10 @@ def test_forwarding_decrements_ttl_and_keeps_mtu_1450_across_the_tunnel(cluster:
         with pytest.raises(OSError) as too_big:
             sock.send(b"x" * (1451 - 28))
         assert too_big.value.errno == errno.EMSGSIZE
+    gateway = cluster.lab.state().node(src.node).gateway
+    with netns.ipr_in(src.netns) as ipr:
+        learnt = {n.get_attr("NDA_DST"): n.get_attr("NDA_LLADDR") for n in ipr.get_neighbours(family=socket.AF_INET)}
+    assert learnt.get(gateway) == GATEWAY_MAC, "the virtual gateway is answered by the flows' ARP responder"
 
 
 # ------------------------------------------------------------------ policy semantics
