@@ -190,8 +190,9 @@ def demo(keep: bool, workdir: Path) -> None:
         console.print(f"   up in {lab_.timings['total']:.1f} s")
         before = lab_.probe("TCP", 6379)
         console.print(f"[bold]2.[/] no policy: {_count(before)} pod pairs reach TCP/6379")
-        console.print("[bold]3.[/] apply test-network-policy (default/db: ingress 6379 from 172.17.0.0/16 except "
-                      "172.17.1.0/24, namespace project=myproject, pods role=frontend; egress 5978 to 10.0.0.0/24)")
+        console.print("[bold]3.[/] apply test-network-policy: default/db accepts 6379 from 172.17.0.0/16 except "
+                      "172.17.1.0/24,\n   from namespaces project=myproject and from pods role=frontend; "
+                      "it may only send to 10.0.0.0/24 on 5978")
         lab_.apply([EXAMPLES / "test-network-policy.yaml"])
         ok = True
         for port in (6379, 5978):
