@@ -87,7 +87,15 @@ class Pod:
 
     def resolve_named_port(self, name: str, protocol: Protocol) -> tuple[int, ...]:
         """containerPort numbers a named policy port means on this pod (usually one)."""
-        return tuple(sorted({p.port for p in self.ports if p.name == name and p.protocol == protocol}))
+        return self._named_ports.get((name, protocol), ())
+
+    @cached_property
+    def _named_ports(self) -> dict[tuple[str, Protocol], tuple[int, ...]]:
+        found: dict[tuple[str, Protocol], set[int]] = {}
+        for p in self.ports:
+            if p.name is not None:
+                found.setdefault((p.name, p.protocol), set()).add(p.port)
+        return {key: tuple(sorted(numbers)) for key, numbers in found.items()}
 
 
 @dataclass(frozen=True)
