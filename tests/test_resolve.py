@@ -11,7 +11,7 @@ from sdn_netpol.policy.resolve import ALL_PORTS, Grant, Peers, PortRange, Resolv
 from sdn_netpol.policy.state import ClusterState
 from sdn_netpol.policy.verdict import Endpoint, decide
 from tests.builders import build, namespace, parse, pod
-from tests.test_seed_semantics import EXAMPLE_CLUSTER, TEST_NETWORK_POLICY
+from tests.seed_examples import EXAMPLE_CLUSTER, TEST_NETWORK_POLICY
 
 
 def nets(*texts: str) -> tuple[IPNetwork, ...]:
