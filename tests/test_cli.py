@@ -128,6 +128,13 @@ def test_matrix_json_is_exactly_the_design_contract() -> None:
                                              "otherproject/stranger": False}
 
 
+def test_matrix_pods_are_sorted_as_namespace_slash_name_strings(tmp_path: Path) -> None:
+    path = write(tmp_path, "m.yaml", pod("a/x", "10.0.0.1"), pod("a-b/y", "10.0.0.2"), pod("a/w", "10.0.0.3"))
+    data = json.loads(run("matrix", "-f", path, "--port", "80", "-o", "json").stdout)
+    assert data["pods"] == ["a-b/y", "a/w", "a/x"] == sorted(data["pods"])
+    assert list(data["allowed"]) == data["pods"] and list(data["allowed"]["a/w"]) == data["pods"]
+
+
 def test_matrix_protocol_is_case_insensitive_and_changes_the_answer() -> None:
     data = json.loads(run("matrix", "-f", SEED_DEMO, "--protocol", "udp", "--port", "6379", "-o", "json").stdout)
     assert data["protocol"] == "UDP"

@@ -36,7 +36,7 @@ class Matrix:
 
 
 def build_matrix(state: ClusterState, protocol: Protocol, port: int) -> Matrix:
-    pods = sorted(state.pods, key=lambda p: (p.namespace, p.name))
+    pods = sorted(state.pods, key=lambda p: f"{p.namespace}/{p.name}")  # the strings are sorted (DESIGN.md)
     names = tuple(f"{p.namespace}/{p.name}" for p in pods)
     allowed: dict[str, dict[str, bool]] = {}
     for src, src_name in zip(pods, names, strict=True):
