@@ -410,7 +410,7 @@ class FlowSet:
             if seen != f:
                 raise DuplicateFlowError(f"two flows with one identity:\n  {seen}\n  {f}")
         self._by_id = by_id
-        self._sorted = tuple(sorted(by_id.values()))
+        self._sorted = tuple(sorted(by_id.values(), key=Flow.sort_key))  # one key per flow, not per comparison
 
     def __iter__(self) -> Iterator[Flow]:
         return iter(self._sorted)
