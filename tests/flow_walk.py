@@ -14,8 +14,11 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from netaddr import EUI, IPAddress
+
 from sdn_netpol.compiler.flow import Conjunction, Ct, Flow, GotoTable, Match, Output, OutputInPort, SetField
 from sdn_netpol.compiler.flowfields import parse_ct_state
+from sdn_netpol.compiler.topology import NodeContext, PortBinding
 
 Packet = dict[str, int]
 _SET_AS = {"eth_src": "dl_src", "eth_dst": "dl_dst"}
@@ -110,3 +113,28 @@ def walk(flows: Iterable[Flow], packet: Packet, ct_state: str = "+new+trk", limi
             return result
         table = next_table
     raise RuntimeError(f"walk did not end after {limit} tables: {result.tables}")
+
+
+# ---- packets -------------------------------------------------------------------------------
+
+GATEWAY_MAC = int(EUI("0a:00:00:00:00:fe"))
+
+
+def ip_packet(binding: PortBinding, dst: str, port: int = 80, **override: int) -> Packet:
+    """A TCP packet as the pod behind `binding` sends it to the virtual gateway MAC."""
+    src = binding.ips[0]
+    return {"in_port": binding.ofport, "dl_src": int(binding.mac), "dl_dst": GATEWAY_MAC, "dl_type": 0x0800,
+            "nw_proto": 6, "nw_src": int(src), "nw_dst": int(IPAddress(dst)), "tp_dst": port, **override}
+
+
+def arp_request(binding: PortBinding, target: str, **override: int) -> Packet:
+    src = binding.ips[0]
+    return {"in_port": binding.ofport, "dl_src": int(binding.mac), "dl_dst": 0xFFFFFFFFFFFF, "dl_type": 0x0806,
+            "arp_op": 1, "arp_spa": int(src), "arp_sha": int(binding.mac), "arp_tpa": int(IPAddress(target)),
+            **override}
+
+
+def tunnel_packet(context: NodeContext, src: str, dst: str, port: int) -> Packet:
+    """A new TCP connection arriving from another node (sources behind the tunnel are trusted)."""
+    return {"in_port": context.tunnel_port or 0, "dl_type": 0x0800, "nw_proto": 6, "tp_dst": port,
+            "nw_src": int(IPAddress(src)), "nw_dst": int(IPAddress(dst))}

@@ -13,10 +13,11 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from netaddr import EUI, IPAddress, IPNetwork, IPSet
+from netaddr import IPAddress, IPNetwork, IPSet
 
 from sdn_netpol.compiler.compile import compile_node
 from sdn_netpol.compiler.diff import diff
@@ -39,7 +40,7 @@ from sdn_netpol.node_inputs import load_inputs
 from sdn_netpol.policy.resolve import resolve_all
 from sdn_netpol.policy.state import ClusterState
 from tests.builders import Part, build, namespace, pod
-from tests.flow_walk import Packet, walk
+from tests.flow_walk import GATEWAY_MAC, arp_request, ip_packet, tunnel_packet, walk
 from tests.synthetic_cluster import node_name, policy_doc, synthetic_state, with_policy
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -82,12 +83,6 @@ def networks(flows: Iterable[Flow], field: str) -> list[IPNetwork]:
 
 def binding_of(context: NodeContext, ref: str) -> PortBinding:
     return next(b for b in context.bindings if str(b.pod) == ref)
-
-
-def tunnel_packet(context: NodeContext, src: str, dst: str, port: int) -> Packet:
-    """A new TCP connection arriving from another node (sources behind the tunnel are trusted)."""
-    return {"in_port": context.tunnel_port or 0, "dl_type": 0x0800, "nw_proto": 6, "tp_dst": port,
-            "nw_src": int(IPAddress(src)), "nw_dst": int(IPAddress(dst))}
 
 
 def rule_flows(flows: FlowSet, policy: str, direction: str, index: int = 0) -> FlowSet:
@@ -352,23 +347,6 @@ EDGE_CLUSTER: list[Part] = [
     pod("x/pending", None, {"app": "a"}, phase="Pending", node=N1),
     pod("x/remote", "10.2.0.1", {"app": "b"}, node=N2),
 ]
-GATEWAY_MAC = int(EUI("0a:00:00:00:00:fe"))
-
-
-def ip_packet(binding: PortBinding, dst: str, port: int = 80, **override: int) -> Packet:
-    """A TCP packet as the pod behind `binding` sends it to the virtual gateway MAC."""
-    src = binding.ips[0]
-    return {"in_port": binding.ofport, "dl_src": int(binding.mac), "dl_dst": GATEWAY_MAC, "dl_type": 0x0800,
-            "nw_proto": 6, "nw_src": int(src), "nw_dst": int(IPAddress(dst)), "tp_dst": port, **override}
-
-
-def arp_request(binding: PortBinding, target: str, **override: int) -> Packet:
-    src = binding.ips[0]
-    return {"in_port": binding.ofport, "dl_src": int(binding.mac), "dl_dst": 0xFFFFFFFFFFFF, "dl_type": 0x0806,
-            "arp_op": 1, "arp_spa": int(src), "arp_sha": int(binding.mac), "arp_tpa": int(IPAddress(target)),
-            **override}
-
-
 def test_unknown_ports_drop() -> None:
     context, flows = compiled(*EDGE_CLUSTER)
     known = binding_of(context, "x/v4")
@@ -433,6 +411,24 @@ def test_ipv6_pod_neighbor_solicitation_is_answered_like_arp() -> None:
                "nw_proto": 58, "ipv6_src": int(IPAddress("fe80::ff:fe01:2")), "icmpv6_type": 135,
                "ipv6_dst": int(IPAddress("ff02::1:ff00:1")), "icmpv6_code": 0, "nd_target": int(IPAddress("fd00::1"))}
     assert walk(flows, solicit).outputs == ["IN_PORT"]
+
+
+def test_traffic_between_a_pod_and_its_own_node_is_always_allowed() -> None:
+    """docs/semantics.md (commit 7ec33a1): node-local traffic is allowed whatever the policies.
+
+    Fails today: the node (its address, here node1's InternalIP, behind the gateway port)
+    meets default-deny-all like any outside address, in both directions. If the host side
+    gets a port class of its own, change the in_port/output below, not the verdicts.
+    """
+    state = golden_state("default-deny-all")
+    node_ip = IPAddress("192.168.56.11")
+    context = replace(assign_ports(state, N1, node_addresses={N1: node_ip}), gateway_port=101)
+    flows, db = compile_node(state, context), binding_of(context, "default/db")
+    from_outside = {"in_port": 101, "dl_type": 0x0800, "nw_proto": 6, "tp_dst": 8080,
+                    "nw_src": int(IPAddress("203.0.113.5")), "nw_dst": int(db.ips[0])}
+    assert walk(flows, from_outside).dropped  # policy still applies to everyone else
+    assert walk(flows, {**from_outside, "nw_src": int(node_ip)}).outputs == [db.ofport]  # e.g. kubelet probes
+    assert walk(flows, ip_packet(db, str(node_ip), 10250)).outputs == [101]
 
 
 def test_no_normal_action_anywhere() -> None:
