@@ -1,10 +1,11 @@
 """The layout of flows/ (golden flow tables) and its one regeneration path.
 
     flows/cluster.yaml            the cluster every example uses (Nodes, Namespaces, Pods)
-    flows/<node>.ports.yaml       that node's br-int ports (optional; see `compile --help`)
+    flows/<node>.ports            that node's br-int ports, YAML (optional; see `compile --help`;
+                                  not *.yaml, so that `-f flows/` never reads it as a manifest)
     flows/<example>/policy.yaml   the example's NetworkPolicies
     flows/<example>/<node>.flows  exactly `sdn-netpol compile -f cluster.yaml -f policy.yaml
-                                  --node <node> [--ports <node>.ports.yaml]`
+                                  --node <node> [--ports <node>.ports]`
 
 Nodes are the `kind: Node` objects of cluster.yaml. Regeneration and the golden test both
 go through `compile_text`, the function behind the CLI, so a golden file is by
@@ -23,6 +24,7 @@ from sdn_netpol.node_inputs import InputError, load_inputs
 CLUSTER = "cluster.yaml"
 POLICY = "policy.yaml"
 SUFFIX = ".flows"
+PORTS_SUFFIX = ".ports"
 
 
 @dataclass(frozen=True)
@@ -61,7 +63,7 @@ def examples(root: Path) -> list[str]:
 def cases(root: Path) -> list[GoldenCase]:
     result = []
     for node in nodes(root):
-        ports = root / f"{node}.ports.yaml"
+        ports = root / f"{node}{PORTS_SUFFIX}"
         for example in examples(root):
             folder = root / example
             result.append(GoldenCase(example, node, root / CLUSTER, folder / POLICY,
