@@ -12,7 +12,7 @@ import shutil
 import time
 from pathlib import Path
 
-from sdn_netpol.lab import netns, procs
+from sdn_netpol.lab import hostlimits, netns, procs
 from sdn_netpol.lab.state import LabState, lab_prefix
 from sdn_netpol.ovs.instance import OvsInstance, daemon_pids, terminate
 
@@ -40,6 +40,8 @@ def teardown(workdir: Path, keep_files: bool = False) -> float:
     _stop_processes(root, state)
     for name in netns.list_netns(lab_prefix(root)):
         netns.remove(name)
+    if state is not None and state.host_neigh and not netns.list_netns("sdnlab-"):
+        hostlimits.restore(state.host_neigh)  # the last lab gone: the host as it was
     if not keep_files and root.exists():
         for child in root.iterdir():
             if child.is_dir():

@@ -18,7 +18,7 @@ from typing import Any, cast
 
 from netaddr import IPAddress
 
-from sdn_netpol.lab import cleanup, controllers, pods, probe, procs, staticflows, topology
+from sdn_netpol.lab import cleanup, controllers, hostlimits, pods, probe, procs, staticflows, topology
 from sdn_netpol.lab.state import DEFAULT_WORKDIR, LabState, PodState, locked, new_state
 from sdn_netpol.lab.store import LabError, ObjectRef, Store, node_manifest, read_objects, ref_of, with_pod_status
 from sdn_netpol.model.objects import Pod, Protocol
@@ -157,6 +157,11 @@ class Lab:
                      publish: bool = True) -> list[PodState]:
         """CNI ADD in parallel (host-local locks its own store), then servers, then the
         manifests with node and IP, as a kubelet reports pod status."""
+        nodes = [p.node for p in state.pods.values()] + [placement.node for placement, _ in items]
+        previous = hostlimits.ensure_capacity(nodes)
+        if previous is not None and state.host_neigh is None:
+            state.host_neigh = previous
+            state.save()
         with ThreadPoolExecutor(CNI_PARALLEL) as pool:
             futures = [pool.submit(pods.add_pod, state, placement) for placement, _ in items]
             created = []
