@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from netaddr import IPAddress
 
-from sdn_netpol.lab import sctp
+from sdn_netpol.lab import hostlimits, sctp
 from sdn_netpol.lab.lab import ProbeReport
 from sdn_netpol.lab.pods import cni_config, place, served_ports
 from sdn_netpol.lab.state import LabState, lab_prefix, new_state
@@ -72,6 +72,18 @@ def test_static_ip_goes_to_host_local_through_runtime_config(state: LabState) ->
 def test_served_ports_are_every_container_port() -> None:
     p = Pod("x", "a", Labels(), ports=(ContainerPort("s", 81, "UDP"), ContainerPort(None, 80), ContainerPort("t", 80)))
     assert served_ports(p) == [("TCP", 80), ("UDP", 81)]
+
+
+def test_arp_table_need_counts_same_node_peers() -> None:
+    assert hostlimits.needed_entries(["node1"] * 20 + ["node2"] * 20) == 800
+    assert hostlimits.needed_entries(["node1", "node2", "node3"] * 3) == 27
+
+
+def test_a_small_lab_leaves_the_host_arp_limits_alone() -> None:
+    before = {k: (hostlimits.NEIGH / k).read_text() for k in hostlimits.KEYS}
+    assert int(before["gc_thresh3"]) >= 108, "the kernel default is 1024"
+    assert hostlimits.ensure_capacity(["node1", "node2", "node3"] * 3) is None
+    assert before == {k: (hostlimits.NEIGH / k).read_text() for k in hostlimits.KEYS}
 
 
 # ------------------------------------------------------------------ names and state
