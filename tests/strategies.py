@@ -4,7 +4,11 @@ the flow compiler's differential tests.
 Everything is drawn from small alphabets so that selectors, ipBlocks and named ports actually
 hit each other: 2-3 namespaces, up to 8 pods with labels over {app, role} × {x, y, z},
 IPv4 addresses in 10.0.0.0/28 and IPv6 in fd00::/124 (unique per pod), container ports named
-http/dns/metrics on a few numbers, and policies with every kind of peer and port entry.
+http/dns on a few numbers (mostly TCP), pods outside NetworkPolicy now and then (no status,
+host network, pending, no IP), and policies with every kind of peer and port entry.
+
+Use: `@given(cluster_states())`; check connections from `probes(state)` (protocol, port)
+between every pod and `EXTERNAL_IPS`.
 """
 
 from __future__ import annotations
