@@ -210,3 +210,82 @@ def probes(state: ClusterState) -> tuple[tuple[Protocol, int], ...]:
                 elif entry.port is None:
                     found.add((entry.protocol, 9))
     return tuple(sorted(found))
+
+
+# --- back to manifests (for round trips, and for tools that want YAML: the lab, the CLI) -------
+
+
+def selector_manifest(selector: LabelSelector) -> dict[str, object]:
+    body: dict[str, object] = {}
+    if selector.match_labels:
+        body["matchLabels"] = dict(selector.match_labels)
+    if selector.match_expressions:
+        body["matchExpressions"] = [
+            {"key": r.key, "operator": r.operator, **({"values": sorted(r.values)} if r.values else {})}
+            for r in selector.match_expressions
+        ]
+    return body
+
+
+def _peer_manifest(peer: Peer) -> dict[str, object]:
+    if peer.ip_block is not None:
+        block: dict[str, object] = {"cidr": str(peer.ip_block.cidr)}
+        if peer.ip_block.excepts:
+            block["except"] = [str(e) for e in peer.ip_block.excepts]
+        return {"ipBlock": block}
+    body: dict[str, object] = {}
+    if peer.pod_selector is not None:
+        body["podSelector"] = selector_manifest(peer.pod_selector)
+    if peer.namespace_selector is not None:
+        body["namespaceSelector"] = selector_manifest(peer.namespace_selector)
+    return body
+
+
+def _port_manifest(entry: PolicyPort) -> dict[str, object]:
+    body: dict[str, object] = {"protocol": entry.protocol}
+    if entry.port is not None:
+        body["port"] = entry.port
+    if entry.end_port is not None:
+        body["endPort"] = entry.end_port
+    return body
+
+
+def _rule_manifest(rule: Rule, peers_field: str) -> dict[str, object]:
+    return {peers_field: [_peer_manifest(p) for p in rule.peers], "ports": [_port_manifest(p) for p in rule.ports]}
+
+
+def to_manifests(state: ClusterState) -> list[dict[str, object]]:
+    """Namespace, Pod and NetworkPolicy manifests that parse back to `state`."""
+    docs: list[dict[str, object]] = [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns.name, "labels": dict(ns.labels)}}
+        for ns in state.namespaces
+    ]
+    for pod in state.pods:
+        ports = [{"containerPort": p.port, "protocol": p.protocol, **({"name": p.name} if p.name else {})}
+                 for p in pod.ports]
+        spec: dict[str, object] = {"containers": [{"name": "main", "ports": ports}]}
+        if pod.node_name:
+            spec["nodeName"] = pod.node_name
+        if pod.host_network:
+            spec["hostNetwork"] = True
+        meta = {"name": pod.name, "namespace": pod.namespace, "labels": dict(pod.labels)}
+        body: dict[str, object] = {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec}
+        if pod.ips_known:
+            status: dict[str, object] = {"phase": pod.phase}
+            if pod.ips:
+                status["podIP"] = str(pod.ips[0])
+                status["podIPs"] = [{"ip": str(ip)} for ip in pod.ips]
+            body["status"] = status
+        docs.append(body)
+    for policy in state.policies:
+        docs.append({
+            "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": policy.name, "namespace": policy.namespace},
+            "spec": {
+                "podSelector": selector_manifest(policy.pod_selector),
+                "policyTypes": sorted(policy.policy_types),
+                "ingress": [_rule_manifest(r, "from") for r in policy.ingress],
+                "egress": [_rule_manifest(r, "to") for r in policy.egress],
+            },
+        })
+    return docs

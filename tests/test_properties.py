@@ -15,10 +15,11 @@ from netaddr import IPAddress
 
 from sdn_netpol.model.labels import Labels, LabelSelector
 from sdn_netpol.model.objects import Direction, NetworkPolicy, Pod, Protocol
+from sdn_netpol.model.parse import Document, parse_documents
 from sdn_netpol.policy.resolve import Grant, PortRange, ResolvedPolicy, resolve_all
 from sdn_netpol.policy.state import ClusterState
 from sdn_netpol.policy.verdict import Endpoint, Verdict, connection_addresses, decide
-from tests.strategies import EXTERNAL_IPS, cluster_states, policies, probes
+from tests.strategies import EXTERNAL_IPS, cluster_states, policies, probes, to_manifests
 
 # modest: the whole file runs in well under 30 s on 2 cores
 AGREEMENT = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -163,3 +164,11 @@ def test_pods_outside_network_policy_are_never_isolated_and_loopback_is_allowed(
         assert v.allowed
         if not pod.in_policy_scope:
             assert v.egress.isolated_by == v.ingress.isolated_by == ()
+
+
+@SETTINGS
+@given(cluster_states())
+def test_manifests_of_a_random_cluster_parse_back_to_the_same_values(state: ClusterState) -> None:
+    result = parse_documents(Document("generated", doc) for doc in to_manifests(state))
+    assert [str(e) for e in result.errors] == []
+    assert ClusterState.from_parse(result) == state
