@@ -159,7 +159,8 @@ def main() -> None:
     parser.add_argument("--child", nargs=2, type=int, metavar=("PODS", "POLICIES"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(measure(*args.child, repeats=args.repeats)))
+        pods, policies = args.child
+        print(json.dumps(measure(pods, policies, args.repeats)))
         return
     header = f"{'pods':>7} {'policies':>8} {'best s':>8} {'median s':>9} {'grants':>7} {'peer CIDRs':>10} " \
              f"{'peak alloc MiB':>14} {'max RSS MiB':>11}"

@@ -20,7 +20,7 @@ from typing import Literal
 from hypothesis import strategies as st
 from netaddr import IPAddress, IPNetwork
 
-from sdn_netpol.model.labels import Labels, LabelSelector, Requirement
+from sdn_netpol.model.labels import OPERATORS, Labels, LabelSelector, Requirement
 from sdn_netpol.model.objects import (
     ContainerPort,
     Direction,
@@ -57,7 +57,7 @@ labels_st = st.dictionaries(st.sampled_from(LABEL_KEYS), st.sampled_from(LABEL_V
 @st.composite
 def requirements(draw: st.DrawFn, keys: Sequence[str] = LABEL_KEYS) -> Requirement:
     key = draw(st.sampled_from(keys))
-    operator = draw(st.sampled_from(("In", "NotIn", "Exists", "DoesNotExist")))
+    operator = draw(st.sampled_from(OPERATORS))
     values: frozenset[str] = frozenset()
     if operator in ("In", "NotIn"):
         values = frozenset(draw(st.sets(st.sampled_from(LABEL_VALUES), min_size=1, max_size=2)))
@@ -178,9 +178,9 @@ def rules(draw: st.DrawFn) -> Rule:
 def policies(draw: st.DrawFn, namespace_names: Sequence[str] = NAMESPACES, name: str = "pol") -> NetworkPolicy:
     ingress = tuple(draw(st.lists(rules(), max_size=2)))
     egress = tuple(draw(st.lists(rules(), max_size=2)))
-    explicit = draw(st.sampled_from((None, ("Ingress",), ("Egress",), ("Ingress", "Egress"))))
-    types: frozenset[Direction] = (
-        frozenset(explicit) if explicit else frozenset(("Ingress", "Egress") if egress else ("Ingress",)))
+    both: tuple[Direction, ...] = ("Ingress", "Egress")
+    explicit = draw(st.sampled_from((None, both[:1], both[1:], both)))
+    types = frozenset(explicit if explicit else both if egress else both[:1])
     return NetworkPolicy(draw(st.sampled_from(namespace_names)), name, draw(selectors()), types, ingress, egress)
 
 
