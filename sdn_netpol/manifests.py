@@ -31,9 +31,11 @@ def manifest_files(path: Path) -> list[Path]:
 
 def read_documents(path: Path) -> Iterator[Document]:
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8-sig")  # UTF-8, with or without a byte-order mark
     except OSError as exc:
         raise ManifestError(f"{path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
     yield from decode_documents(str(path), text)
 
 

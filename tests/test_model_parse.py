@@ -94,6 +94,18 @@ def test_several_paths_are_read_in_the_order_given(tmp_path: Path) -> None:
     assert load_paths([second, first]).namespaces[0].labels["v"] == "one"
 
 
+def test_files_with_a_utf8_byte_order_mark_are_read(tmp_path: Path) -> None:
+    (tmp_path / "a.json").write_bytes(b"\xef\xbb\xbf" + json.dumps(namespace("a")).encode())
+    (tmp_path / "b.yaml").write_bytes(b"\xef\xbb\xbf" + TWO_DOCS.encode())
+    assert sorted(names(load_paths([tmp_path]))) == ["namespaces:a", "namespaces:shop", "pods:shop/web"]
+
+
+def test_binary_file_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "x.yaml").write_bytes(b"\xff\xfe\x00kind")
+    with pytest.raises(ManifestError, match=r"x\.yaml: not UTF-8 text"):
+        load_paths([tmp_path])
+
+
 def test_missing_path_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ManifestError, match=r"nope\.yaml: no such file or directory"):
         load_paths([tmp_path / "nope.yaml"])
