@@ -58,6 +58,21 @@ def pipeline_flows(node: NodeContext) -> Iterator[Flow]:
     yield _flow(Table.INGRESS_RULE, Priority.BYPASS, Match.build(None, **{REG_FLAGS: (FLAG_BYPASS, FLAG_BYPASS)}),
                 (GotoTable(Table.COMMIT),))
     yield from _edge_port_flows(node)
+    yield from _node_local_flows(node)
+
+
+def _node_local_flows(node: NodeContext) -> Iterator[Flow]:
+    """Traffic between a pod and its own node is always allowed (Kubernetes docs): kubelet
+    probes, node-local agents. The node is reached through the gateway port; spoofguard keeps
+    pods from borrowing its address, so matching the address is enough."""
+    address = node.address_of(node.name)
+    if address is None:
+        return
+    family, src_field, dst_field = _family_fields(address)
+    yield _flow(Table.EGRESS_RULE, Priority.BYPASS, Match.build(family, **{dst_field: address}),
+                (GotoTable(Table.L3_FORWARDING),))
+    yield _flow(Table.INGRESS_RULE, Priority.BYPASS - 1, Match.build(family, **{src_field: address}),
+                (GotoTable(Table.COMMIT),))
 
 
 def _misses() -> Iterator[Flow]:
