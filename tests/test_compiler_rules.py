@@ -414,11 +414,10 @@ def test_ipv6_pod_neighbor_solicitation_is_answered_like_arp() -> None:
 
 
 def test_traffic_between_a_pod_and_its_own_node_is_always_allowed() -> None:
-    """docs/semantics.md (commit 7ec33a1): node-local traffic is allowed whatever the policies.
+    """docs/semantics.md: node-local traffic is allowed whatever the policies (kubelet probes).
 
-    Fails today: the node (its address, here node1's InternalIP, behind the gateway port)
-    meets default-deny-all like any outside address, in both directions. If the host side
-    gets a port class of its own, change the in_port/output below, not the verdicts.
+    The node is its address (here node1's InternalIP) behind the gateway port; everyone
+    else behind the gateway still meets the policies.
     """
     state = golden_state("default-deny-all")
     node_ip = IPAddress("192.168.56.11")
