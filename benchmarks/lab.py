@@ -9,7 +9,7 @@ Prints a Markdown section for docs/benchmarks.md. Every lab goes through the pro
   daemons, controllers, pod servers) and the machine's used-memory delta;
 - probe: a full TCP matrix, with a default-deny in one namespace so that denied pairs (which
   cost the probe timeout) are part of it;
-- iperf3 (3 s, one stream) server pod on node1, clients on node1 and node2, with no policy
+- iperf3 (one stream, best of two 3 s runs) server pod on node1, clients on node1 and node2, with no policy
   and then with 1,000 policies all selecting the server's namespace (one of them allowing
   the client on 5201), in the same lab and run, so the ratio compares like with like.
 """
@@ -102,8 +102,12 @@ def probe_time(lab: Lab, tmp: Path, deny_ns: str) -> dict[str, Any]:
             "wall": round(wall, 2), "mismatches": len(report.mismatches)}
 
 
-def iperf(lab: Lab, client: str, server: str, seconds: int = 3) -> float:
-    """Gbit/s received, one TCP stream."""
+def iperf(lab: Lab, client: str, server: str, seconds: int = 3, runs: int = 2) -> float:
+    """Gbit/s received, one TCP stream: the best of `runs` (other jobs share these 2 vCPUs)."""
+    return max(_iperf_once(lab, client, server, seconds) for _ in range(runs))
+
+
+def _iperf_once(lab: Lab, client: str, server: str, seconds: int) -> float:
     state = lab.state()
     srv = subprocess.Popen(["ip", "netns", "exec", state.pods[server].netns, "iperf3", "-s", "-1", "-p", "5201"],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -173,12 +177,14 @@ def report(ups: list[dict[str, Any]], probes: dict[str, dict[str, Any]], tput: d
                      f"{t['controllers']:.2f} / {t['pods']:.1f} / {t['realized']:.2f} s | "
                      f"{sum(rss.values()):.0f} MiB = {rss['ovs']:.0f} + {rss['controllers']:.0f} + "
                      f"{rss['servers']:.0f} | {up['used_delta_mib']:.0f} MiB |")
-    lines += ["", "| probe (TCP, one namespace default-deny) | pairs | allowed | probe time | command wall time |",
-              "|---|---|---|---|---|"]
+    lines += ["", "| probe (TCP, one namespace default-deny; silences confirmed) | pairs | allowed | mismatches | "
+              "probe time | command wall time |", "|---|---|---|---|---|---|"]
     for label, p in probes.items():
-        lines.append(f"| {label} | {p['pairs']} | {p['allowed']} | {p['seconds']:.2f} s | {p['wall']:.2f} s |")
-    lines += ["", f"iperf3, one TCP stream, 3 s; 1,000 policies selecting the server ({tput['flows_total']} flows "
-              f"over both nodes, applied and realized in {tput['apply_1000_s']:.1f} s):", "",
+        lines.append(f"| {label} | {p['pairs']} | {p['allowed']} | {p['mismatches']} | {p['seconds']:.2f} s | "
+                     f"{p['wall']:.2f} s |")
+    lines += ["", "iperf3, one TCP stream, best of two 3 s runs; 1,000 policies selecting the server "
+              f"({tput['flows_total']} flows over both nodes, applied and realized in "
+              f"{tput['apply_1000_s']:.1f} s):", "",
               "| path | no policy | 1,000 policies | ratio |", "|---|---|---|---|"]
     for path in ("same node", "across nodes"):
         base, loaded = tput["base"][path], tput["policies"][path]
