@@ -126,15 +126,17 @@ def _verdict_json(verdict: object) -> object:
     return data
 
 
-@main.command()
-def demo() -> None:
-    """The seed example: print its reachability matrix (the lab version replaces this)."""
-    examples = Path(__file__).resolve().parent / "data" / "seed-demo.yaml"
-    _, state = _load((examples,), strict=True)
-    console = wide_console()
-    console.print("[bold]Seed example: test-network-policy[/] (expected, from the policy engine)")
-    print_matrix(console, build_matrix(state, "TCP", 6379))
+def _register_subcommands() -> None:
+    """Commands with heavy imports (os-ken, pyroute2) live in their own modules."""
+    from sdn_netpol.compiler_cli import compile_cmd, flows_regen_cmd
+    from sdn_netpol.controller.cli import controller
+    from sdn_netpol.lab.cli import demo, lab
 
+    for command in (compile_cmd, flows_regen_cmd, controller, lab, demo):
+        main.add_command(command)
+
+
+_register_subcommands()
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
