@@ -34,6 +34,7 @@ from sdn_netpol.compiler.flow import (
     Flow,
     FlowSet,
     GotoTable,
+    LearnReply,
     Match,
     Move,
     Output,
@@ -194,6 +195,10 @@ def varied_flows() -> FlowSet:
              (Ct(commit=True, zone=7, exec_actions=(SetField("ct_mark", 0x10),)),
               GotoTable(5))),
         Flow(4, 0, Match(), (GotoTable(5),)),
+        Flow(4, 180, Match.build("sctp", ct_state=ct_state(trk=True, new=True)),
+             (Ct(commit=True, zone=7), LearnReply(3, 200, 300, 0x5E05 << 48, 4, "reg3", 2), GotoTable(5))),
+        Flow(4, 180, Match.build("sctp6", ct_state=ct_state(trk=True, new=True)),
+             (LearnReply(3, 200, 0, 0, 6, "reg5", 31), GotoTable(5))),
         Flow(5, 100, Match.build("arp", arp_op=1, arp_tpa="10.244.1.1"), (
             Move("eth_src", "eth_dst"), SetField.of("eth_src", gw_mac), SetField("arp_op", 2),
             Move("arp_sha", "arp_tha"), SetField.of("arp_sha", gw_mac),

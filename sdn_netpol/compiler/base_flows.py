@@ -14,21 +14,26 @@ from sdn_netpol.compiler.flow import (
     DecTtl,
     Flow,
     GotoTable,
+    LearnReply,
     Match,
     Move,
     Output,
     OutputInPort,
+    Resubmit,
     SetField,
     ct_state,
 )
 from sdn_netpol.compiler.pipeline import (
     CT_ZONE,
     FLAG_BYPASS,
+    FLAG_SCTP_REPLY,
+    FLAG_SCTP_REPLY_BIT,
     GATEWAY_MAC,
     LOCAL_SIDE_MASK,
     REG_FLAGS,
     REG_OUT_PORT,
     REG_PORT_CLASS,
+    SCTP_REPLY_IDLE_TIMEOUT,
     TUNNEL_VNI,
     CookieCategory,
     PortClass,
@@ -55,6 +60,7 @@ def pipeline_flows(node: NodeContext) -> Iterator[Flow]:
         yield _flow(Table.COMMIT, Priority.NORMAL, Match.build(family, ct_state=ct_state(new=True, trk=True)),
                     (Ct(commit=True, zone=CT_ZONE), GotoTable(Table.OUTPUT)))
     yield from _conntrack_state_flows()
+    yield from _sctp_reply_flows()
     yield _flow(Table.INGRESS_RULE, Priority.BYPASS, Match.build(None, **{REG_FLAGS: (FLAG_BYPASS, FLAG_BYPASS)}),
                 (GotoTable(Table.COMMIT),))
     yield from _edge_port_flows(node)
@@ -83,6 +89,8 @@ def _misses() -> Iterator[Flow]:
         Table.ARP_RESPONDER: drop,
         Table.CONNTRACK: drop,
         Table.CONNTRACK_STATE: drop,
+        Table.SCTP_REPLY: drop,  # reached by resubmit only: a miss just learns nothing
+        Table.SCTP_REPLY_VERDICT: (GotoTable(Table.EGRESS_RULE),),
         Table.EGRESS_RULE: (GotoTable(Table.EGRESS_DEFAULT),),
         Table.EGRESS_DEFAULT: (GotoTable(Table.L3_FORWARDING),),
         Table.L3_FORWARDING: drop,
@@ -118,6 +126,26 @@ def _conntrack_state_flows() -> Iterator[Flow]:
     yield _flow(table, Priority.BYPASS, Match.build(ct_state=ct_state(est=True, rpl=True, trk=True)), bypass)
     yield _flow(table, Priority.BYPASS, Match.build(ct_state=ct_state(rel=True, trk=True)), bypass)
     yield _flow(table, Priority.DEFAULT, Match.build(ct_state=ct_state(trk=True)), (GotoTable(Table.EGRESS_RULE),))
+
+
+def _sctp_reply_flows() -> Iterator[Flow]:
+    """OVS 3.1 tracks SCTP without ports, so `+rpl` does not prove a packet answers an allowed
+    association. The commit of every new SCTP association learns its exact reply 5-tuple;
+    a reply-looking packet that matches one bypasses policy, any other is checked as an
+    original-direction packet (so a server cannot open associations back to a client)."""
+    learned_cookie = cookie(CookieCategory.LEARNED)
+    for version, proto in ((4, "sctp"), (6, "sctp6")):
+        reply = Match.build(proto, ct_state=ct_state(est=True, rpl=True, trk=True))
+        yield _flow(Table.CONNTRACK_STATE, Priority.SCTP_REPLY, reply,
+                    (Resubmit(Table.SCTP_REPLY), GotoTable(Table.SCTP_REPLY_VERDICT)))
+        learn = LearnReply(Table.SCTP_REPLY, Priority.NORMAL, SCTP_REPLY_IDLE_TIMEOUT, learned_cookie, version,
+                           REG_FLAGS, FLAG_SCTP_REPLY_BIT)
+        new = Match.build(proto, ct_state=ct_state(new=True, trk=True))
+        yield _flow(Table.COMMIT, Priority.NORMAL + 10, new,
+                    (Ct(commit=True, zone=CT_ZONE), learn, GotoTable(Table.OUTPUT)))
+    learned = Match.build(None, **{REG_FLAGS: (FLAG_SCTP_REPLY, FLAG_SCTP_REPLY)})
+    yield _flow(Table.SCTP_REPLY_VERDICT, Priority.NORMAL, learned,
+                (SetField(REG_FLAGS, FLAG_BYPASS), GotoTable(Table.L3_FORWARDING)))
 
 
 def _edge_port_flows(node: NodeContext) -> Iterator[Flow]:

@@ -47,9 +47,27 @@ from sdn_netpol.compiler.flowfields import (
 )
 
 __all__ = [
-    "CT_STATE_FLAGS", "OFPP_LOCAL", "PROTOCOLS", "Action", "Conjunction", "Ct", "DecTtl",
-    "DuplicateFlowError", "Flow", "FlowId", "FlowSet", "GotoTable", "Match", "MatchField",
-    "Move", "Output", "OutputInPort", "Resubmit", "SetField", "ct_state",
+    "CT_STATE_FLAGS",
+    "OFPP_LOCAL",
+    "PROTOCOLS",
+    "Action",
+    "Conjunction",
+    "Ct",
+    "DecTtl",
+    "DuplicateFlowError",
+    "Flow",
+    "FlowId",
+    "FlowSet",
+    "GotoTable",
+    "LearnReply",
+    "Match",
+    "MatchField",
+    "Move",
+    "Output",
+    "OutputInPort",
+    "Resubmit",
+    "SetField",
+    "ct_state",
 ]
 
 _CS_INV = CT_STATE_FLAGS["inv"]
@@ -306,8 +324,34 @@ class Ct:
             raise ValueError("ct exec(...) may only set ct_mark")
 
 
+@dataclass(frozen=True)
+class LearnReply:
+    """`learn(...)` of a flow that matches the *reply* of this SCTP packet (addresses and ports
+    swapped) in `table` and sets one flag bit. OVS 3.1's userspace conntrack tracks SCTP without
+    ports, so `+rpl` alone would admit any packet between two addresses that share one
+    association; the learned 5-tuple admits exactly the replies of what policy allowed."""
+
+    table: int
+    priority: int
+    idle_timeout: int
+    cookie: int
+    ip_version: int
+    flag_reg: str
+    flag_bit: int
+
+    def __post_init__(self) -> None:
+        _check_table(self.table, "learn")
+        if self.ip_version not in (4, 6):
+            raise ValueError(f"learn: IP version {self.ip_version} is not 4 or 6")
+        if not (self.flag_reg.startswith("reg") and self.flag_reg in ACTION_FIELDS and 0 <= self.flag_bit < 32):
+            raise ValueError(f"learn: {self.flag_reg}[{self.flag_bit}] is not a register bit")
+        in_range = 0 <= self.priority <= 0xFFFF and 0 <= self.idle_timeout <= 0xFFFF
+        if not (in_range and 0 <= self.cookie < COOKIE_RESERVED):
+            raise ValueError("learn: priority, idle_timeout or cookie out of range")
+
+
 Action = (
-    Output | OutputInPort | Resubmit | GotoTable | Conjunction | Ct | SetField | Move | DecTtl
+    Output | OutputInPort | Resubmit | GotoTable | Conjunction | Ct | SetField | Move | DecTtl | LearnReply
 )
 
 
@@ -378,7 +422,7 @@ def _check_actions(flow: Flow) -> None:
     for i, a in enumerate(acts):
         if isinstance(a, GotoTable) and (i != len(acts) - 1 or a.table <= flow.table):
             raise ValueError("goto_table must be the last action and go to a later table")
-        if isinstance(a, (Ct, DecTtl)) and dl_type not in _IP_ANY:
+        if isinstance(a, (Ct, DecTtl, LearnReply)) and dl_type not in _IP_ANY:
             raise ValueError(f"{type(a).__name__} needs an ip or ipv6 match")
         if isinstance(a, Ct) and a.commit and (flow.match.value("ct_state") or 0) & _CS_INV:
             raise ValueError("ct(commit) on a +inv match is refused by OVS")

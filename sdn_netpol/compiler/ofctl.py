@@ -30,6 +30,7 @@ from sdn_netpol.compiler.flow import (
     Flow,
     FlowSet,
     GotoTable,
+    LearnReply,
     Match,
     MatchField,
     Move,
@@ -176,7 +177,36 @@ def _render_action(a: Action) -> str:
         return f"set_field:{value}->{a.field}"
     if isinstance(a, Move):
         return f"move:{_NXM[a.src_field]}[]->{_NXM[a.dst_field]}[]"
+    if isinstance(a, LearnReply):
+        return _render_learn(a)
     return "dec_ttl"
+
+
+_LEARN_ADDRESSES = {4: ("0x800", "NXM_OF_IP"), 6: ("0x86dd", "NXM_NX_IPV6")}
+_LEARN_RE = re.compile(
+    r"learn\(table=(\d+)(?:,idle_timeout=(\d+))?(?:,priority=(\d+))?(?:,cookie=(0x[0-9a-f]+))?,eth_type=(0x800|0x86dd),"
+    r"nw_proto=132,(NXM_OF_IP|NXM_NX_IPV6)_SRC\[\]=\6_DST\[\],\6_DST\[\]=\6_SRC\[\],"
+    r"OXM_OF_SCTP_SRC\[\]=OXM_OF_SCTP_DST\[\],OXM_OF_SCTP_DST\[\]=OXM_OF_SCTP_SRC\[\],"
+    r"load:0x1->NXM_NX_REG(\d+)\[(\d+)\]\)")
+
+
+def _render_learn(a: LearnReply) -> str:
+    """Exactly as OVS 3.1 dumps it (measured), so the text round trip is exact."""
+    eth_type, address = _LEARN_ADDRESSES[a.ip_version]
+    options = f"table={a.table}"  # OVS leaves out what has its default value
+    options += f",idle_timeout={a.idle_timeout}" if a.idle_timeout else ""
+    options += f",priority={a.priority}" if a.priority != DEFAULT_PRIORITY else ""
+    options += f",cookie={a.cookie:#x}" if a.cookie else ""
+    return (f"learn({options},"
+            f"eth_type={eth_type},nw_proto=132,{address}_SRC[]={address}_DST[],{address}_DST[]={address}_SRC[],"
+            "OXM_OF_SCTP_SRC[]=OXM_OF_SCTP_DST[],OXM_OF_SCTP_DST[]=OXM_OF_SCTP_SRC[],"
+            f"load:0x1->NXM_NX_REG{a.flag_reg[3:]}[{a.flag_bit}])")
+
+
+def _parse_learn(m: re.Match[str]) -> LearnReply:
+    return LearnReply(table=int(m[1]), priority=int(m[3] or DEFAULT_PRIORITY), idle_timeout=int(m[2] or 0),
+                      cookie=int(m[4] or "0", 16),
+                      ip_version=4 if m[5] == "0x800" else 6, flag_reg=f"reg{m[7]}", flag_bit=int(m[8]))
 
 
 def _render_ct(ct: Ct) -> str:
@@ -314,6 +344,7 @@ _ACTION_RE: list[tuple[re.Pattern[str], Callable[[re.Match[str]], Action]]] = [
      lambda m: Move(_FROM_NXM.get(m[1], m[1]), _FROM_NXM.get(m[2], m[2]))),
     (re.compile(r"dec_ttl"), lambda m: DecTtl()),
     (re.compile(r"ct\((.*)\)"), lambda m: _parse_ct(m[1])),
+    (_LEARN_RE, _parse_learn),
 ]
 
 

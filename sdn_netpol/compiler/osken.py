@@ -30,6 +30,7 @@ from sdn_netpol.compiler.flow import (
     DecTtl,
     Flow,
     GotoTable,
+    LearnReply,
     Match,
     MatchField,
     Move,
@@ -151,6 +152,8 @@ def _to_action(a: Action) -> Any:
             n_bits=ACTION_FIELDS[a.src_field].bits)
     if isinstance(a, DecTtl):
         return parser.OFPActionDecNwTtl()
+    if isinstance(a, LearnReply):
+        return _to_learn(a)
     raise TypeError(f"not an action: {a!r}")  # GotoTable is an instruction
 
 
@@ -256,7 +259,46 @@ def _move(src_oxm: str, dst_oxm: str, n_bits: int, src_ofs: int, dst_ofs: int) -
     return move
 
 
+# learn(): the reply of an SCTP packet, as NXM/OXM field copies (see flow.LearnReply)
+_LEARN_FIELDS = {4: ("ipv4_src_nxm", "ipv4_dst_nxm", 32, 0x0800), 6: ("ipv6_src_nxm", "ipv6_dst_nxm", 128, 0x86DD)}
+
+
+def _learn_specs(a: LearnReply) -> list[Any]:
+    src, dst, bits, eth_type = _LEARN_FIELDS[a.ip_version]
+    return [
+        parser.NXFlowSpecMatch(src=eth_type, dst=("eth_type_nxm", 0), n_bits=16),
+        parser.NXFlowSpecMatch(src=IPPROTO_SCTP, dst=("ip_proto_nxm", 0), n_bits=8),
+        parser.NXFlowSpecMatch(src=(dst, 0), dst=(src, 0), n_bits=bits),
+        parser.NXFlowSpecMatch(src=(src, 0), dst=(dst, 0), n_bits=bits),
+        parser.NXFlowSpecMatch(src=("sctp_dst", 0), dst=("sctp_src", 0), n_bits=16),
+        parser.NXFlowSpecMatch(src=("sctp_src", 0), dst=("sctp_dst", 0), n_bits=16),
+        parser.NXFlowSpecLoad(src=1, dst=(a.flag_reg, a.flag_bit), n_bits=1),
+    ]
+
+
+def _to_learn(a: LearnReply) -> Any:
+    return parser.NXActionLearn(table_id=a.table, specs=_learn_specs(a), idle_timeout=a.idle_timeout,
+                                priority=a.priority, cookie=a.cookie)
+
+
+def _from_learn(a: Any) -> Action:
+    """Only the reply-learning shape we emit is understood; anything else is reported."""
+    load = a.specs[-1] if a.specs else None
+    if load is None or not isinstance(load, parser.NXFlowSpecLoad) or not isinstance(load.dst, tuple):
+        raise ValueError(f"unsupported learn action {a}")
+    version = 6 if any(isinstance(s.dst, tuple) and s.dst[0].startswith("ipv6") for s in a.specs) else 4
+    learned = LearnReply(a.table_id, a.priority, a.idle_timeout, a.cookie, version, load.dst[0], load.dst[1])
+    if [_spec_key(s) for s in a.specs] != [_spec_key(s) for s in _learn_specs(learned)]:
+        raise ValueError(f"unsupported learn action {a}")
+    return learned
+
+
+def _spec_key(spec: Any) -> tuple[object, ...]:
+    return (type(spec).__name__, spec.src, spec.dst, spec.n_bits)
+
+
 _FROM_ACTION: Mapping[type, Callable[[Any], Action]] = {
+    parser.NXActionLearn: _from_learn,
     parser.OFPActionOutput: _from_output,
     parser.NXActionResubmitTable: _from_resubmit,
     parser.NXActionConjunction: lambda a: Conjunction(a.id, a.clause + 1, a.n_clauses),

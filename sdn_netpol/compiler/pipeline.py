@@ -25,6 +25,8 @@ class Table(IntEnum):
     ARP_RESPONDER = 20
     CONNTRACK = 30
     CONNTRACK_STATE = 31
+    SCTP_REPLY = 32  # learned reply 5-tuples of SCTP associations policy allowed
+    SCTP_REPLY_VERDICT = 33
     EGRESS_RULE = 40
     EGRESS_DEFAULT = 41
     L3_FORWARDING = 50
@@ -41,13 +43,14 @@ class Priority(IntEnum):
     CONJUNCTION = 200  # clause flows and their conj_id flows share one priority (OVS rule)
     DIRECT_ALLOW = 300  # single-dimension allows: above every conjunction, all mean "allow"
     BYPASS = 400
+    SCTP_REPLY = 450  # above the generic reply bypass: SCTP replies must prove their ports
     INVALID = 500
 
 
 # Registers (32-bit NXM registers reg0..reg7).
 REG_PORT_CLASS = "reg0"  # where the packet entered: see PortClass
 REG_OUT_PORT = "reg2"  # OpenFlow port chosen by L3Forwarding, used by ingress rules and Output
-REG_FLAGS = "reg3"  # bit 0: reply/related, policy bypassed
+REG_FLAGS = "reg3"  # bit 0: reply/related, policy bypassed; bit 2: a learned SCTP reply
 
 
 class PortClass(IntEnum):
@@ -60,6 +63,9 @@ class PortClass(IntEnum):
 
 LOCAL_SIDE_MASK = 0x1
 FLAG_BYPASS = 0x1
+FLAG_SCTP_REPLY_BIT = 2
+FLAG_SCTP_REPLY = 1 << FLAG_SCTP_REPLY_BIT
+SCTP_REPLY_IDLE_TIMEOUT = 300  # seconds; SCTP heartbeats (30 s by default) keep it alive
 
 CT_ZONE = 1  # one zone for the bridge: pod addresses are unique cluster-wide
 TUNNEL_VNI = 0x1
@@ -83,6 +89,7 @@ class CookieCategory(IntEnum):
     REMOTE = 0x03  # routes to pods on other nodes (object = pod)
     ISOLATION = 0x04  # default drops of isolated pods (object = pod)
     RULE = 0x10  # one policy rule's flows (object = policy, rule = direction + index)
+    LEARNED = 0x05  # SCTP reply flows the switch learns itself: never reconciled away
     SHARED = 0x11  # a match flow carrying conjunctions of several rules
 
 
