@@ -27,6 +27,7 @@ PATHS = click.option("-f", "--filename", "paths", multiple=True, required=True, 
 WORKDIR = click.option("--workdir", type=click.Path(path_type=Path), default=DEFAULT_WORKDIR, show_default=True,
                        envvar="SDN_NETPOL_LAB_WORKDIR", help="Lab state, OVS rundirs, manifests folder, logs.")
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "demo"
+DEMO_WORKDIR = Path("/tmp/sdn-netpol-demo")
 
 
 def _lab(ctx: click.Context) -> Lab:
@@ -176,8 +177,9 @@ def down(ctx: click.Context) -> None:
 
 
 @click.command()
-@click.option("--keep", is_flag=True, help="Leave the lab up afterwards (then: sdn-netpol lab down).")
-@WORKDIR
+@click.option("--keep", is_flag=True, help="Leave the lab up afterwards (then: sdn-netpol lab --workdir DIR down).")
+@click.option("--workdir", type=click.Path(path_type=Path), default=DEMO_WORKDIR, show_default=True,
+              help="The demo's own lab directory (a lab of yours in the default workdir is left alone).")
 def demo(keep: bool, workdir: Path) -> None:
     """The seed example on a real 2-node lab: test-network-policy, measured beside expected."""
     console = wide_console()
@@ -207,7 +209,8 @@ def demo(keep: bool, workdir: Path) -> None:
         if not keep:
             lab_.down()
     console.print(f"demo {'passed' if ok else 'FAILED'} in {time.monotonic() - start:.1f} s"
-                  + ("; lab left up (sdn-netpol lab down)" if keep else "; lab torn down"))
+                  + (f"; lab left up: sdn-netpol lab --workdir {workdir} status|probe|down" if keep
+                     else "; lab torn down"))
     if not ok:
         raise SystemExit(1)
 
