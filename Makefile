@@ -13,7 +13,7 @@ demo: bootstrap
 	$(VENV)/bin/sdn-netpol demo
 
 lint: bootstrap
-	$(VENV)/bin/ruff check sdn_netpol tests benchmarks
+	$(VENV)/bin/ruff check sdn_netpol tests benchmarks scripts
 
 typecheck: bootstrap
 	$(VENV)/bin/mypy --strict $(CORE)
