@@ -16,6 +16,9 @@ from sdn_netpol.lab import hostlimits, netns, procs
 from sdn_netpol.lab.state import LabState, lab_prefix
 from sdn_netpol.ovs.instance import OvsInstance, daemon_pids, terminate
 
+LAB_DIRS = ("manifests", "nodes", "pods")
+LAB_FILES = ("state.json", ".state.json.tmp")
+
 
 def markers(workdir: Path) -> list[str]:
     root = Path(workdir).resolve()
@@ -42,13 +45,17 @@ def teardown(workdir: Path, keep_files: bool = False) -> float:
         netns.remove(name)
     if state is not None and state.host_neigh and not netns.list_netns("sdnlab-"):
         hostlimits.restore(state.host_neigh)  # the last lab gone: the host as it was
-    if not keep_files and root.exists():
-        for child in root.iterdir():
-            if child.is_dir():
-                shutil.rmtree(child, ignore_errors=True)
-            elif child.name != ".lock":
-                child.unlink(missing_ok=True)
+    if not keep_files:
+        _remove_files(root)
     return time.monotonic() - start
+
+
+def _remove_files(root: Path) -> None:
+    """Only what a lab writes: a mistaken `--workdir ~` must not cost anyone their files."""
+    for name in LAB_DIRS:
+        shutil.rmtree(root / name, ignore_errors=True)
+    for name in LAB_FILES:
+        (root / name).unlink(missing_ok=True)
 
 
 def _stop_processes(root: Path, state: LabState | None) -> None:
