@@ -194,3 +194,13 @@ def test_connection_cut_mid_bundle_ends_exact(sw: Switch, cluster: FolderCluster
     finally:
         ctl.stop()
         proxy.close()
+
+
+def test_unusable_openflow_address_fails_loudly(sw: Switch, cluster: FolderCluster, tmp_path: Path) -> None:
+    """os-ken would only log a failed bind in a thread and run on, unreachable: instead the
+    controller exits non-zero and says why."""
+    ctl = controller(sw, tmp_path, f"dir:{cluster.path}", ofp_port=6653)
+    ctl.args[ctl.args.index("--ofp-listen") + 1] = "192.0.2.1:6653"  # not an address of this host
+    with pytest.raises(AssertionError, match="controller exited 1"):
+        ctl.start()
+    assert "cannot start: OSError" in ctl.log.read_text()

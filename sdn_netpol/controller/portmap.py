@@ -126,10 +126,12 @@ def _fetch_schema(remote: str) -> Any:
 class InterfaceMonitor:
     """An OVSDB IDL replica of Bridge/Port/Interface; publishes our bridge's Interfaces."""
 
-    def __init__(self, remote: str, bridge: str, ports: PortMap, retry: float = 1.0) -> None:
+    def __init__(self, remote: str, bridge: str, ports: PortMap, report: Callable[[str | None], None] = lambda _m: None,
+                 retry: float = 1.0) -> None:
         self.remote = remote
         self.bridge = bridge
         self.ports = ports
+        self.report = report
         self.retry = retry
         self._stop = threading.Event()
 
@@ -147,8 +149,10 @@ class InterfaceMonitor:
                 helper = ovs.db.idl.SchemaHelper(schema_json=_fetch_schema(self.remote))
             except (OSError, ValueError) as exc:
                 LOG.warning("OVSDB %s: %s; retrying", self.remote, exc)
+                self.report(f"{self.remote}: {exc}")
                 self._stop.wait(self.retry)
                 continue
+            self.report(None)
             for table, columns in COLUMNS.items():
                 helper.register_columns(table, columns)
             idl = ovs.db.idl.Idl(self.remote, helper)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import threading
 from dataclasses import dataclass
 from types import FrameType
@@ -68,17 +69,29 @@ def _start_source(config: Config, parts: Parts) -> threading.Thread:
     raise ValueError(f"unknown source {config.source!r}: use kube or dir:PATH")
 
 
+def _check_bindable(listen: str) -> None:
+    """os-ken binds in a thread of its own and only logs a failure there, leaving a process
+    that can never reach its switch: bind once here first, so that it fails loudly."""
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, int(port)))
+
+
 def start(config: Config) -> Parts:
+    """Start every part; raises (before anything runs) if an address cannot be used."""
+    _check_bindable(config.ofp_listen)
     parts = build(config)
+
+    def ovsdb_report(message: str | None) -> None:
+        parts.board.report("ovsdb", message)
+
+    status.serve(config.status_listen, parts.board, parts.metrics, lambda: all(t.is_alive() for t in parts.threads))
     parts.threads.append(parts.realizer.start())
-    parts.threads.append(InterfaceMonitor(config.ovsdb, config.bridge, parts.ports).start())
+    parts.threads.append(InterfaceMonitor(config.ovsdb, config.bridge, parts.ports, ovsdb_report).start())
     parts.threads.append(_start_source(config, parts))
-
-    def healthy() -> bool:
-        return all(t.is_alive() for t in parts.threads)
-
-    status.serve(config.status_listen, parts.board, parts.metrics, healthy)
-    app.start(config.ofp_listen, app.Link(parts.switch, parts.ports))
+    parts.threads.extend(app.start(config.ofp_listen, app.Link(parts.switch, parts.ports)))
     return parts
 
 
@@ -92,7 +105,12 @@ def run(config: Config) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    start(config)
+    try:
+        start(config)
+    except Exception as exc:  # a bad address, an unreadable kubeconfig: say so and stop
+        LOG.error("cannot start: %s: %s", type(exc).__name__, exc)
+        logging.shutdown()
+        os._exit(1)
     LOG.info("controller for node %s: source %s, bridge %s, status on %s", config.node, config.source,
              config.bridge, config.status_listen)
     while not stop.wait(1.0):

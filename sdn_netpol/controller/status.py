@@ -11,7 +11,7 @@ merge the answers of all its controllers):
         "desired_generation": 7, "realized_generation": 7,
         "source_version": "sha256:…",          # of the realized state (kube: resourceVersion)
         "realized_at": 1732630000.1,             # unix time of the last realization
-        "last_error": null, "errors": {"source": null, "switch": null, "realize": null},
+        "last_error": null, "errors": {"source": null, "ovsdb": null, "switch": null, "realize": null},
         "flows": {"total": 42, "by_table": {"0": 5, …}}, "flow_mods_sent": 42,
         "ports": {"ns/pod": 3},                  # pods this node enforces, realized
         "invalid_objects": [{"kind": …, "namespace": …, "name": …,
@@ -35,7 +35,7 @@ from typing import Any
 from sdn_netpol.controller.metrics import Metrics
 from sdn_netpol.controller.store import Invalid
 
-ERROR_PLACES = ("source", "switch", "realize")
+ERROR_PLACES = ("source", "ovsdb", "switch", "realize")
 
 
 @dataclass(frozen=True)
