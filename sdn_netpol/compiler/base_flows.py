@@ -130,7 +130,8 @@ def _conntrack_state_flows() -> Iterator[Flow]:
 
 def _sctp_reply_flows() -> Iterator[Flow]:
     """OVS 3.1 tracks SCTP without ports, so `+rpl` does not prove a packet answers an allowed
-    association. The commit of every new SCTP association learns its exact reply 5-tuple;
+    association. Every original-direction SCTP packet that passed policy learns its exact
+    reply 5-tuple (idempotent; it also keeps the learned flow alive);
     a reply-looking packet that matches one bypasses policy, any other is checked as an
     original-direction packet (so a server cannot open associations back to a client)."""
     learned_cookie = cookie(CookieCategory.LEARNED)
@@ -140,8 +141,10 @@ def _sctp_reply_flows() -> Iterator[Flow]:
                     (Resubmit(Table.SCTP_REPLY), GotoTable(Table.SCTP_REPLY_VERDICT)))
         learn = LearnReply(Table.SCTP_REPLY, Priority.NORMAL, SCTP_REPLY_IDLE_TIMEOUT, learned_cookie, version,
                            REG_FLAGS, FLAG_SCTP_REPLY_BIT)
-        new = Match.build(proto, ct_state=ct_state(new=True, trk=True))
-        yield _flow(Table.COMMIT, Priority.NORMAL + 10, new,
+        # every original-direction packet that passed policy, not only +new: with portless
+        # tracking a second association between the same two pods is already +est
+        original = Match.build(proto, ct_state=ct_state(rpl=False, trk=True))
+        yield _flow(Table.COMMIT, Priority.NORMAL + 10, original,
                     (Ct(commit=True, zone=CT_ZONE), learn, GotoTable(Table.OUTPUT)))
     learned = Match.build(None, **{REG_FLAGS: (FLAG_SCTP_REPLY, FLAG_SCTP_REPLY)})
     yield _flow(Table.SCTP_REPLY_VERDICT, Priority.NORMAL, learned,
