@@ -5,6 +5,7 @@ forwarding and output. Pure functions of the node context and the cluster's pod 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from functools import lru_cache
 
 from netaddr import EUI, IPAddress
 
@@ -181,21 +182,29 @@ def _gateway_route(node: NodeContext, port: int) -> Iterator[Flow]:
                     (*rewrite, DecTtl(), SetField(REG_OUT_PORT, port), GotoTable(Table.COMMIT)))
 
 
-def local_pod_flows(binding: PortBinding) -> Iterator[Flow]:
-    """A local pod: classified, held to its own MAC and IPs, reachable, outputtable."""
+def local_pod_flows(binding: PortBinding) -> tuple[Flow, ...]:
+    """A local pod: classified, held to its own MAC and IPs, reachable, outputtable.
+
+    Cached per binding so an unchanged pod yields the very same Flow objects on the next
+    compile, which the diff recognises without comparing them."""
+    return _local_pod_flows(binding)
+
+
+@lru_cache(maxsize=1 << 16)
+def _local_pod_flows(binding: PortBinding) -> tuple[Flow, ...]:
     pod_cookie = cookie(CookieCategory.POD, pod_object_id(str(binding.pod)))
     port = binding.ofport
-    yield Flow(Table.CLASSIFIER, Priority.NORMAL, Match.build(in_port=port),
-               (SetField(REG_PORT_CLASS, PortClass.POD), GotoTable(Table.SPOOF_GUARD)), pod_cookie)
+    flows = [Flow(Table.CLASSIFIER, Priority.NORMAL, Match.build(in_port=port),
+                  (SetField(REG_PORT_CLASS, PortClass.POD), GotoTable(Table.SPOOF_GUARD)), pod_cookie)]
     for ip in binding.ips:
         family, src_field, dst_field = _family_fields(ip)
-        yield Flow(Table.SPOOF_GUARD, Priority.NORMAL,
-                   Match.build(family, in_port=port, dl_src=binding.mac, **{src_field: ip}),
-                   (GotoTable(Table.CONNTRACK),), pod_cookie)
+        flows.append(Flow(Table.SPOOF_GUARD, Priority.NORMAL,
+                          Match.build(family, in_port=port, dl_src=binding.mac, **{src_field: ip}),
+                          (GotoTable(Table.CONNTRACK),), pod_cookie))
         if ip.version == 4:
-            yield Flow(Table.SPOOF_GUARD, Priority.NORMAL,
-                       Match.build("arp", in_port=port, dl_src=binding.mac, arp_spa=ip, arp_sha=binding.mac),
-                       (GotoTable(Table.ARP_RESPONDER),), pod_cookie)
+            flows.append(Flow(Table.SPOOF_GUARD, Priority.NORMAL,
+                              Match.build("arp", in_port=port, dl_src=binding.mac, arp_spa=ip, arp_sha=binding.mac),
+                              (GotoTable(Table.ARP_RESPONDER),), pod_cookie))
         actions: tuple[Action, ...] = (
             SetField.of("eth_src", EUI(GATEWAY_MAC)),
             SetField.of("eth_dst", binding.mac),
@@ -203,27 +212,37 @@ def local_pod_flows(binding: PortBinding) -> Iterator[Flow]:
             SetField(REG_OUT_PORT, port),
             GotoTable(Table.INGRESS_RULE),
         )
-        yield Flow(Table.L3_FORWARDING, Priority.NORMAL, Match.build(family, **{dst_field: ip}), actions, pod_cookie)
-    yield Flow(Table.OUTPUT, Priority.NORMAL, Match.build(None, **{REG_OUT_PORT: port}), (Output(port),), pod_cookie)
+        flows.append(Flow(Table.L3_FORWARDING, Priority.NORMAL, Match.build(family, **{dst_field: ip}), actions,
+                          pod_cookie))
+    flows.append(Flow(Table.OUTPUT, Priority.NORMAL, Match.build(None, **{REG_OUT_PORT: port}), (Output(port),),
+                      pod_cookie))
+    return tuple(flows)
 
 
-def remote_pod_flows(pod: Pod, node: NodeContext) -> Iterator[Flow]:
+def remote_pod_flows(pod: Pod, node: NodeContext) -> tuple[Flow, ...]:
     """A pod on another node: packets from this node's side go through the tunnel to it."""
     host = node.address_of(pod.node_name or "")
     if node.tunnel_port is None or host is None or host.version != 4:
-        return
-    pod_cookie = cookie(CookieCategory.REMOTE, pod_object_id(f"{pod.namespace}/{pod.name}"))
+        return ()
+    return _remote_routes(f"{pod.namespace}/{pod.name}", pod.ips, host, node.tunnel_port)
+
+
+@lru_cache(maxsize=1 << 17)
+def _remote_routes(pod_ref: str, ips: tuple[IPAddress, ...], host: IPAddress, tunnel_port: int) -> tuple[Flow, ...]:
+    pod_cookie = cookie(CookieCategory.REMOTE, pod_object_id(pod_ref))
     local_side = (PortClass.POD & LOCAL_SIDE_MASK, LOCAL_SIDE_MASK)
-    for ip in pod.ips:
+    flows = []
+    for ip in ips:
         family, _, dst_field = _family_fields(ip)
         match = Match.build(family, **{REG_PORT_CLASS: local_side, dst_field: ip})
         actions: tuple[Action, ...] = (
             SetField.of("tun_dst", host),
             SetField("tun_id", TUNNEL_VNI),
-            SetField(REG_OUT_PORT, node.tunnel_port),
+            SetField(REG_OUT_PORT, tunnel_port),
             GotoTable(Table.COMMIT),
         )
-        yield Flow(Table.L3_FORWARDING, Priority.NORMAL, match, actions, pod_cookie)
+        flows.append(Flow(Table.L3_FORWARDING, Priority.NORMAL, match, actions, pod_cookie))
+    return tuple(flows)
 
 
 def _family_fields(ip: IPAddress) -> tuple[str, str, str]:

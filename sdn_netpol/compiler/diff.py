@@ -42,14 +42,17 @@ def diff(old: FlowSet, new: FlowSet) -> FlowDiff:
     """What to send to a switch holding `old` so that it holds `new`."""
     adds: list[Flow] = []
     modifies: list[Flow] = []
-    for flow in new:
+    for flow in new.unordered():
         before = old.get(flow.id)
+        if before is flow:  # the compiler reuses unchanged flow objects: the common case
+            continue
         if before is None or before.cookie != flow.cookie:
             adds.append(flow)
         elif before.actions != flow.actions:
             modifies.append(flow)
-    deletes = [flow for flow in old if new.get(flow.id) is None]
-    return FlowDiff(tuple(adds), tuple(modifies), tuple(deletes))
+    deletes = [flow for flow in old.unordered() if new.get(flow.id) is None]
+    key = Flow.sort_key
+    return FlowDiff(tuple(sorted(adds, key=key)), tuple(sorted(modifies, key=key)), tuple(sorted(deletes, key=key)))
 
 
 def apply(old: FlowSet, change: FlowDiff) -> FlowSet:

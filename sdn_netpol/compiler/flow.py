@@ -132,6 +132,16 @@ class Match:
             raise ValueError(f"a field is matched twice in {names}")
         object.__setattr__(self, "fields", tuple(canon))
         _check_prerequisites(self)
+        # hashed once: matches key every dict the compiler, FlowSet and diff build
+        object.__setattr__(self, "_hash", hash(self.fields))
+
+    def __hash__(self) -> int:
+        return self._hash  # type: ignore[attr-defined, no-any-return]
+
+    def __eq__(self, other: object) -> bool:
+        if self is other:
+            return True
+        return isinstance(other, Match) and self._hash == other._hash and self.fields == other.fields  # type: ignore[attr-defined]
 
     @classmethod
     def build(cls, proto: str | None = None, **fields: FieldInput) -> Match:
@@ -399,10 +409,11 @@ class Flow:
         if not 0 <= self.cookie < COOKIE_RESERVED:
             raise ValueError(f"cookie {self.cookie:#x} is not 64-bit or is the reserved -1")
         _check_actions(self)
+        object.__setattr__(self, "_id", FlowId(self.table, self.priority, self.match))
 
     @property
     def id(self) -> FlowId:
-        return FlowId(self.table, self.priority, self.match)
+        return self._id  # type: ignore[attr-defined, no-any-return]  # made once: diffs look it up a lot
 
     def sort_key(self) -> tuple[object, ...]:
         return (*self.id.sort_key(), tuple(action_key(a) for a in self.actions), self.cookie)
@@ -445,22 +456,29 @@ class FlowSet:
     identity raise DuplicateFlowError, because a switch would silently keep only one.
     """
 
-    __slots__ = ("_by_id", "_sorted")
+    __slots__ = ("_by_id", "_sorted_cache")
 
     def __init__(self, flows: Iterable[Flow] = ()) -> None:
         by_id: dict[FlowId, Flow] = {}
         for f in flows:
             seen = by_id.setdefault(f.id, f)
-            if seen != f:
+            if seen is not f and seen != f:
                 raise DuplicateFlowError(f"two flows with one identity:\n  {seen}\n  {f}")
         self._by_id = by_id
-        self._sorted = tuple(sorted(by_id.values(), key=Flow.sort_key))  # one key per flow, not per comparison
+        self._sorted_cache: tuple[Flow, ...] | None = None
+
+    @property
+    def _sorted(self) -> tuple[Flow, ...]:
+        """Sorted on first use only: the controller diffs sets far more often than it lists them."""
+        if self._sorted_cache is None:
+            self._sorted_cache = tuple(sorted(self._by_id.values(), key=Flow.sort_key))
+        return self._sorted_cache
 
     def __iter__(self) -> Iterator[Flow]:
         return iter(self._sorted)
 
     def __len__(self) -> int:
-        return len(self._sorted)
+        return len(self._by_id)
 
     def __contains__(self, item: object) -> bool:
         if isinstance(item, Flow):
@@ -478,6 +496,10 @@ class FlowSet:
 
     def get(self, flow_id: FlowId) -> Flow | None:
         return self._by_id.get(flow_id)
+
+    def unordered(self) -> Iterable[Flow]:
+        """Every flow, in no particular order (no sort needed)."""
+        return self._by_id.values()
 
     def ids(self) -> frozenset[FlowId]:
         return frozenset(self._by_id)

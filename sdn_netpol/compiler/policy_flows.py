@@ -130,8 +130,20 @@ def _port_matches(port_range: PortRange) -> tuple[Match, ...]:
 
 def _direct_flows(direct: dict[tuple[Direction, Match], set[int]]) -> Iterator[Flow]:
     for (direction, match), cookies in direct.items():
-        tables = _TABLES[direction]
-        yield Flow(tables.rule, Priority.DIRECT_ALLOW, match, (GotoTable(tables.next),), _merged_cookie(cookies))
+        yield _allow_flow(direction, Priority.DIRECT_ALLOW, match, _merged_cookie(cookies))
+
+
+# Flows are cached by content so an unchanged rule yields the very same objects on the next
+# compile: the controller's diff then skips them by identity instead of comparing them.
+@lru_cache(maxsize=1 << 18)
+def _allow_flow(direction: Direction, priority: int, match: Match, flow_cookie: int) -> Flow:
+    tables = _TABLES[direction]
+    return Flow(tables.rule, priority, match, (GotoTable(tables.next),), flow_cookie)
+
+
+@lru_cache(maxsize=1 << 18)
+def _clause_flow(direction: Direction, match: Match, actions: tuple[Action, ...], flow_cookie: int) -> Flow:
+    return Flow(_TABLES[direction].rule, Priority.CONJUNCTION, match, actions, flow_cookie)
 
 
 def _conjunction_flows(conjs: list[_Conj]) -> Iterator[Flow]:
@@ -139,9 +151,7 @@ def _conjunction_flows(conjs: list[_Conj]) -> Iterator[Flow]:
     clauses: dict[tuple[Direction, Match], list[tuple[Conjunction, int]]] = defaultdict(list)
     for conj in conjs:
         conj_id = ids[conj.key]
-        tables = _TABLES[conj.direction]
-        yield Flow(tables.rule, Priority.CONJUNCTION, Match.build(None, conj_id=conj_id),
-                   (GotoTable(tables.next),), conj.cookie)
+        yield _allow_flow(conj.direction, Priority.CONJUNCTION, _conj_id_match(conj_id), conj.cookie)
         n = len(conj.dimensions)
         for clause, matches in enumerate(conj.dimensions, start=1):
             for match in matches:
@@ -150,7 +160,12 @@ def _conjunction_flows(conjs: list[_Conj]) -> Iterator[Flow]:
         conjunctions = sorted({a for a, _ in entries}, key=lambda a: (a.id, a.clause))
         actions: tuple[Action, ...] = tuple(conjunctions)
         flow_cookie = _merged_cookie({c for _, c in entries})
-        yield Flow(_TABLES[direction].rule, Priority.CONJUNCTION, match, actions, flow_cookie)
+        yield _clause_flow(direction, match, actions, flow_cookie)
+
+
+@lru_cache(maxsize=1 << 18)
+def _conj_id_match(conj_id: int) -> Match:
+    return Match.build(None, conj_id=conj_id)
 
 
 def _merged_cookie(cookies: set[int]) -> int:
@@ -161,6 +176,10 @@ def _isolation_flows(isolated: dict[Direction, set[PodKey]], ports: dict[PodKey,
     for direction, pods in isolated.items():
         field = "in_port" if direction == "Egress" else REG_OUT_PORT
         for pod in sorted(pods):
-            pod_cookie = cookie(CookieCategory.ISOLATION, pod_object_id(str(pod)))
-            yield Flow(_TABLES[direction].default, Priority.DEFAULT,
-                       Match.build(None, **{field: ports[pod]}), (), pod_cookie)
+            yield _isolation_flow(direction, field, ports[pod], str(pod))
+
+
+@lru_cache(maxsize=1 << 16)
+def _isolation_flow(direction: Direction, field: str, ofport: int, pod_ref: str) -> Flow:
+    pod_cookie = cookie(CookieCategory.ISOLATION, pod_object_id(pod_ref))
+    return Flow(_TABLES[direction].default, Priority.DEFAULT, Match.build(None, **{field: ofport}), (), pod_cookie)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 
 from netaddr import EUI, IPAddress, mac_unix_expanded
 
@@ -38,7 +39,11 @@ class NodeContext:
     node_addresses: tuple[tuple[str, IPAddress], ...] = ()  # every node's tunnel endpoint
 
     def address_of(self, node: str) -> IPAddress | None:
-        return dict(self.node_addresses).get(node)
+        return self._addresses.get(node)
+
+    @cached_property
+    def _addresses(self) -> dict[str, IPAddress]:
+        return dict(self.node_addresses)
 
     @property
     def local_pods(self) -> frozenset[PodKey]:
