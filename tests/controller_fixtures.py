@@ -51,6 +51,10 @@ _COUNTER = itertools.count(1)
 T = TypeVar("T")
 
 
+class WaitTimeout(AssertionError):
+    """wait_for gave up (a distinct type, so that other assertion errors are never mistaken for it)."""
+
+
 def wait_for(predicate: Callable[[], T], timeout: float = 15.0, what: str = "condition") -> T:
     """Poll with a short back-off until `predicate()` is truthy; its value is returned."""
     deadline = time.monotonic() + timeout
@@ -60,7 +64,7 @@ def wait_for(predicate: Callable[[], T], timeout: float = 15.0, what: str = "con
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+            raise WaitTimeout(f"timed out after {timeout} s waiting for {what}")
         time.sleep(delay)
         delay = min(delay * 1.5, 0.1)
 
@@ -304,7 +308,7 @@ def assert_flows_converge(sw: Switch, expected: Callable[[], FlowSet], timeout: 
 
     try:
         wait_for(equal, timeout, "the switch to hold compile_node's flows")
-    except AssertionError:
+    except WaitTimeout:
         have, want = sw.flows(), last[0]
         missing = render_flows(f for f in want if f not in have)
         extra = render_flows(f for f in have if f not in want)

@@ -145,7 +145,7 @@ def test_dropped_watches_converge(sw: Switch, cluster: KubeCluster, fake: FakeKu
     fake.drop_watches(clean=True)  # the apiserver's own request timeout
     cluster.apply(policy_manifest("x", "db", "db", {"app": "db"}))
     converged(sw, cluster)
-    assert restarts(ctl, "dropped") >= 4
+    wait_for(lambda: restarts(ctl, "dropped") >= 4, what="every watch to notice the cut")
     assert lists(fake) == listed  # resumed from the last resourceVersion, no relist
 
 
@@ -195,7 +195,7 @@ def test_api_errors_back_off_and_converge(sw: Switch, cluster: KubeCluster, fake
     fake.drop_watches()
     cluster.apply(pod_manifest("x", "b", "10.244.1.3", app="web"))
     converged(sw, cluster)
-    assert restarts(ctl, "http_503") == 3
+    wait_for(lambda: restarts(ctl, "http_503") == 3, what="the three failed requests to be retried")
     wait_for(lambda: ctl.status()["errors"]["source"] is None, what="the source error to clear")
     assert ctl.status()["last_error"] is None
 

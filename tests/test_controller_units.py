@@ -234,5 +234,9 @@ def test_flow_mod_cache_keeps_only_what_the_switch_holds() -> None:
     list(wire.flow_mod_bodies(change, cache))
     assert cache.hits == 2
     cache.retain(FlowSet([FLOWS[0]]))
+    assert len(cache) == 2  # small: pruning waits until the cache is twice the table
+    for i in range(1100):
+        cache.encode(Flow(0, 1 + i, Match.build(in_port=1 + i), (GotoTable(10),)), "add")
+    cache.retain(FlowSet([FLOWS[0]]))
     assert len(cache) == 1
     assert b"".join(wire.chunks(bodies, size=1)) == b"".join(bodies)

@@ -98,8 +98,11 @@ class FlowModCache:
         return data
 
     def retain(self, flows: FlowSet) -> None:
-        """Forget everything that is not an add/modify of a flow in `flows` (the table the
-        switch now holds): those are the only bytes a resync can need again."""
+        """Forget everything but adds/modifies of flows in `flows` (the table the switch now
+        holds: the only bytes a resync can need again) once the cache has grown to twice
+        that table; pruning costs a hash per entry, so it is amortised, not done per change."""
+        if len(self._bytes) <= 2 * len(flows) + 1024:
+            return
         self._bytes = {k: v for k, v in self._bytes.items() if k[1] != "delete_strict" and k[0] in flows}
 
     def __len__(self) -> int:
