@@ -31,7 +31,7 @@ from typing import TypeVar
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sdn_netpol.compiler.base_flows import local_pod_flows, pipeline_flows, remote_pod_flows
-from sdn_netpol.compiler.compile import compile_node
+from sdn_netpol.compiler.compile import compile_node, compile_node_incremental
 from sdn_netpol.compiler.diff import diff
 from sdn_netpol.compiler.flow import Conjunction, Flow, FlowSet
 from sdn_netpol.compiler.pipeline import CookieCategory, decode_cookie
@@ -130,7 +130,10 @@ def measure(pods: int, policies: int, runs: int) -> Result:
     # A peer and target pod changes app label: every policy naming either app is affected.
     changed = relabel(state, next(i for i, p in enumerate(state.pods) if p.node_name == NODE), "a1")
     changed_node = assign_ports(changed, NODE)
-    new_flows, relabel_s = _timed(lambda: compile_node(_fresh(changed), changed_node), runs)
+    _, previous = compile_node_incremental(state, node)
+    (new_flows, _), relabel_s = _timed(
+        lambda: compile_node_incremental(_fresh(changed), changed_node, previous), runs)
+    assert new_flows == compile_node(_fresh(changed), changed_node)
     change, diff_s = _timed(lambda: diff(flows, new_flows), runs)
     counts = count_flows(flows, resolve_all(state), node)
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -303,7 +303,9 @@ def _host_key(version: int, address: int) -> int:
     return _net_key(version, address, 32 if version == 4 else 128)
 
 
+@lru_cache(maxsize=1 << 17)
 def _network(key: int) -> IPNetwork:
+    """Shared across snapshots: building netaddr objects is most of a resolver's set-up."""
     version, first, prefixlen = key >> 140, (key >> 8) & ((1 << 132) - 1), key & 0xFF
     return IPNetwork((first, prefixlen), version)
 
