@@ -137,6 +137,11 @@ class CookieInfo:
     rule_index: int | None
 
 
+def is_learned(value: int) -> bool:
+    """Flows the switch learned itself (SCTP replies): a controller must leave them alone."""
+    return value & MASK_CATEGORY == cookie(CookieCategory.LEARNED)
+
+
 def decode_cookie(value: int) -> CookieInfo:
     if value >> MAGIC_SHIFT != COOKIE_MAGIC:
         return CookieInfo(None, 0, None, None)

@@ -25,6 +25,7 @@ from os_ken.ofproto import ofproto_v1_3_parser as parser
 
 from sdn_netpol.compiler.flow import Flow, FlowSet
 from sdn_netpol.compiler.osken import from_flow_stats
+from sdn_netpol.compiler.pipeline import is_learned
 from sdn_netpol.controller import wire
 from sdn_netpol.controller.metrics import Metrics
 
@@ -94,6 +95,8 @@ class Session:
         if msg.xid != self._stats_xid:
             return False
         for stats in msg.body:
+            if is_learned(stats.cookie):
+                continue  # the switch's own SCTP reply flows: neither desired nor foreign
             try:
                 self._reading.append(from_flow_stats(stats))
             except ValueError as exc:
