@@ -1,4 +1,5 @@
-"""The realizer: one worker thread that makes the switch hold compile_node(state, node).
+"""The realizer: one worker thread that makes the switch hold compile_node(state, node)
+(compiled incrementally: policies a change cannot touch keep their previous resolution).
 
 Every change (store mutation, port change, a switch that finished reading its table) marks
 `Pending`; the worker waits a few ms so that a burst lands as one change, then takes one
@@ -15,19 +16,22 @@ import logging
 import threading
 import time
 
-from sdn_netpol.compiler.compile import compile_node
+from sdn_netpol.compiler.compile import compile_node_incremental
 from sdn_netpol.compiler.diff import diff
 from sdn_netpol.compiler.flow import FlowSet
 from sdn_netpol.compiler.topology import NodeContext
 from sdn_netpol.controller import wire
 from sdn_netpol.controller.config import Timing
+from sdn_netpol.controller.gcpolicy import GcPolicy
 from sdn_netpol.controller.metrics import Metrics
 from sdn_netpol.controller.portmap import PortMap, node_context, realized_ports
 from sdn_netpol.controller.status import Realized, StatusBoard
 from sdn_netpol.controller.store import Snapshot, Store
 from sdn_netpol.controller.switch import BundleRejected, Session, Switch, SwitchGone
+from sdn_netpol.policy.incremental import Resolution
 
 LOG = logging.getLogger(__name__)
+IDLE_CHECK = 30.0  # seconds without a change before the idle-time chores (see gcpolicy.py)
 
 
 class Pending:
@@ -67,7 +71,9 @@ class Realizer:
         self.metrics = metrics
         self.timing = timing or Timing()
         self.cache = wire.FlowModCache()
+        self.gc = GcPolicy()
         self._compiled: tuple[int, NodeContext, FlowSet] | None = None
+        self._resolution: Resolution | None = None  # reused by the next compile
         self._retry = 0.0
         self._stop = threading.Event()
         self.thread: threading.Thread | None = None
@@ -83,7 +89,9 @@ class Realizer:
 
     def run(self) -> None:
         while not self._stop.is_set():
-            self.pending.wait()
+            if not self.pending.wait(IDLE_CHECK):
+                self.gc.idle()
+                continue
             time.sleep(self.timing.coalesce)
             since = self.pending.take()
             if self._stop.is_set():
@@ -133,7 +141,7 @@ class Realizer:
     def _compile(self, snap: Snapshot, context: NodeContext) -> FlowSet:
         if self._compiled is not None and self._compiled[:2] == (snap.generation, context):
             return self._compiled[2]
-        desired = compile_node(snap.state, context)
+        desired, self._resolution = compile_node_incremental(snap.state, context, self._resolution)
         self._compiled = (snap.generation, context, desired)
         return desired
 
@@ -166,6 +174,7 @@ class Realizer:
         self.metrics.invalid_objects.set(len(snap.invalid))
         if since is not None:
             self.metrics.realization.observe(time.monotonic() - since)
+        self.gc.realized()
 
     def healthy(self) -> bool:
         return self.thread is not None and self.thread.is_alive()
