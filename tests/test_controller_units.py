@@ -240,3 +240,30 @@ def test_flow_mod_cache_keeps_only_what_the_switch_holds() -> None:
     cache.retain(FlowSet([FLOWS[0]]))
     assert len(cache) == 1
     assert b"".join(wire.chunks(bodies, size=1)) == b"".join(bodies)
+
+
+# ---- garbage-collector policy -------------------------------------------------------------
+
+
+def test_gc_policy_freezes_survivors_and_collects_cycles_when_idle() -> None:
+    import gc
+    import weakref
+
+    from sdn_netpol.controller.gcpolicy import GcPolicy
+
+    class Node:
+        other: object = None
+
+    policy = GcPolicy(full_every=0.0)
+    try:
+        node = Node()
+        node.other = node  # a cycle: only the cyclic collector can free it
+        ref = weakref.ref(node)
+        policy.realized()
+        del node
+        gc.collect()
+        assert ref() is not None  # frozen: ordinary collections leave it alone
+        policy.idle()
+        assert ref() is None  # the idle full collection reclaimed it
+    finally:
+        gc.unfreeze()
