@@ -88,8 +88,8 @@ class Probe:
             self.ready_at = time.monotonic()
             on_ready()
 
-        board.set_realized = _set_realized  # type: ignore[method-assign]
-        switch_.connected = _connected  # type: ignore[method-assign]
+        board.set_realized = _set_realized  # type: ignore[method-assign,assignment]
+        switch_.connected = _connected  # type: ignore[method-assign,assignment]
         switch_.on_ready = _ready
         realizer._compile = self._timed("compile", compile_)  # type: ignore[method-assign]
         realizer._send = self._timed("send", send)  # type: ignore[method-assign]
@@ -138,7 +138,9 @@ def attach_ports(sw: Switch, pods: list[Pod]) -> None:
 
 
 def objects_of(state: ClusterState, nodes: list[NodeInfo]) -> dict[ObjectKey, StoredObject]:
-    found: dict[ObjectKey, StoredObject] = {object_key(o): o for o in (*state.namespaces, *state.pods, *state.policies)}
+    found: dict[ObjectKey, StoredObject] = {}
+    for group in (state.namespaces, state.pods, state.policies):
+        found.update({object_key(o): o for o in group})
     found.update({node_key(n.name): n for n in nodes})
     return found
 
