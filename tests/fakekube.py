@@ -53,6 +53,7 @@ RESOURCES = (
     Resource("namespaces", "Namespace", "v1", False),
     Resource("pods", "Pod", "v1", True),
     Resource("networkpolicies", "NetworkPolicy", "networking.k8s.io/v1", True),
+    Resource("nodes", "Node", "v1", False),  # the controller learns tunnel endpoints from them
 )
 
 

@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 
-from tests import fakekube
 from tests.controller_fixtures import (
     NODE,
     Controller,
@@ -32,12 +31,8 @@ READ_TIMEOUT = "1.0"  # seconds of silence before a watch counts as stalled (fas
 
 
 @pytest.fixture
-def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeKube]:
-    """The fake serves Namespaces, Pods, NetworkPolicies; the controller also lists and
-    watches Nodes, so this test adds them to its resource table (same code paths)."""
-    if not any(r.kind == "Node" for r in fakekube.RESOURCES):
-        monkeypatch.setattr(fakekube, "RESOURCES", (*fakekube.RESOURCES, fakekube.Resource("nodes", "Node", "v1",
-                                                                                            False)))
+def fake() -> Iterator[FakeKube]:
+    """The fake serves Namespaces, Pods, NetworkPolicies and Nodes, as the controller watches."""
     with FakeKube() as fk:
         yield fk
 

@@ -331,7 +331,7 @@ def test_discovery_documents(fake: FakeKube) -> None:
     groups = client.ApisApi(api_client).get_api_versions().groups
     assert [g.name for g in groups] == ["networking.k8s.io"]
     core_names = {r.name for r in client.CoreV1Api(api_client).get_api_resources().resources}
-    assert core_names == {"namespaces", "pods"}
+    assert core_names == {"namespaces", "pods", "nodes"}
     net = client.NetworkingV1Api(api_client).get_api_resources().resources
     assert [(r.name, r.namespaced) for r in net] == [("networkpolicies", True)]
 
