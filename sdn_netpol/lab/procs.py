@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from sdn_netpol.ovs.instance import terminate
+from sdn_netpol.ovs.instance import process_alive, terminate
 
 
 def spawn(netns: str | None, argv: Sequence[str], log: Path, env: dict[str, str] | None = None,
@@ -40,16 +40,7 @@ def cmdline(pid: int) -> list[str]:
 
 def alive(pid: int | None) -> bool:
     """Exists and is not a zombie (detached children are reaped late by init here)."""
-    if not pid:
-        return False
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return False
-    for line in status.splitlines():
-        if line.startswith("State:"):
-            return "Z" not in line.split()[1]
-    return True
+    return pid is not None and pid > 0 and process_alive(pid)
 
 
 def has_marker(pid: int, markers: Sequence[str]) -> bool:

@@ -50,7 +50,7 @@ class _Accumulator:
 def parse_documents(documents: Iterable[Document]) -> ParseResult:
     acc = _Accumulator()
     for doc in documents:
-        for item_source, item in _flatten(doc.source, doc.body):
+        for item_source, item in flatten(doc.source, doc.body):
             _apply(acc, item_source, item)
     objects = acc.objects.values()
     return ParseResult(
@@ -62,7 +62,7 @@ def parse_documents(documents: Iterable[Document]) -> ParseResult:
     )
 
 
-def _flatten(source: str, body: Any) -> Iterable[tuple[str, Any]]:
+def flatten(source: str, body: Any) -> Iterable[tuple[str, Any]]:
     """Unwrap `kind: List` (and *List) into their items, keeping a readable source."""
     if isinstance(body, dict) and isinstance(body.get("items"), list):
         kind = str(body.get("kind", ""))

@@ -83,7 +83,7 @@ def run_tool(
 # ---------------------------------------------------------------- process helpers
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     """True while the process exists and is not a zombie (zombies are as good as gone)."""
     try:
         status = Path(f"/proc/{pid}/status").read_text()
@@ -106,7 +106,7 @@ def daemon_pids(rundir: Path, name: str) -> list[int]:
             args = Path(entry.path, "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if wanted in args and _alive(int(entry.name)):
+        if wanted in args and process_alive(int(entry.name)):
             found.append(int(entry.name))
     return found
 
@@ -130,7 +130,7 @@ def terminate(pids: Sequence[int], timeout: float = 5.0) -> None:
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
-        if _wait_until(lambda: not any(_alive(p) for p in pids), timeout):
+        if _wait_until(lambda: not any(process_alive(p) for p in pids), timeout):
             return
     raise OvsError(["kill", "-9", *map(str, pids)], -1, "processes survived SIGKILL")
 

@@ -22,7 +22,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ from sdn_netpol.controller.sources.objects import NO_KIND, WANTED_KINDS, convert
 from sdn_netpol.controller.store import Store, StoredObject
 from sdn_netpol.manifests import ManifestError, decode_documents, manifest_files
 from sdn_netpol.model.errors import ValidationError
-from sdn_netpol.model.parse import ObjectKey
+from sdn_netpol.model.parse import ObjectKey, flatten
 
 LOG = logging.getLogger(__name__)
 RACY_SECONDS = 2.0  # an mtime this recent may hide a same-size rewrite in the same tick
@@ -137,21 +137,6 @@ def _entry(source: str, body: Any) -> Entry | None:
     if result.obj is not None and result.key is not None:
         return (result.key, result.obj, ())
     return (result.key or (str(body["kind"]), source, ""), None, result.errors)
-
-
-def flatten(source: str, body: Any) -> Iterator[tuple[str, Any]]:
-    """`kind: List` and `*List` documents into their items (items of a typed list get its
-    kind), as the model's parser does for `matrix -f`."""
-    if isinstance(body, dict) and isinstance(body.get("items"), list):
-        kind = str(body.get("kind", ""))
-        if kind == "List" or kind.endswith("List"):
-            item_kind = kind[: -len("List")] if kind != "List" else None
-            for i, item in enumerate(body["items"]):
-                if item_kind and isinstance(item, dict) and "kind" not in item:
-                    item = {**item, "kind": item_kind}
-                yield f"{source} items[{i}]", item
-            return
-    yield source, body
 
 
 Signature = tuple[tuple[str, int, int, int], ...]
