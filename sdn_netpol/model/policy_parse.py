@@ -7,7 +7,8 @@ built (the API server would have rejected it as a whole).
 from __future__ import annotations
 
 import re
-from typing import Any, cast
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
 
 from netaddr import AddrFormatError, IPNetwork
 
@@ -33,6 +34,7 @@ from sdn_netpol.model.objects import (
     Rule,
 )
 
+T = TypeVar("T")
 _IANA_SVC_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
 PEER_FIELDS = ("podSelector", "namespaceSelector", "ipBlock")
 
@@ -112,18 +114,21 @@ def _rules(
     return tuple(rules)
 
 
-def _peers(raw: Any, path: str, errors: FieldErrors) -> tuple[Peer, ...] | None:
+def _each(
+    raw: Any, path: str, errors: FieldErrors, parse_item: Callable[[Any, str, FieldErrors], T | None]
+) -> tuple[T, ...] | None:
+    """A list field: null means empty; every item is parsed (and its errors kept) at PATH[i]."""
     if raw is None:
         return ()
     if not isinstance(raw, list):
         errors.add(path, "must be a list")
         return None
-    peers = []
-    for i, item in enumerate(raw):
-        peer = _peer(item, f"{path}[{i}]", errors)
-        if peer is not None:
-            peers.append(peer)
-    return tuple(peers)
+    parsed = (parse_item(item, f"{path}[{i}]", errors) for i, item in enumerate(raw))
+    return tuple(item for item in parsed if item is not None)
+
+
+def _peers(raw: Any, path: str, errors: FieldErrors) -> tuple[Peer, ...] | None:
+    return _each(raw, path, errors, _peer)
 
 
 def _peer(raw: Any, path: str, errors: FieldErrors) -> Peer | None:
@@ -216,17 +221,7 @@ def parse_cidr(text: str) -> IPNetwork | None:
 
 
 def _ports(raw: Any, path: str, errors: FieldErrors) -> tuple[PolicyPort, ...] | None:
-    if raw is None:
-        return ()
-    if not isinstance(raw, list):
-        errors.add(path, "must be a list")
-        return None
-    ports = []
-    for i, item in enumerate(raw):
-        port = _port(item if item is not None else {}, f"{path}[{i}]", errors)
-        if port is not None:
-            ports.append(port)
-    return tuple(ports)
+    return _each(raw, path, errors, lambda item, at, errs: _port(item if item is not None else {}, at, errs))
 
 
 def _port(raw: Any, path: str, errors: FieldErrors) -> PolicyPort | None:
@@ -325,17 +320,7 @@ def parse_labels(raw: Any, path: str, errors: FieldErrors) -> Labels | None:
 
 
 def _expressions(raw: Any, path: str, errors: FieldErrors) -> tuple[Requirement, ...]:
-    if raw is None:
-        return ()
-    if not isinstance(raw, list):
-        errors.add(path, "must be a list")
-        return ()
-    result = []
-    for i, item in enumerate(raw):
-        req = _requirement(item, f"{path}[{i}]", errors)
-        if req is not None:
-            result.append(req)
-    return tuple(result)
+    return _each(raw, path, errors, _requirement) or ()
 
 
 def _requirement(raw: Any, path: str, errors: FieldErrors) -> Requirement | None:
