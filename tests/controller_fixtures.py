@@ -283,6 +283,19 @@ def policy_manifest(namespace: str, name: str, app: str, allow_from: Mapping[str
             "spec": {"podSelector": {"matchLabels": {"app": app}}, "policyTypes": ["Ingress"], "ingress": rules}}
 
 
+def seed(sw: Switch, cluster: Cluster) -> None:
+    """Two local pods and one remote, a policy, the two nodes: the start of most scenarios."""
+    sw.add_pod("x", "a", "10.244.1.2")
+    sw.add_pod("x", "b", "10.244.1.3")
+    cluster.apply(
+        node_manifest(NODE, "192.168.50.1", "10.244.1.0/24"), node_manifest("node-2", "192.168.50.2", "10.244.2.0/24"),
+        namespace_manifest("x", team="a"), namespace_manifest("y", team="b"),
+        pod_manifest("x", "a", "10.244.1.2", app="web"), pod_manifest("x", "b", "10.244.1.3", app="db"),
+        pod_manifest("y", "r", "10.244.2.7", node="node-2", app="web"),
+        policy_manifest("x", "db", "db", {"app": "web"}),
+    )
+
+
 def write(path: Path, *docs: dict[str, Any]) -> None:
     """Atomically (rename), as a careful user or the lab writes a manifest."""
     tmp = path.with_name(f".{path.name}.tmp")

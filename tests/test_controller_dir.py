@@ -11,7 +11,6 @@ import pytest
 from sdn_netpol.controller.sources.directory import folder_version
 from sdn_netpol.model.objects import PodKey
 from tests.controller_fixtures import (
-    NODE,
     Controller,
     CutProxy,
     FolderCluster,
@@ -19,9 +18,9 @@ from tests.controller_fixtures import (
     assert_flows_converge,
     controller,
     namespace_manifest,
-    node_manifest,
     pod_manifest,
     policy_manifest,
+    seed,
     switch,
     wait_for,
 )
@@ -46,19 +45,6 @@ def ctl(sw: Switch, cluster: FolderCluster, tmp_path: Path) -> Iterator[Controll
     c = controller(sw, tmp_path, f"dir:{cluster.path}")
     yield c
     c.stop()
-
-
-def seed(sw: Switch, cluster: FolderCluster) -> None:
-    """Two local pods and one remote, a policy, the two nodes."""
-    sw.add_pod("x", "a", "10.244.1.2")
-    sw.add_pod("x", "b", "10.244.1.3")
-    cluster.apply(
-        node_manifest(NODE, "192.168.50.1", "10.244.1.0/24"), node_manifest("node-2", "192.168.50.2", "10.244.2.0/24"),
-        namespace_manifest("x", team="a"), namespace_manifest("y", team="b"),
-        pod_manifest("x", "a", "10.244.1.2", app="web"), pod_manifest("x", "b", "10.244.1.3", app="db"),
-        pod_manifest("y", "r", "10.244.2.7", node="node-2", app="web"),
-        policy_manifest("x", "db", "db", {"app": "web"}),
-    )
 
 
 def realized_version(ctl: Controller, version: str) -> bool:

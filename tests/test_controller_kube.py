@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 
 from tests.controller_fixtures import (
-    NODE,
     Controller,
     KubeCluster,
     StaticCluster,
@@ -19,9 +18,9 @@ from tests.controller_fixtures import (
     assert_flows_converge,
     controller,
     namespace_manifest,
-    node_manifest,
     pod_manifest,
     policy_manifest,
+    seed,
     switch,
     wait_for,
 )
@@ -55,18 +54,6 @@ def ctl(sw: Switch, fake: FakeKube, tmp_path: Path) -> Iterator[Controller]:
     c = controller(sw, tmp_path, "kube", "--kubeconfig", str(kubeconfig), "--watch-read-timeout", READ_TIMEOUT)
     yield c
     c.stop()
-
-
-def seed(sw: Switch, cluster: KubeCluster) -> None:
-    sw.add_pod("x", "a", "10.244.1.2")
-    sw.add_pod("x", "b", "10.244.1.3")
-    cluster.apply(
-        node_manifest(NODE, "192.168.50.1", "10.244.1.0/24"), node_manifest("node-2", "192.168.50.2", "10.244.2.0/24"),
-        namespace_manifest("x", team="a"), namespace_manifest("y", team="b"),
-        pod_manifest("x", "a", "10.244.1.2", app="web"), pod_manifest("x", "b", "10.244.1.3", app="db"),
-        pod_manifest("y", "r", "10.244.2.7", node="node-2", app="web"),
-        policy_manifest("x", "db", "db", {"app": "web"}),
-    )
 
 
 def converged(sw: Switch, cluster: KubeCluster) -> None:
