@@ -14,6 +14,7 @@ No I/O: the caller owns the datapath and sends the messages. The datapath only l
 
 from __future__ import annotations
 
+import socket
 import struct
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal
@@ -115,8 +116,10 @@ def _to_wire(spec: FieldSpec, value: int) -> object:
     """os-ken wants MACs and IPs as text, ports as OpenFlow 1.3 32-bit numbers."""
     if spec.kind == "mac":
         return ":".join(f"{b:02x}" for b in value.to_bytes(6, "big"))
-    if spec.kind in ("ipv4", "ipv6"):
-        return str(IPAddress(value, 4 if spec.kind == "ipv4" else 6))
+    if spec.kind == "ipv4":
+        return socket.inet_ntoa(value.to_bytes(4, "big"))  # ~10x faster than netaddr's str()
+    if spec.kind == "ipv6":
+        return socket.inet_ntop(socket.AF_INET6, value.to_bytes(16, "big"))
     if spec.kind == "port" and value == OFPP_LOCAL:
         return ofp.OFPP_LOCAL
     return value
