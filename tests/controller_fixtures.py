@@ -134,7 +134,8 @@ class Switch:
             if found is not None and found.in_policy_scope and found.node_name in (None, NODE):
                 bindings.append(PortBinding(pod.key, pod.ofport, pod.mac, (IPAddress(pod.ip),)))
         return NodeContext(NODE, tuple(sorted(bindings)), tunnel_port=TUNNEL_OFPORT,
-                           node_addresses=node_addresses(nodes))
+                           node_addresses=node_addresses(nodes),
+                           node_cidrs=tuple(sorted((n.name, net) for n in nodes for net in n.pod_cidrs)))
 
 
 @contextlib.contextmanager

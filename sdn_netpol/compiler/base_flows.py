@@ -42,6 +42,7 @@ from sdn_netpol.compiler.pipeline import (
     Table,
     cookie,
     pod_object_id,
+    stable_id,
 )
 from sdn_netpol.compiler.topology import NodeContext, PortBinding
 from sdn_netpol.model.objects import Pod
@@ -220,11 +221,34 @@ def _local_pod_flows(binding: PortBinding) -> tuple[Flow, ...]:
 
 
 def remote_pod_flows(pod: Pod, node: NodeContext) -> tuple[Flow, ...]:
-    """A pod on another node: packets from this node's side go through the tunnel to it."""
+    """A pod on another node: packets from this node's side go through the tunnel to it.
+    Addresses inside that node's pod CIDR need no flow of their own (node_route_flows)."""
     host = node.address_of(pod.node_name or "")
     if node.tunnel_port is None or host is None or host.version != 4:
         return ()
-    return _remote_routes(f"{pod.namespace}/{pod.name}", pod.ips, host, node.tunnel_port)
+    ips = tuple(ip for ip in pod.ips if not node.routed_by_cidr(pod.node_name or "", ip))
+    return _remote_routes(f"{pod.namespace}/{pod.name}", ips, host, node.tunnel_port) if ips else ()
+
+
+def node_route_flows(node: NodeContext) -> Iterator[Flow]:
+    """One route per other node's pod CIDR: pods coming and going there change no flow here."""
+    if node.tunnel_port is None:
+        return
+    for name, cidr in node.node_cidrs:
+        host = node.address_of(name)
+        if name == node.name or host is None or host.version != 4:
+            continue
+        family, _, dst_field = _family_fields(cidr.ip)
+        local_side = (PortClass.POD & LOCAL_SIDE_MASK, LOCAL_SIDE_MASK)
+        match = Match.build(family, **{REG_PORT_CLASS: local_side, dst_field: cidr})
+        actions: tuple[Action, ...] = (
+            SetField.of("tun_dst", host),
+            SetField("tun_id", TUNNEL_VNI),
+            SetField(REG_OUT_PORT, node.tunnel_port),
+            GotoTable(Table.COMMIT),
+        )
+        yield Flow(Table.L3_FORWARDING, Priority.NODE_ROUTE, match, actions,
+                   cookie(CookieCategory.REMOTE, stable_id(f"node:{name}")))
 
 
 @lru_cache(maxsize=1 << 17)

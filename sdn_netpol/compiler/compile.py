@@ -8,7 +8,7 @@ snapshot's rule resolution for every policy the change cannot touch.
 
 from __future__ import annotations
 
-from sdn_netpol.compiler.base_flows import local_pod_flows, pipeline_flows, remote_pod_flows
+from sdn_netpol.compiler.base_flows import local_pod_flows, node_route_flows, pipeline_flows, remote_pod_flows
 from sdn_netpol.compiler.flow import Flow, FlowSet
 from sdn_netpol.compiler.policy_flows import policy_flows
 from sdn_netpol.compiler.topology import NodeContext
@@ -31,6 +31,7 @@ def compile_node_incremental(
 
 def _assemble(state: ClusterState, node: NodeContext, resolved: tuple[ResolvedPolicy, ...]) -> FlowSet:
     flows: list[Flow] = list(pipeline_flows(node))
+    flows.extend(node_route_flows(node))
     local = node.local_pods
     for binding in node.bindings:
         flows.extend(local_pod_flows(binding))

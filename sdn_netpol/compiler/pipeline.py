@@ -40,6 +40,7 @@ class Priority(IntEnum):
     MISS = 0
     DEFAULT = 100
     NORMAL = 200
+    NODE_ROUTE = 150  # a remote node's pod CIDR, below every exact pod route
     CONJUNCTION = 200  # clause flows and their conj_id flows share one priority (OVS rule)
     DIRECT_ALLOW = 300  # single-dimension allows: above every conjunction, all mean "allow"
     BYPASS = 400

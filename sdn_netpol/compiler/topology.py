@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
 
-from netaddr import EUI, IPAddress, mac_unix_expanded
+from netaddr import EUI, IPAddress, IPNetwork, mac_unix_expanded
 
 from sdn_netpol.model.objects import PodKey
 from sdn_netpol.policy.state import ClusterState
@@ -37,6 +37,7 @@ class NodeContext:
     gateway_port: int | None = None
     gateway_peer_mac: EUI | None = None  # the external router behind the gateway port
     node_addresses: tuple[tuple[str, IPAddress], ...] = ()  # every node's tunnel endpoint
+    node_cidrs: tuple[tuple[str, IPNetwork], ...] = ()  # pod CIDRs (Node spec.podCIDRs): one route each
 
     def address_of(self, node: str) -> IPAddress | None:
         return self._addresses.get(node)
@@ -44,6 +45,17 @@ class NodeContext:
     @cached_property
     def _addresses(self) -> dict[str, IPAddress]:
         return dict(self.node_addresses)
+
+    def routed_by_cidr(self, node: str, ip: IPAddress) -> bool:
+        """Is `ip` covered by one of `node`'s pod CIDRs (so no per-pod route is needed)?"""
+        return any(ip in net for net in self._cidrs.get(node, ()))
+
+    @cached_property
+    def _cidrs(self) -> dict[str, tuple[IPNetwork, ...]]:
+        found: dict[str, tuple[IPNetwork, ...]] = {}
+        for name, net in self.node_cidrs:
+            found[name] = (*found.get(name, ()), net)
+        return found
 
     @property
     def local_pods(self) -> frozenset[PodKey]:

@@ -257,7 +257,8 @@ def node_context(node: str, view: PortView, state: ClusterState, nodes: tuple[No
     """The compiler's view of this node, from the joined ports and the Node objects."""
     tunnel, gateway, peer_mac = _edges(view)
     return NodeContext(node, _bindings(view, state, node), tunnel_port=tunnel, gateway_port=gateway,
-                       gateway_peer_mac=peer_mac, node_addresses=node_addresses(nodes))
+                       gateway_peer_mac=peer_mac, node_addresses=node_addresses(nodes),
+                       node_cidrs=tuple(sorted((n.name, net) for n in nodes for net in n.pod_cidrs)))
 
 
 def realized_ports(context: NodeContext) -> dict[str, int]:
