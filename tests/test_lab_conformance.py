@@ -253,6 +253,18 @@ def test_sctp_reverse_of_an_allowed_association_is_still_checked(cluster: Cluste
     assert probe.run_probes([reverse], "SCTP", 80) == {reverse: "timeout"}
 
 
+def test_sctp_works_both_ways_after_an_association_the_other_way(cluster: Cluster) -> None:
+    """A conntrack entry made by y/a→x/a makes a later x/a→y/a association look like a reply,
+    and y/a's answer like an original packet; x/a isolated for ingress must still get it."""
+    xa, ya = cluster.pod("x/a"), cluster.pod("y/a")
+    there = probe.Probe("y/a", "x/a", ya.netns, xa.ip)
+    back = probe.Probe("x/a", "y/a", xa.netns, ya.ip)
+    assert probe.run_probes([there], "SCTP", 81) == {there: "connected"}  # no policy yet
+    cluster.apply(deny_ingress("x"))
+    assert probe.run_probes([back], "SCTP", 80) == {back: "connected"}  # x's egress is open
+    assert probe.run_probes([there], "SCTP", 80) == {there: "timeout"}  # x's ingress is not
+
+
 def test_policy_update_and_delete(cluster: Cluster) -> None:
     first = netpol("changing", "x", {"podSelector": {"matchLabels": {"pod": "a"}},
                                      "ingress": [{"from": [{"podSelector": {"matchLabels": {"pod": "b"}}}]}]})

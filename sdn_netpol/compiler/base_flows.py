@@ -131,22 +131,23 @@ def _conntrack_state_flows() -> Iterator[Flow]:
 
 
 def _sctp_reply_flows() -> Iterator[Flow]:
-    """OVS 3.1 tracks SCTP without ports, so `+rpl` does not prove a packet answers an allowed
-    association. Every original-direction SCTP packet that passed policy learns its exact
-    reply 5-tuple (idempotent; it also keeps the learned flow alive);
-    a reply-looking packet that matches one bypasses policy, any other is checked as an
-    original-direction packet (so a server cannot open associations back to a client)."""
+    """OVS 3.1 tracks SCTP without ports, so conntrack's direction and `+est`/`+rpl` say
+    nothing about an SCTP packet's association: an entry made by B→A makes a later A→B
+    packet look like a reply, and B's answer to it look like an original. So every SCTP
+    packet first asks table 32 whether it is the exact reply 5-tuple of a packet policy
+    allowed (learned below): then it passes like any reply; otherwise it is checked as an
+    original-direction packet, and if allowed, learns its own reply 5-tuple. A server can
+    therefore answer exactly the associations policy admitted, and open none of its own."""
     learned_cookie = cookie(CookieCategory.LEARNED)
+    checked = (0, FLAG_BYPASS)  # not passed as a learned reply: policy checked it
     for version, proto in ((4, "sctp"), (6, "sctp6")):
-        reply = Match.build(proto, ct_state=ct_state(est=True, rpl=True, trk=True))
-        yield _flow(Table.CONNTRACK_STATE, Priority.SCTP_REPLY, reply,
+        tracked = Match.build(proto, ct_state=ct_state(trk=True))
+        yield _flow(Table.CONNTRACK_STATE, Priority.SCTP_REPLY, tracked,
                     (Resubmit(Table.SCTP_REPLY), GotoTable(Table.SCTP_REPLY_VERDICT)))
         learn = LearnReply(Table.SCTP_REPLY, Priority.NORMAL, SCTP_REPLY_IDLE_TIMEOUT, learned_cookie, version,
                            REG_FLAGS, FLAG_SCTP_REPLY_BIT)
-        # every original-direction packet that passed policy, not only +new: with portless
-        # tracking a second association between the same two pods is already +est
-        original = Match.build(proto, ct_state=ct_state(rpl=False, trk=True))
-        yield _flow(Table.COMMIT, Priority.NORMAL + 10, original,
+        allowed = Match.build(proto, ct_state=ct_state(trk=True), **{REG_FLAGS: checked})
+        yield _flow(Table.COMMIT, Priority.NORMAL + 10, allowed,
                     (Ct(commit=True, zone=CT_ZONE), learn, GotoTable(Table.OUTPUT)))
     learned = Match.build(None, **{REG_FLAGS: (FLAG_SCTP_REPLY, FLAG_SCTP_REPLY)})
     yield _flow(Table.SCTP_REPLY_VERDICT, Priority.NORMAL, learned,
