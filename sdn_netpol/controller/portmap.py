@@ -24,6 +24,7 @@ from netaddr import EUI, AddrFormatError, IPAddress, mac_unix_expanded
 
 from sdn_netpol.compiler.topology import NodeContext, PortBinding, mac_for_ip
 from sdn_netpol.controller.nodes import NodeInfo, node_addresses
+from sdn_netpol.controller.worker import Worker
 from sdn_netpol.model.objects import PodKey
 from sdn_netpol.policy.state import ClusterState
 
@@ -123,8 +124,10 @@ def _fetch_schema(remote: str) -> Any:
         rpc.close()
 
 
-class InterfaceMonitor:
+class InterfaceMonitor(Worker):
     """An OVSDB IDL replica of Bridge/Port/Interface; publishes our bridge's Interfaces."""
+
+    thread_name = "ovsdb-idl"
 
     def __init__(self, remote: str, bridge: str, ports: PortMap, report: Callable[[str | None], None] = lambda _m: None,
                  retry: float = 1.0) -> None:
@@ -133,15 +136,7 @@ class InterfaceMonitor:
         self.ports = ports
         self.report = report
         self.retry = retry
-        self._stop = threading.Event()
-
-    def start(self) -> threading.Thread:
-        thread = threading.Thread(target=self.run, name="ovsdb-idl", daemon=True)
-        thread.start()
-        return thread
-
-    def stop(self) -> None:
-        self._stop.set()
+        super().__init__()
 
     def run(self) -> None:
         while not self._stop.is_set():

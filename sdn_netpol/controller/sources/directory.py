@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from typing import Any
 
 from sdn_netpol.controller.sources.objects import NO_KIND, WANTED_KINDS, convert, is_wanted
 from sdn_netpol.controller.store import Store, StoredObject
+from sdn_netpol.controller.worker import Worker
 from sdn_netpol.manifests import ManifestError, decode_documents, manifest_files
 from sdn_netpol.model.errors import ValidationError
 from sdn_netpol.model.parse import ObjectKey, flatten
@@ -157,8 +157,10 @@ def _signature(root: Path) -> tuple[Signature, bool]:
     return tuple(entries), racy
 
 
-class DirectorySource:
+class DirectorySource(Worker):
     """Polls a folder; every new version of its contents replaces the store's objects."""
+
+    thread_name = "source-dir"
 
     def __init__(self, path: str | Path, store: Store, report: Callable[[str | None], None],
                  poll_interval: float = 0.1) -> None:
@@ -169,15 +171,7 @@ class DirectorySource:
         self._files: dict[str, ParsedFile] = {}
         self._version: str | None = None
         self._signature: Signature | None = None
-        self._stop = threading.Event()
-
-    def start(self) -> threading.Thread:
-        thread = threading.Thread(target=self.run, name="source-dir", daemon=True)
-        thread.start()
-        return thread
-
-    def stop(self) -> None:
-        self._stop.set()
+        super().__init__()
 
     def run(self) -> None:
         while not self._stop.is_set():
