@@ -12,7 +12,7 @@ the barrier reply acknowledging the bundle (the realization histogram's definiti
 a local pod add (its port already attached, as after a CNI ADD), a pod relabel and a
 policy add. Full resync: OVS restarted (vswitchd only), from the switch's reconnection to
 the barrier after every flow is back; and a controller's read of a full table. Install
-rate: the flows of the first full install (os-ken serialisation, cold cache) and of the
+rate: the flows of the first full install (ofwire encoding, cold cache) and of the
 resync (bytes cached), against `ovs-ofctl --bundle add-flows` of the same flows on the same
 bridge in the same run. Clusters: tests/synthetic_cluster.py (100 namespaces, 10 nodes,
 ten policy shapes), node0's view, as in benchmarks/compile.py. Each size runs in its own
@@ -266,7 +266,7 @@ def resync(sw: Switch, parts: Parts, probe: Probe) -> dict[str, Any]:
 def install_rate(sw: Switch, parts: Parts) -> dict[str, Any]:
     """The same flows into the same emptied bridge, best of three each: `ovs-ofctl --bundle
     add-flows`, the controller with every FlowMod already serialised (warm: what a resync
-    sends), and with a fresh cache (cold: os-ken serialises every flow)."""
+    sends), and with a fresh cache (cold: every flow encoded by compiler/ofwire.py)."""
     session = parts.switch.session()
     assert session is not None and session.installed is not None
     flows: FlowSet = session.installed

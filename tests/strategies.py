@@ -9,6 +9,9 @@ host network, pending, no IP), and policies with every kind of peer and port ent
 
 Use: `@given(cluster_states())`; check connections from `probes(state)` (protocol, port)
 between every pod and `EXTERNAL_IPS`.
+
+`any_flows()` draws single Flow values instead (every match field exact and masked, every
+action type, nested ct exec actions, learn), for the OpenFlow encoders' byte-equality tests.
 """
 
 from __future__ import annotations
@@ -20,6 +23,31 @@ from typing import Literal
 from hypothesis import strategies as st
 from netaddr import IPAddress, IPNetwork
 
+from sdn_netpol.compiler.flow import (
+    Action,
+    Conjunction,
+    Ct,
+    DecTtl,
+    Flow,
+    GotoTable,
+    LearnReply,
+    Match,
+    MatchField,
+    Move,
+    Output,
+    OutputInPort,
+    Resubmit,
+    SetField,
+)
+from sdn_netpol.compiler.flowfields import (
+    ACTION_FIELDS,
+    ARP_ACTION_FIELDS,
+    CT_STATE_ALL,
+    CT_STATE_FLAGS,
+    MATCH_FIELDS,
+    OFPP_LOCAL,
+    OFPP_MAX,
+)
 from sdn_netpol.model.labels import OPERATORS, Labels, LabelSelector, Requirement
 from sdn_netpol.model.objects import (
     ContainerPort,
@@ -289,3 +317,96 @@ def to_manifests(state: ClusterState) -> list[dict[str, object]]:
             },
         })
     return docs
+
+
+# --- flows: every match field (exact and masked) and every action, for the wire encoders ------
+
+_GENERIC_MATCH = ("conj_id", "ct_state", "ct_mark", *(f"reg{i}" for i in range(8)), "tun_id", "tun_src", "tun_dst",
+                  "in_port", "dl_src", "dl_dst")
+_V4, _V6 = ("nw_src", "nw_dst"), ("ipv6_src", "ipv6_dst")
+#: protocol shorthand → fields it allows (nd_target is added by `flow_matches` with an ND type)
+_FAMILY_MATCH: dict[str | None, tuple[str, ...]] = {
+    None: (), "ip": _V4, "ipv6": _V6, "arp": ("arp_op", "arp_spa", "arp_tpa", "arp_sha", "arp_tha"),
+    "icmp": (*_V4, "icmp_type", "icmp_code"), "icmp6": (*_V6, "icmpv6_type", "icmpv6_code"),
+    **{p: (*_V4, "tp_dst") for p in ("tcp", "udp", "sctp")}, **{p: (*_V6, "tp_dst") for p in ("tcp6", "udp6", "sctp6")},
+}
+
+
+@st.composite
+def match_field_values(draw: st.DrawFn, name: str) -> MatchField:
+    """A value of field `name`, exact or under a mask (prefixes for IPv6, which OVS requires)."""
+    spec = MATCH_FIELDS[name]
+    if spec.kind == "port":
+        return MatchField(name, draw(st.one_of(st.integers(1, OFPP_MAX - 1), st.just(OFPP_LOCAL))))
+    if spec.kind == "ct_state":
+        return MatchField(name, draw(st.integers(0, CT_STATE_ALL)), draw(st.integers(1, CT_STATE_ALL)))
+    value = draw(st.integers(0, spec.full))
+    if not spec.maskable or draw(st.booleans()):
+        return MatchField(name, value)
+    prefixes = st.integers(0, spec.bits).map(lambda k: spec.full ^ ((1 << k) - 1))
+    return MatchField(name, value, draw(prefixes if spec.kind == "ipv6" else st.one_of(st.integers(1, spec.full),
+                                                                                       prefixes)))
+
+
+@st.composite
+def flow_matches(draw: st.DrawFn) -> Match:
+    family = draw(st.sampled_from([*_FAMILY_MATCH, "other", "nd"]))
+    names = set(draw(st.sets(st.sampled_from(_GENERIC_MATCH))))
+    fields: list[MatchField] = []
+    if family == "other":
+        fields.append(MatchField("dl_type", draw(st.sampled_from([0x88CC, 0x8035, 0x8847]))))
+    elif family == "nd":
+        fields += Match.build("icmp6", icmpv6_type=draw(st.sampled_from([135, 136]))).fields
+        names |= draw(st.sets(st.sampled_from([*_V6, "nd_target", "icmpv6_code"])))
+    elif family is not None:
+        fields += Match.build(family).fields
+        names |= draw(st.sets(st.sampled_from(_FAMILY_MATCH[family]))) if _FAMILY_MATCH[family] else set()
+        if family in ("ip", "ipv6") and draw(st.booleans()):
+            fields.append(MatchField("nw_proto", draw(st.sampled_from([2, 47, 50, 89]))))
+    fields += [draw(match_field_values(n)) for n in sorted(names)]
+    if family == "nd":
+        fields = [MatchField("icmpv6_code", 0) if f.name == "icmpv6_code" else f for f in fields]
+    return Match(tuple(draw(st.permutations(fields))))
+
+
+@st.composite
+def flow_actions(draw: st.DrawFn, table: int, match: Match) -> tuple[Action, ...]:
+    """Actions OVS accepts after `match`: conjunctions alone, or any mix ending in goto_table."""
+    if draw(st.integers(0, 4)) == 0:
+        conj = st.builds(lambda i, n, k: Conjunction(i, min(k, n), n),
+                         st.integers(0, 0xFFFFFFFF), st.integers(2, 64), st.integers(1, 64))
+        return tuple(draw(st.lists(conj, min_size=1, max_size=3)))
+    dl_type = match.value("dl_type")
+    writable = [n for n in ACTION_FIELDS if n != "ct_mark" and (dl_type == 0x0806 or n not in ARP_ACTION_FIELDS)]
+    choices: list[st.SearchStrategy[Action]] = [
+        st.builds(Output, st.one_of(st.integers(1, OFPP_MAX - 1), st.just(OFPP_LOCAL))),
+        st.just(OutputInPort()), st.builds(Resubmit, st.integers(0, 253)),
+        st.sampled_from(writable).flatmap(lambda n: st.builds(
+            SetField, st.just(n), st.integers(0, 0xFF if n == "arp_op" else ACTION_FIELDS[n].full))),
+        st.sampled_from([(a, b) for a in [*writable, "ct_mark"] for b in writable
+                         if ACTION_FIELDS[a].bits == ACTION_FIELDS[b].bits]).map(lambda p: Move(*p)),
+    ]
+    if dl_type in (0x0800, 0x86DD):
+        may_commit = not (match.value("ct_state") or 0) & CT_STATE_FLAGS["inv"]  # OVS: no commit on +inv
+        marks = st.lists(st.builds(SetField, st.just("ct_mark"), st.integers(0, 2**32 - 1)), max_size=3)
+        regs = [n for n in ACTION_FIELDS if n.startswith("reg")]
+        choices += [
+            st.just(DecTtl()),
+            st.builds(lambda c, t, z, e: Ct((c or bool(e)) and may_commit, t, z, tuple(e) if may_commit else ()),
+                      st.booleans(), st.one_of(st.none(), st.integers(0, 253)), st.integers(0, 0xFFFF), marks),
+            st.builds(LearnReply, st.integers(0, 253), st.integers(0, 0xFFFF), st.integers(0, 0xFFFF),
+                      st.integers(0, 2**64 - 2), st.sampled_from([4, 6]), st.sampled_from(regs), st.integers(0, 31)),
+        ]
+    acts: list[Action] = draw(st.lists(st.one_of(choices), max_size=5))
+    if table < 253 and draw(st.booleans()):
+        acts.append(GotoTable(draw(st.integers(table + 1, 253))))
+    return tuple(acts)
+
+
+@st.composite
+def any_flows(draw: st.DrawFn) -> Flow:
+    """Any Flow value: every match field with and without masks, IPv4/IPv6/ARP/ND, every action."""
+    table = draw(st.integers(0, 253))
+    match = draw(flow_matches())
+    return Flow(table, draw(st.integers(0, 0xFFFF)), match, draw(flow_actions(table, match)),
+                draw(st.one_of(st.just(0), st.integers(0, 2**64 - 2))))

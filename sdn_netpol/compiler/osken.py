@@ -8,6 +8,10 @@ controller can diff what the switch holds against what it should hold. It also r
 ONF copy-field action OVS answers for a `move` that was installed with OpenFlow 1.5 (as
 `ovs-ofctl -O OpenFlow15` installs it), which os-ken 4.2 leaves undecoded.
 
+`ofwire.py` writes the same FlowMod bytes with struct, ~15x faster, and is what the
+controller sends; this module stays the reference mapping it is tested against
+(tests/test_ofwire.py) and the reader of what the switch answers.
+
 No I/O: the caller owns the datapath and sends the messages. The datapath only lends its
 `ofproto`/`ofproto_parser` modules, which os-ken messages need to serialise.
 """
@@ -17,7 +21,7 @@ from __future__ import annotations
 import socket
 import struct
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Literal
+from typing import Any
 
 from netaddr import IPAddress
 from os_ken.ofproto import ofproto_v1_3 as ofp
@@ -49,8 +53,8 @@ from sdn_netpol.compiler.flowfields import (
     OFPP_LOCAL,
     FieldSpec,
 )
+from sdn_netpol.compiler.ofwire import Command
 
-Command = Literal["add", "modify_strict", "delete_strict"]
 _COMMANDS: Mapping[Command, int] = {
     "add": ofp.OFPFC_ADD, "modify_strict": ofp.OFPFC_MODIFY_STRICT,
     "delete_strict": ofp.OFPFC_DELETE_STRICT,
