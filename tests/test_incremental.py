@@ -5,38 +5,14 @@ from __future__ import annotations
 from dataclasses import replace
 
 from hypothesis import given, settings
-from hypothesis import strategies as st
 
-from sdn_netpol.model.objects import Pod
+from sdn_netpol.model.labels import Labels
 from sdn_netpol.policy.incremental import resolve
 from sdn_netpol.policy.resolve import resolve_all
 from sdn_netpol.policy.state import ClusterState
-from tests.strategies import cluster_states, labels_st, pods, policies
-
-
-@st.composite
-def one_change(draw: st.DrawFn) -> tuple[ClusterState, ClusterState]:
-    state = draw(cluster_states())
-    names = [n.name for n in state.namespaces]
-    pod_list = list(state.pods)
-    policy_list = list(state.policies)
-    kind = draw(st.sampled_from(("relabel", "add", "remove", "replace", "policy", "unchanged")))
-    if kind == "relabel" and pod_list:
-        i = draw(st.integers(0, len(pod_list) - 1))
-        pod_list[i] = replace(pod_list[i], labels=draw(labels_st))
-    elif kind == "add":
-        pod_list.append(draw(pods(names, len(pod_list) + 20)))
-    elif kind == "remove" and pod_list:
-        pod_list.pop(draw(st.integers(0, len(pod_list) - 1)))
-    elif kind == "replace" and pod_list:
-        i = draw(st.integers(0, len(pod_list) - 1))
-        fresh: Pod = draw(pods(names, i))
-        pod_list[i] = replace(fresh, namespace=pod_list[i].namespace, name=pod_list[i].name)
-    elif kind == "policy":
-        policy_list.append(draw(policies(names, "added")))
-        if len(policy_list) > 1 and draw(st.booleans()):
-            policy_list.pop(0)
-    return state, ClusterState.build(state.namespaces, pod_list, policy_list)
+from tests.changes import change_chains, one_change
+from tests.strategies import cluster_states
+from tests.synthetic_cluster import relabel, synthetic_state
 
 
 @settings(max_examples=600, deadline=None)
@@ -44,6 +20,37 @@ def one_change(draw: st.DrawFn) -> tuple[ClusterState, ClusterState]:
 def test_incremental_resolution_equals_a_full_one(change: tuple[ClusterState, ClusterState]) -> None:
     before, after = change
     assert resolve(after, resolve(before)).policies == resolve_all(after)
+
+
+@settings(max_examples=200, deadline=None)
+@given(change_chains())
+def test_a_chain_of_incremental_resolutions_stays_equal_to_full_ones(states: list[ClusterState]) -> None:
+    """Each snapshot's caches are derived from the previous one's, which were derived too."""
+    resolution = resolve(states[0])
+    for state in states[1:]:
+        resolution = resolve(state, resolution)
+        assert resolution.policies == resolve_all(ClusterState.build(state.namespaces, state.pods, state.policies))
+
+
+def test_a_relabel_no_selector_sees_re_resolves_nothing() -> None:
+    state = synthetic_state(400, 40)
+    first = resolve(state)
+    pods = list(state.pods)
+    pods[3] = replace(pods[3], labels=Labels({**pods[3].labels, "unrelated": "x"}))
+    again = resolve(ClusterState.build(state.namespaces, pods, state.policies), first)
+    assert all(a is b for a, b in zip(again.policies, first.policies, strict=True))
+
+
+def test_a_relabel_re_resolves_the_policies_whose_selection_changes() -> None:
+    state = synthetic_state(400, 40)
+    first = resolve(state)
+    changed = relabel(state, 0, "a1")
+    again = resolve(changed, first)
+    redone = {new.ref for old, new in zip(first.policies, again.policies, strict=True) if old is not new}
+    expected = {p.ref for p, old, new in zip(state.policies, first.policies, resolve_all(changed), strict=True)
+                if old != new}
+    assert expected and expected <= redone
+    assert len(redone) < len(state.policies) // 4
 
 
 @settings(max_examples=100, deadline=None)

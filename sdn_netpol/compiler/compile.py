@@ -2,41 +2,148 @@
 
 Pure: the same state and node context always give the same flows (ids and cookies
 included), which is what lets the controller diff against the switch and send nothing
-after a restart. `compile_node_incremental` gives the same flows, reusing the previous
-snapshot's rule resolution for every policy the change cannot touch.
+after a restart.
+
+`compile_node_incremental` gives the same flows from the previous compilation in time
+proportional to the change, not to the cluster: a controller sees one pod or policy change
+at a time, and recompiling 10k pods × 1,000 policies for each took ~0.6 s. The flows are
+kept as fragments — the skeleton, one per local port, one per remote pod, the merged policy
+tables (see policy_flows.PolicyTables) — with a count per flow, so a change re-renders only
+the fragments it touches and the difference from the previous flows comes out directly.
+Anything the fragments cannot follow (a namespace relabelled, the node's own addresses or
+ports changed, a conjunction id collision) compiles in full. tests/test_compile_incremental.py
+proves the result equal to a full compile.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, replace
+
 from sdn_netpol.compiler.base_flows import local_pod_flows, node_route_flows, pipeline_flows, remote_pod_flows
-from sdn_netpol.compiler.flow import Flow, FlowSet
-from sdn_netpol.compiler.policy_flows import policy_flows
+from sdn_netpol.compiler.diff import FlowDiff, diff, diff_ids
+from sdn_netpol.compiler.flow import DuplicateFlowError, Flow, FlowId, FlowSet
+from sdn_netpol.compiler.policy_flows import Placement, PolicyTables, place
 from sdn_netpol.compiler.topology import NodeContext
+from sdn_netpol.model.objects import Pod, PodKey
 from sdn_netpol.policy.incremental import Resolution, resolve
-from sdn_netpol.policy.resolve import ResolvedPolicy, resolve_all
 from sdn_netpol.policy.state import ClusterState
 
 
+@dataclass(frozen=True, eq=False)
+class NodeCompilation:
+    """One node's flows and what produced them, to compile the next change from.
+
+    `change` is the difference from the previous compilation's flows (None for a first one).
+    `counts` holds how many fragments give each flow: a flow two fragments give (two pods
+    with one route) stays while either does.
+    """
+
+    node: NodeContext
+    resolution: Resolution
+    tables: PolicyTables
+    counts: Mapping[Flow, int]
+    flows: FlowSet
+    change: FlowDiff | None = None
+
+
 def compile_node(state: ClusterState, node: NodeContext) -> FlowSet:
-    return _assemble(state, node, resolve_all(state))
+    return _build(node, resolve(state)).flows
 
 
 def compile_node_incremental(
-    state: ClusterState, node: NodeContext, previous: Resolution | None = None
-) -> tuple[FlowSet, Resolution]:
-    """compile_node, plus the resolution to hand back next time."""
-    resolution = resolve(state, previous)
-    return _assemble(state, node, resolution.policies), resolution
+    state: ClusterState, node: NodeContext, previous: NodeCompilation | None = None
+) -> NodeCompilation:
+    """compile_node, plus what the next call needs and the change from `previous`."""
+    resolution = resolve(state, None if previous is None else previous.resolution)
+    if previous is None:
+        return _build(node, resolution)
+    updated = _update(previous, node, resolution)
+    if updated is not None:
+        return updated
+    full = _build(node, resolution)
+    return replace(full, change=diff(previous.flows, full.flows))
 
 
-def _assemble(state: ClusterState, node: NodeContext, resolved: tuple[ResolvedPolicy, ...]) -> FlowSet:
-    flows: list[Flow] = list(pipeline_flows(node))
-    flows.extend(node_route_flows(node))
-    local = node.local_pods
+def _build(node: NodeContext, resolution: Resolution) -> NodeCompilation:
+    flows: list[Flow] = [*pipeline_flows(node), *node_route_flows(node)]
     for binding in node.bindings:
         flows.extend(local_pod_flows(binding))
-    for pod in state.pods:
-        if pod.key not in local and pod.ips and pod.in_policy_scope and pod.node_name != node.name:
-            flows.extend(remote_pod_flows(pod, node))
-    flows.extend(policy_flows(resolved, node))
-    return FlowSet(flows)
+    local = node.local_pods
+    for pod in resolution.state.pods:
+        flows.extend(_remote_flows(pod, node, local))
+    ports = _ports(node)
+    tables = PolicyTables.build({p.ref: place(p, ports) for p in resolution.policies})
+    flows.extend(tables.flows())
+    counts: dict[Flow, int] = {}
+    for flow in flows:
+        counts[flow] = counts.get(flow, 0) + 1
+    return NodeCompilation(node, resolution, tables, counts, FlowSet(counts))
+
+
+def _update(previous: NodeCompilation, node: NodeContext, resolution: Resolution) -> NodeCompilation | None:
+    if resolution.changed is None or replace(node, bindings=()) != replace(previous.node, bindings=()):
+        return None
+    before, after = set(previous.node.bindings), set(node.bindings)
+    removed = [f for b in before - after for f in local_pod_flows(b)]
+    added = [f for b in after - before for f in local_pod_flows(b)]
+    moved = {b.pod for b in before ^ after}
+    old_state, old_local, new_local = previous.resolution.state, previous.node.local_pods, node.local_pods
+    for key in moved | {pod.key for pair in resolution.changed for pod in pair if pod is not None}:
+        removed.extend(_remote_flows(old_state.pods_by_key.get(key), previous.node, old_local))
+        added.extend(_remote_flows(resolution.state.pods_by_key.get(key), node, new_local))
+    update = previous.tables.update(_placement_changes(previous.resolution, resolution, _ports(node), moved))
+    if update is None:
+        return None
+    counts, flows, changed = _apply(previous, [*removed, *update.removed], [*added, *update.added])
+    return NodeCompilation(node, resolution, update.tables, counts, flows, diff_ids(previous.flows, flows, changed))
+
+
+def _placement_changes(old: Resolution, new: Resolution, ports: Mapping[PodKey, int],
+                       moved: set[PodKey]) -> dict[str, Placement | None]:
+    """Policies to place again: re-resolved ones, and those applied to a pod whose port changed."""
+    before = {p.ref: p for p in old.policies}
+    changes: dict[str, Placement | None] = {}
+    for policy in new.policies:
+        if before.pop(policy.ref, None) is not policy or not moved.isdisjoint(policy.applied_to):
+            changes[policy.ref] = place(policy, ports)
+    changes.update(dict.fromkeys(before))  # policies that are gone
+    return changes
+
+
+def _apply(previous: NodeCompilation, removed: Iterable[Flow],
+           added: Iterable[Flow]) -> tuple[dict[Flow, int], FlowSet, set[FlowId]]:
+    """Counts and flows after taking fragments' flows away and adding others (removals
+    first, so a flow replaced under one identity is never two flows at once)."""
+    counts = dict(previous.counts)
+    by_id = previous.flows.by_id()
+    changed: set[FlowId] = set()
+    for flow in removed:
+        left = counts[flow] - 1
+        if left:
+            counts[flow] = left
+        else:
+            del counts[flow]
+            del by_id[flow.id]
+            changed.add(flow.id)
+    for flow in added:
+        held = counts.get(flow, 0)
+        counts[flow] = held + 1
+        if held:
+            continue
+        other = by_id.get(flow.id)
+        if other is not None:
+            raise DuplicateFlowError(f"two flows with one identity:\n  {other}\n  {flow}")
+        by_id[flow.id] = flow
+        changed.add(flow.id)
+    return counts, FlowSet.trusted(by_id), changed
+
+
+def _ports(node: NodeContext) -> dict[PodKey, int]:
+    return {b.pod: b.ofport for b in node.bindings}
+
+
+def _remote_flows(pod: Pod | None, node: NodeContext, local: Iterable[PodKey]) -> Iterator[Flow]:
+    """Routes to a pod on another node (none for local, unaddressed or out-of-scope pods)."""
+    if pod is not None and pod.key not in local and pod.ips and pod.in_policy_scope and pod.node_name != node.name:
+        yield from remote_pod_flows(pod, node)

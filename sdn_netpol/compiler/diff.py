@@ -17,9 +17,10 @@ lists can be sent in any order, e.g. in one bundle.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sdn_netpol.compiler.flow import Flow, FlowSet
+from sdn_netpol.compiler.flow import Flow, FlowId, FlowSet
 
 
 @dataclass(frozen=True)
@@ -43,14 +44,37 @@ def diff(old: FlowSet, new: FlowSet) -> FlowDiff:
     adds: list[Flow] = []
     modifies: list[Flow] = []
     for flow in new.unordered():
-        before = old.get(flow.id)
-        if before is flow:  # the compiler reuses unchanged flow objects: the common case
-            continue
-        if before is None or before.cookie != flow.cookie:
-            adds.append(flow)
-        elif before.actions != flow.actions:
-            modifies.append(flow)
+        _classify(old.get(flow.id), flow, adds, modifies)
     deletes = [flow for flow in old.unordered() if new.get(flow.id) is None]
+    return _sorted(adds, modifies, deletes)
+
+
+def diff_ids(old: FlowSet, new: FlowSet, ids: Iterable[FlowId]) -> FlowDiff:
+    """diff(old, new) when the two can differ only at `ids` (what the incremental
+    compiler knows it touched): the cost follows the change, not the table."""
+    adds: list[Flow] = []
+    modifies: list[Flow] = []
+    deletes: list[Flow] = []
+    for flow_id in ids:
+        before, after = old.get(flow_id), new.get(flow_id)
+        if after is None:
+            if before is not None:
+                deletes.append(before)
+        else:
+            _classify(before, after, adds, modifies)
+    return _sorted(adds, modifies, deletes)
+
+
+def _classify(before: Flow | None, flow: Flow, adds: list[Flow], modifies: list[Flow]) -> None:
+    if before is flow:  # the compiler reuses unchanged flow objects: the common case
+        return
+    if before is None or before.cookie != flow.cookie:
+        adds.append(flow)
+    elif before.actions != flow.actions:
+        modifies.append(flow)
+
+
+def _sorted(adds: list[Flow], modifies: list[Flow], deletes: list[Flow]) -> FlowDiff:
     key = Flow.sort_key
     return FlowDiff(tuple(sorted(adds, key=key)), tuple(sorted(modifies, key=key)), tuple(sorted(deletes, key=key)))
 

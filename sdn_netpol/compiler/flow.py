@@ -494,6 +494,18 @@ class FlowSet:
     def __repr__(self) -> str:
         return f"FlowSet({list(self._sorted)!r})"
 
+    @staticmethod
+    def trusted(by_id: dict[FlowId, Flow]) -> FlowSet:
+        """A FlowSet over a dict its caller built by identity and hands over (not checked,
+        not copied): the incremental compiler patches a copy of the previous set's."""
+        flows = FlowSet()
+        flows._by_id = by_id
+        return flows
+
+    def by_id(self) -> dict[FlowId, Flow]:
+        """A copy of the identity → flow map."""
+        return dict(self._by_id)
+
     def get(self, flow_id: FlowId) -> Flow | None:
         return self._by_id.get(flow_id)
 

@@ -11,9 +11,10 @@ overlapping conjunctions can never send a packet down different paths.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import cast
 
 from netaddr import IPNetwork
 
@@ -60,36 +61,191 @@ class _Conj:
     dimensions: tuple[tuple[Match, ...], ...]
 
 
+@dataclass(frozen=True)
+class Placement:
+    """One policy's share of this node's policy tables, before merging with the others."""
+
+    conjs: tuple[_Conj, ...] = ()
+    direct: tuple[tuple[Direction, Match, int], ...] = ()  # one-dimension grants: (direction, match, cookie)
+    isolated: tuple[tuple[Direction, str, int], ...] = ()  # (direction, pod, ofport)
+
+
+# A merged flow's key and one contribution to it. Kinds: "direct" (direction, match) ← rule
+# cookie; "clause" (direction, match) ← (conj key, clause, n, cookie); "conj" (direction, conj
+# key) ← cookie; "isolate" (direction, (pod, ofport)) ← None.
+TableKey = tuple[str, Direction, Hashable]
+Multiset = dict[Hashable, int]
+
+
 def policy_flows(policies: Iterable[ResolvedPolicy], node: NodeContext) -> Iterator[Flow]:
     ports = {b.pod: b.ofport for b in node.bindings}
+    return PolicyTables.build({p.ref: place(p, ports) for p in policies}).flows()
+
+
+def place(policy: ResolvedPolicy, ports: Mapping[PodKey, int]) -> Placement:
     conjs: list[_Conj] = []
-    direct: dict[tuple[Direction, Match], set[int]] = defaultdict(set)
-    isolated: dict[Direction, set[PodKey]] = {"Ingress": set(), "Egress": set()}
-    for policy in policies:
-        for direction in policy.isolates:
-            isolated[direction] |= policy.applied_to & ports.keys()
-        for rule in policy.rules:
-            rcookie = rule_cookie(rule.policy, rule.direction, rule.index)
-            for position, grant in enumerate(rule.grants):
-                key = f"{rule.policy}|{rule.direction}|{rule.index}|{position}|{_ports_key(grant.ports)}"
-                placed = _place(key, rule.direction, rcookie, grant, ports)
-                if placed is None:
+    direct: list[tuple[Direction, Match, int]] = []
+    isolated = [(d, str(pod), ports[pod]) for d in sorted(policy.isolates) for pod in sorted(policy.applied_to)
+                if pod in ports]
+    for rule in policy.rules:
+        rcookie = rule_cookie(rule.policy, rule.direction, rule.index)
+        for position, grant in enumerate(rule.grants):
+            key = f"{rule.policy}|{rule.direction}|{rule.index}|{position}|{_ports_key(grant.ports)}"
+            placed = _place(key, rule.direction, rcookie, grant, ports)
+            if placed is None:
+                continue
+            if len(placed.dimensions) == 1:
+                direct.extend((rule.direction, match, rcookie) for match in placed.dimensions[0])
+            else:
+                conjs.append(placed)
+    return Placement(tuple(conjs), tuple(direct), tuple(isolated))
+
+
+def _contributions(placement: Placement) -> Iterator[tuple[TableKey, Hashable]]:
+    for conj in placement.conjs:
+        yield ("conj", conj.direction, conj.key), conj.cookie
+        n = len(conj.dimensions)
+        for clause, matches in enumerate(conj.dimensions, start=1):
+            for match in matches:
+                yield ("clause", conj.direction, match), (conj.key, clause, n, conj.cookie)
+    for direction, match, rcookie in placement.direct:
+        yield ("direct", direction, match), rcookie
+    for direction, pod, ofport in placement.isolated:
+        yield ("isolate", direction, (pod, ofport)), None
+
+
+@dataclass(frozen=True)
+class TablesUpdate:
+    tables: PolicyTables
+    removed: list[Flow]
+    added: list[Flow]
+
+
+class PolicyTables:
+    """Every policy's placement merged: one multiset of contributions per flow of the policy
+    tables. Merging is what makes flows shared between policies (a clause flow carrying many
+    conjunction() actions); keeping the contributions lets `update` re-place a few policies
+    and re-render only the flows they contribute to, instead of merging a thousand again.
+
+    A value: `update` returns a new PolicyTables that shares every untouched multiset."""
+
+    __slots__ = ("entries", "ids", "placements", "probed")
+
+    def __init__(self, placements: dict[str, Placement], entries: dict[TableKey, Multiset],
+                 ids: dict[str, int]) -> None:
+        self.placements = placements
+        self.entries = entries
+        self.ids = ids
+        self.probed = any(conj_id != _base_id(key) for key, conj_id in ids.items())
+
+    @staticmethod
+    def build(placements: dict[str, Placement]) -> PolicyTables:
+        entries: dict[TableKey, Multiset] = defaultdict(dict)
+        for placement in placements.values():
+            for key, item in _contributions(placement):
+                found = entries[key]
+                found[item] = found.get(item, 0) + 1
+        ids = conjunction_ids([c.key for p in placements.values() for c in p.conjs])
+        return PolicyTables(placements, dict(entries), ids)
+
+    def flows(self) -> Iterator[Flow]:
+        for key, items in self.entries.items():
+            flow = _render(key, items, self.ids)
+            if flow is not None:
+                yield flow
+
+    def update(self, changes: Mapping[str, Placement | None]) -> TablesUpdate | None:
+        """Replace the placements of the policies in `changes` (None: the policy is gone).
+        None when a conjunction id would need probing: ids then depend on every key, and
+        only a full build gives the ids a full compile gives."""
+        ids = self._updated_ids(changes)
+        if ids is None:
+            return None
+        placements = dict(self.placements)
+        entries = dict(self.entries)
+        copied: set[TableKey] = set()
+        for ref, new in changes.items():
+            old = placements.pop(ref, None)
+            for placement, delta in ((old, -1), (new, 1)):
+                if placement is None:
                     continue
-                if len(placed.dimensions) == 1:
-                    for match in placed.dimensions[0]:
-                        direct[(rule.direction, match)].add(rcookie)
-                else:
-                    conjs.append(placed)
-    yield from _direct_flows(direct)
-    yield from _conjunction_flows(conjs)
-    yield from _isolation_flows(isolated, ports)
+                for key, item in _contributions(placement):
+                    if key not in copied:
+                        copied.add(key)
+                        entries[key] = dict(entries.get(key, ()))
+                    found = entries[key]
+                    count = found.get(item, 0) + delta
+                    if count:
+                        found[item] = count
+                    else:
+                        del found[item]
+            if new is not None:
+                placements[ref] = new
+        removed: list[Flow] = []
+        added: list[Flow] = []
+        for key in copied:
+            if not entries[key]:
+                del entries[key]
+            before = _render(key, self.entries.get(key), self.ids)
+            after = _render(key, entries.get(key), ids)
+            if before is after or before == after:
+                continue
+            if before is not None:
+                removed.append(before)
+            if after is not None:
+                added.append(after)
+        return TablesUpdate(PolicyTables(placements, entries, ids), removed, added)
+
+    def _updated_ids(self, changes: Mapping[str, Placement | None]) -> dict[str, int] | None:
+        old_keys = {c.key for ref in changes if ref in self.placements for c in self.placements[ref].conjs}
+        new_keys = {c.key for placement in changes.values() if placement is not None for c in placement.conjs}
+        if old_keys == new_keys:
+            return self.ids
+        if self.probed:
+            return None
+        ids = dict(self.ids)
+        for key in old_keys - new_keys:
+            del ids[key]
+        taken = set(ids.values())
+        for key in new_keys - old_keys:
+            conj_id = _base_id(key)
+            if conj_id in taken:
+                return None
+            taken.add(conj_id)
+            ids[key] = conj_id
+        return ids
+
+
+def _base_id(key: str) -> int:
+    return conjunction_ids([key])[key]
+
+
+def _render(key: TableKey, items: Multiset | None, ids: Mapping[str, int]) -> Flow | None:
+    """The one flow a merged key stands for (None: nothing contributes to it any more)."""
+    if not items:
+        return None
+    kind, direction, subject = key
+    if kind == "clause":
+        entries = cast("Iterable[tuple[str, int, int, int]]", items)
+        conjunctions = sorted({Conjunction(ids[k], clause, n) for k, clause, n, _ in entries},
+                              key=lambda a: (a.id, a.clause))
+        cookies = {c for *_, c in cast("Iterable[tuple[str, int, int, int]]", items)}
+        return _clause_flow(direction, cast(Match, subject), tuple(conjunctions), _merged_cookie(cookies))
+    if kind == "direct":
+        return _allow_flow(direction, Priority.DIRECT_ALLOW, cast(Match, subject),
+                           _merged_cookie(set(cast("Iterable[int]", items))))
+    if kind == "conj":
+        (conj_cookie,) = cast("Iterable[int]", items)
+        return _allow_flow(direction, Priority.CONJUNCTION, _conj_id_match(ids[cast(str, subject)]), conj_cookie)
+    pod, ofport = cast("tuple[str, int]", subject)
+    return _isolation_flow(direction, "in_port" if direction == "Egress" else REG_OUT_PORT, ofport, pod)
 
 
 def _ports_key(ports: tuple[PortRange, ...]) -> str:
     return ",".join(f"{p.protocol}:{p.lo}-{p.hi}" for p in ports) or "all"
 
 
-def _place(key: str, direction: Direction, rcookie: int, grant: Grant, ports: dict[PodKey, int]) -> _Conj | None:
+def _place(key: str, direction: Direction, rcookie: int, grant: Grant, ports: Mapping[PodKey, int]) -> _Conj | None:
     local = sorted(ports[k] for k in grant.targets if k in ports)
     if not local:
         return None
@@ -128,11 +284,6 @@ def _port_matches(port_range: PortRange) -> tuple[Match, ...]:
     return tuple(matches)
 
 
-def _direct_flows(direct: dict[tuple[Direction, Match], set[int]]) -> Iterator[Flow]:
-    for (direction, match), cookies in direct.items():
-        yield _allow_flow(direction, Priority.DIRECT_ALLOW, match, _merged_cookie(cookies))
-
-
 # Flows are cached by content so an unchanged rule yields the very same objects on the next
 # compile: the controller's diff then skips them by identity instead of comparing them.
 @lru_cache(maxsize=1 << 18)
@@ -146,23 +297,6 @@ def _clause_flow(direction: Direction, match: Match, actions: tuple[Action, ...]
     return Flow(_TABLES[direction].rule, Priority.CONJUNCTION, match, actions, flow_cookie)
 
 
-def _conjunction_flows(conjs: list[_Conj]) -> Iterator[Flow]:
-    ids = conjunction_ids([c.key for c in conjs])
-    clauses: dict[tuple[Direction, Match], list[tuple[Conjunction, int]]] = defaultdict(list)
-    for conj in conjs:
-        conj_id = ids[conj.key]
-        yield _allow_flow(conj.direction, Priority.CONJUNCTION, _conj_id_match(conj_id), conj.cookie)
-        n = len(conj.dimensions)
-        for clause, matches in enumerate(conj.dimensions, start=1):
-            for match in matches:
-                clauses[(conj.direction, match)].append((Conjunction(conj_id, clause, n), conj.cookie))
-    for (direction, match), entries in clauses.items():
-        conjunctions = sorted({a for a, _ in entries}, key=lambda a: (a.id, a.clause))
-        actions: tuple[Action, ...] = tuple(conjunctions)
-        flow_cookie = _merged_cookie({c for _, c in entries})
-        yield _clause_flow(direction, match, actions, flow_cookie)
-
-
 @lru_cache(maxsize=1 << 18)
 def _conj_id_match(conj_id: int) -> Match:
     return Match.build(None, conj_id=conj_id)
@@ -170,13 +304,6 @@ def _conj_id_match(conj_id: int) -> Match:
 
 def _merged_cookie(cookies: set[int]) -> int:
     return next(iter(cookies)) if len(cookies) == 1 else SHARED_COOKIE
-
-
-def _isolation_flows(isolated: dict[Direction, set[PodKey]], ports: dict[PodKey, int]) -> Iterator[Flow]:
-    for direction, pods in isolated.items():
-        field = "in_port" if direction == "Egress" else REG_OUT_PORT
-        for pod in sorted(pods):
-            yield _isolation_flow(direction, field, ports[pod], str(pod))
 
 
 @lru_cache(maxsize=1 << 16)

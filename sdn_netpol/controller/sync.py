@@ -16,8 +16,8 @@ import logging
 import threading
 import time
 
-from sdn_netpol.compiler.compile import compile_node_incremental
-from sdn_netpol.compiler.diff import diff
+from sdn_netpol.compiler.compile import NodeCompilation, compile_node_incremental
+from sdn_netpol.compiler.diff import FlowDiff, diff
 from sdn_netpol.compiler.flow import FlowSet
 from sdn_netpol.compiler.topology import NodeContext
 from sdn_netpol.controller import wire
@@ -28,7 +28,6 @@ from sdn_netpol.controller.portmap import PortMap, node_context, realized_ports
 from sdn_netpol.controller.status import Realized, StatusBoard
 from sdn_netpol.controller.store import Snapshot, Store
 from sdn_netpol.controller.switch import BundleRejected, Session, Switch, SwitchGone
-from sdn_netpol.policy.incremental import Resolution
 
 LOG = logging.getLogger(__name__)
 IDLE_CHECK = 30.0  # seconds without a change before the idle-time chores (see gcpolicy.py)
@@ -72,8 +71,8 @@ class Realizer:
         self.timing = timing or Timing()
         self.cache = wire.FlowModCache()
         self.gc = GcPolicy()
-        self._compiled: tuple[int, NodeContext, FlowSet] | None = None
-        self._resolution: Resolution | None = None  # reused by the next compile
+        self._compiled: tuple[int, NodeContext] | None = None
+        self._compilation: NodeCompilation | None = None  # the next compile starts from it
         self._retry = 0.0
         self._stop = threading.Event()
         self.thread: threading.Thread | None = None
@@ -133,24 +132,30 @@ class Realizer:
         if not snap.synced or not view.complete or session is None or session.installed is None:
             return
         context = node_context(self.node, view, snap.state, snap.nodes)
-        desired = self._compile(snap, context)
-        sent = self._send(session, session.installed, desired)
+        previous = self._compilation
+        compiled = self._compile(snap, context)
+        desired = compiled.flows
+        # The compiler knows what changed since `previous`: if the switch holds exactly that,
+        # no diff over the whole table is needed.
+        fresh = previous is not None and compiled is not previous
+        known = compiled.change if fresh and session.installed is previous.flows else None
+        sent = self._send(session, session.installed, desired, known)
         session.installed, session.foreign = desired, ()
         self.cache.retain(desired)
         self._publish(snap, context, desired, sent, since)
 
-    def _compile(self, snap: Snapshot, context: NodeContext) -> FlowSet:
-        if self._compiled is not None and self._compiled[:2] == (snap.generation, context):
-            return self._compiled[2]
-        desired, self._resolution = compile_node_incremental(snap.state, context, self._resolution)
-        self._compiled = (snap.generation, context, desired)
-        return desired
+    def _compile(self, snap: Snapshot, context: NodeContext) -> NodeCompilation:
+        if self._compilation is not None and self._compiled == (snap.generation, context):
+            return self._compilation
+        self._compilation = compile_node_incremental(snap.state, context, self._compilation)
+        self._compiled = (snap.generation, context)
+        return self._compilation
 
-    def _send(self, session: Session, installed: FlowSet, desired: FlowSet) -> dict[str, int]:
+    def _send(self, session: Session, installed: FlowSet, desired: FlowSet, known: FlowDiff | None) -> dict[str, int]:
         if installed is desired and not session.foreign:
             return {}
         deletes = tuple(wire.raw_delete(f.table, f.priority, f.match) for f in session.foreign)
-        change = wire.Change(diff(installed, desired), deletes)
+        change = wire.Change(known if known is not None else diff(installed, desired), deletes)
         if not change:
             return {}
         timeout = self.timing.barrier_timeout + 0.001 * len(change)

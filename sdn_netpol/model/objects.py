@@ -6,9 +6,9 @@ selectors and resolved rules can be compared and cached.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from netaddr import IPAddress, IPNetwork
 
@@ -22,8 +22,10 @@ DIRECTIONS: tuple[Direction, ...] = ("Ingress", "Egress")
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
 
 
-@dataclass(frozen=True, order=True)
-class PodKey:
+class PodKey(NamedTuple):
+    """A NamedTuple, not a dataclass: pod keys fill every selector answer and resolved set,
+    and a tuple hashes and compares in C (a dataclass's __hash__ is a Python call)."""
+
     namespace: str
     name: str
 
@@ -69,11 +71,12 @@ class Pod:
     phase: str = "Running"
     ports: tuple[ContainerPort, ...] = ()
     ips_known: bool = True
+    # One PodKey per pod, made once: indexes and resolved sets hold many references to it.
+    # A plain attribute, not a cached_property: it is read for every pod of every snapshot.
+    key: PodKey = field(init=False, repr=False, compare=False)
 
-    @cached_property
-    def key(self) -> PodKey:
-        """One PodKey per pod, made once: indexes and resolved sets hold many references to it."""
-        return PodKey(self.namespace, self.name)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", PodKey(self.namespace, self.name))
 
     @property
     def in_policy_scope(self) -> bool:
@@ -180,3 +183,10 @@ class NetworkPolicy:
 
     def affects(self, direction: Direction) -> bool:
         return direction in self.policy_types
+
+    @cached_property
+    def confined_to_namespace(self) -> bool:
+        """Does every rule name its peers by podSelector alone (so only pods of the policy's own
+        namespace can be selected or be peers)?"""
+        return all(rule.peers and all(p.namespace_selector is None and p.ip_block is None for p in rule.peers)
+                   for direction in self.policy_types for rule in self.rules(direction))

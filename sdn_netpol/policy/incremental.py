@@ -10,49 +10,112 @@ unchanged. Anything broader (namespaces relabelled, many pods at once) resolves 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sdn_netpol.model.labels import Labels
 from sdn_netpol.model.objects import NetworkPolicy, Peer, Pod
 from sdn_netpol.policy.resolve import ResolvedPolicy, resolve_all, resolve_policy
 from sdn_netpol.policy.state import ClusterState
 
-FULL_RESOLUTION_SHARE = 0.05  # more changed pods than this: resolving everything is as cheap
+# More changed pods than this share (and than the floor): resolving everything is as cheap.
+FULL_RESOLUTION_SHARE, FULL_RESOLUTION_FLOOR = 0.05, 16
+
+
+PodChange = tuple[Pod | None, Pod | None]  # (before, after); None = absent
 
 
 @dataclass(frozen=True, eq=False)
 class Resolution:
-    """A snapshot and every policy of it resolved, in the snapshot's policy order."""
+    """A snapshot and every policy of it resolved, in the snapshot's policy order.
+
+    `changed`: the pods that differ from the previous resolution's snapshot (None: resolved
+    from scratch, so nothing is known about what changed)."""
 
     state: ClusterState
     policies: tuple[ResolvedPolicy, ...]
+    changed: tuple[PodChange, ...] | None = None
 
 
 def resolve(state: ClusterState, previous: Resolution | None = None) -> Resolution:
     if previous is None or previous.state.namespaces != state.namespaces:
         return Resolution(state, resolve_all(state))
     changed = changed_pods(previous.state, state)
-    if len(changed) > FULL_RESOLUTION_SHARE * max(len(state.pods), 1):
+    if len(changed) > max(FULL_RESOLUTION_SHARE * len(state.pods), FULL_RESOLUTION_FLOOR):
         return Resolution(state, resolve_all(state))
+    state.inherit_caches(previous.state, changed)
+    changes = [_PodChange(was, now) for was, now in changed]
     before = {(p.namespace, p.name): (p, r) for p, r in zip(previous.state.policies, previous.policies, strict=True)}
     labels = {ns.name: ns.labels for ns in state.namespaces}
     resolved = []
     for policy in state.policies:
         old = before.get((policy.namespace, policy.name))
-        if old is not None and old[0] == policy and not any(touches(policy, pod, labels) for pod in changed):
+        if (old is not None and (old[0] is policy or old[0] == policy)
+                and not any(change.affects(policy, labels) for change in changes)):
             resolved.append(old[1])
         else:
             resolved.append(resolve_policy(state, policy))
-    return Resolution(state, tuple(resolved))
+    return Resolution(state, tuple(resolved), tuple(changed))
 
 
-def changed_pods(old: ClusterState, new: ClusterState) -> list[Pod]:
-    """Both versions of every pod that was added, removed or changed."""
-    before = old.pods_by_key
-    after = new.pods_by_key
-    changed = [pod for key, pod in after.items() if before.get(key) != pod]
-    changed += [pod for key, pod in before.items() if after.get(key) != pod]
+def changed_pods(old: ClusterState, new: ClusterState) -> list[PodChange]:
+    """Every pod that was added, removed or changed: a merge of the two sorted pod lists.
+    Snapshots share unchanged pod objects, so identity settles almost every pod."""
+    before, after = old.pods, new.pods
+    changed: list[PodChange] = []
+    i = j = 0
+    while i < len(before) and j < len(after):
+        was, now = before[i], after[j]
+        if was is now:
+            i, j = i + 1, j + 1
+        elif was.key == now.key:
+            if was != now:
+                changed.append((was, now))
+            i, j = i + 1, j + 1
+        elif was.key < now.key:
+            changed.append((was, None))
+            i += 1
+        else:
+            changed.append((None, now))
+            j += 1
+    changed += [(was, None) for was in before[i:]]
+    changed += [(None, now) for now in after[j:]]
     return changed
+
+
+class _PodChange:
+    """One changed pod, with what is known of it once rather than once per policy."""
+
+    __slots__ = ("namespaces", "now", "relabel", "was")
+
+    def __init__(self, was: Pod | None, now: Pod | None) -> None:
+        self.was, self.now = was, now
+        self.relabel = was is not None and now is not None and replace(was, labels=now.labels) == now
+        self.namespaces = {pod.namespace for pod in (was, now) if pod is not None}
+
+    def affects(self, policy: NetworkPolicy, namespace_labels: dict[str, Labels]) -> bool:
+        """Could this change alter what `policy` resolves to?
+
+        A relabel alone changes only which selectors pick the pod: if the policy's target and
+        peer selectors pick it before exactly as after, its addresses and ports count the same.
+        """
+        if policy.confined_to_namespace and policy.namespace not in self.namespaces:
+            return False
+        if self.relabel:
+            assert self.was is not None and self.now is not None
+            return _selection(policy, self.was, namespace_labels) != _selection(policy, self.now, namespace_labels)
+        return any(pod is not None and touches(policy, pod, namespace_labels) for pod in (self.was, self.now))
+
+
+def _selection(policy: NetworkPolicy, pod: Pod, namespace_labels: dict[str, Labels]) -> tuple[bool, ...]:
+    """Which of the policy's selectors (target, then each selector peer) pick this pod."""
+    if not pod.in_policy_scope:
+        return ()
+    picked = [pod.namespace == policy.namespace and policy.pod_selector.matches(pod.labels)]
+    for direction in sorted(policy.policy_types):
+        for rule in policy.rules(direction):
+            picked.extend(_selects(policy, peer, pod, namespace_labels) for peer in rule.peers
+                          if peer.ip_block is None)
+    return tuple(picked)
 
 
 def touches(policy: NetworkPolicy, pod: Pod, namespace_labels: dict[str, Labels]) -> bool:

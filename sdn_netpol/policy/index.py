@@ -29,6 +29,21 @@ class _LabelIndex:
             self.by_pair[key][value].add(member)
             self.by_key[key].add(member)
 
+    def remove(self, member: object, labels: Iterable[tuple[str, str]]) -> None:
+        self.universe.discard(member)
+        for key, value in labels:
+            self.by_pair[key][value].discard(member)
+            self.by_key[key].discard(member)
+
+    def copy(self) -> _LabelIndex:
+        twin = _LabelIndex()
+        twin.universe = set(self.universe)
+        for key, values in self.by_pair.items():
+            twin.by_pair[key] = defaultdict(set, {value: set(members) for value, members in values.items()})
+        for key, members in self.by_key.items():
+            twin.by_key[key] = set(members)
+        return twin
+
     def select(self, selector: LabelSelector) -> set[object]:
         result = set(self.universe)
         for key, value in selector.match_labels.items():
@@ -74,6 +89,38 @@ class SelectorIndex:
         self._pod_cache: dict[tuple[str, LabelSelector], frozenset[PodKey]] = {}
         self._ns_cache: dict[LabelSelector, frozenset[str]] = {}
         self._peer_cache: dict[tuple[str, Peer], frozenset[PodKey]] = {}
+
+    def derive(self, pods: Iterable[tuple[Pod | None, Pod | None]], policies: Iterable[NetworkPolicy]) -> SelectorIndex:
+        """The index of a snapshot with the same namespaces whose pods differ from this one's by
+        `pods` (old, new version; None = absent). Namespaces without a changed pod share their
+        label index and cached answers with this one (nothing here is mutated once built)."""
+        twin = object.__new__(SelectorIndex)
+        twin._namespaces, twin._ns_index, twin._ns_cache = self._namespaces, self._ns_index, dict(self._ns_cache)
+        twin._pod_index = defaultdict(_LabelIndex, self._pod_index)
+        touched: set[str] = set()
+        for old, new in pods:
+            for pod, add in ((old, False), (new, True)):
+                if pod is None or not pod.in_policy_scope:
+                    continue
+                if pod.namespace not in touched:
+                    touched.add(pod.namespace)
+                    found = self._pod_index.get(pod.namespace)
+                    twin._pod_index[pod.namespace] = found.copy() if found is not None else _LabelIndex()
+                index = twin._pod_index[pod.namespace]
+                (index.add if add else index.remove)(pod.key, pod.labels.items())
+        twin._policies_by_ns = defaultdict(list)
+        for policy in policies:
+            twin._policies_by_ns[policy.namespace].append(policy)
+        twin._pod_cache = {k: v for k, v in self._pod_cache.items() if k[0] not in touched}
+        twin._peer_cache = {k: v for k, v in self._peer_cache.items() if not self._peer_sees(k, touched)}
+        return twin
+
+    def _peer_sees(self, cache_key: tuple[str, Peer], namespaces: set[str]) -> bool:
+        """Can a cached peer answer include pods of these namespaces?"""
+        scope, peer = cache_key
+        if peer.namespace_selector is None:
+            return scope in namespaces
+        return not namespaces.isdisjoint(self.namespaces(peer.namespace_selector))
 
     def namespace(self, name: str) -> Namespace:
         return self._namespaces.get(name) or Namespace.implied(name)

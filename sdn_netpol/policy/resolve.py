@@ -9,8 +9,8 @@ for ingress the targets are split, for egress the peer pods are.
 Orders are deterministic: a rule's numeric grant comes first, then its named-port grants by
 port ranges; peer CIDRs are sorted by family, first address, prefix length.
 
-Speed: everything a rule needs that depends only on the snapshot — pod addresses (numbered
-in address order, so peer sets are sorted and deduplicated as integers), the peer set of a
+Speed: everything a rule needs that depends only on the snapshot — pod addresses (as ints
+that sort in CIDR order, so peer sets are sorted and deduplicated as integers), the peer set of a
 `from`/`to` list, the pods inside an ipBlock (binary search), named-port resolutions — is
 computed once per ClusterState by `Resolver` and shared by every rule that asks again.
 """
@@ -30,6 +30,7 @@ from sdn_netpol.model.objects import (
     IPBlock,
     NetworkPolicy,
     Peer,
+    Pod,
     PodKey,
     PolicyPort,
     Protocol,
@@ -138,26 +139,46 @@ class Resolver:
 
     Only pods inside NetworkPolicy's scope have addresses here (the label index holds only
     them too). Pure caches: results are those of resolving every rule from scratch.
+    Addresses are kept as `_net_key` ints (they sort as CIDRs sort, so a peer set is a
+    sorted set of ints); `derive` builds the next snapshot's resolver from this one by
+    patching the pods that changed, so a one-pod change does not pay for 10k pods again.
     """
 
-    def __init__(self, state: ClusterState) -> None:
+    def __init__(self, state: ClusterState, addresses: dict[PodKey, tuple[int, ...]] | None = None,
+                 resolutions: dict[tuple[PolicyPort, ...], dict[PodKey, tuple[PortRange, ...]]] | None = None) -> None:
         self._index = state.index
         self._pods = state.pods_by_key
-        addresses = {p.key: [_host_key(ip.version, int(ip)) for ip in p.ips] for p in state.pods if p.in_policy_scope}
-        # every distinct pod address, in CIDR sort order; an address's ordinal is its position
-        self._keys: list[int] = sorted({k for keys in addresses.values() for k in keys})
-        self._networks = [_network(k) for k in self._keys]
-        position = {key: i for i, key in enumerate(self._keys)}
-        self._ordinals: dict[PodKey, tuple[int, ...]] = {
-            pod: tuple(sorted({position[k] for k in keys})) for pod, keys in addresses.items()
-        }
+        self._addresses: dict[PodKey, tuple[int, ...]] = (
+            addresses if addresses is not None
+            else {p.key: _host_keys(p) for p in state.pods if p.in_policy_scope})
         self._peers: dict[tuple[str, tuple[Peer, ...]], Peers] = {}
-        self._peer_ordinals: dict[tuple[str, Peer], frozenset[int]] = {}
-        self._block_ordinals: dict[IPBlock, tuple[int, ...]] = {}
-        self._resolutions: dict[tuple[PolicyPort, ...], dict[PodKey, tuple[PortRange, ...]]] = {}
+        self._peer_keys: dict[tuple[str, Peer], frozenset[int]] = {}
+        self._block_keys: dict[IPBlock, tuple[int, ...]] = {}
+        self._resolutions = resolutions if resolutions is not None else {}
         self._groups: dict[
             tuple[str, Peer | None, tuple[PolicyPort, ...]], list[tuple[tuple[PortRange, ...], frozenset[int]]]
         ] = {}
+
+    def derive(self, state: ClusterState, changed: Iterable[PodKey]) -> Resolver:
+        """The resolver of `state`, a snapshot that differs from this one's only in the pods
+        `changed` (namespaces and the label index are the caller's to keep consistent).
+        Addresses and named-port resolutions are patched; selector-dependent caches start empty."""
+        pods = state.pods_by_key
+        addresses = dict(self._addresses)
+        resolutions = {named: dict(found) for named, found in self._resolutions.items()}
+        for key in changed:
+            addresses.pop(key, None)
+            for found in resolutions.values():
+                found.pop(key, None)
+            pod = pods.get(key)
+            if pod is None or not pod.in_policy_scope:
+                continue
+            addresses[key] = _host_keys(pod)
+            for named, found in resolutions.items():
+                ranges = _named_ranges(pod, named)
+                if ranges:
+                    found[key] = ranges
+        return Resolver(state, addresses, resolutions)
 
     # --- peer addresses ------------------------------------------------------------------
 
@@ -168,57 +189,52 @@ class Resolver:
         cache_key = (namespace, peers)
         found = self._peers.get(cache_key)
         if found is None:
-            ordinals: set[int] = set()
+            keys: set[int] = set()
             for peer in peers:
                 if peer.ip_block is None:
-                    ordinals |= self._selected_ordinals(namespace, peer)
+                    keys |= self._selected_keys(namespace, peer)
             blocks = [block_networks(peer.ip_block) for peer in peers if peer.ip_block is not None]
-            found = Peers(cidrs=self._cidrs(ordinals, [n for nets in blocks for n in nets])) if ordinals or blocks \
-                else NO_PEER
+            found = Peers(cidrs=_cidrs(keys, [n for nets in blocks for n in nets])) if keys or blocks else NO_PEER
             self._peers[cache_key] = found
         return found
 
-    def _selected_ordinals(self, namespace: str, peer: Peer) -> frozenset[int]:
+    def _selected_keys(self, namespace: str, peer: Peer) -> frozenset[int]:
         cache_key = (peer_scope(namespace, peer), peer)
-        found = self._peer_ordinals.get(cache_key)
+        found = self._peer_keys.get(cache_key)
         if found is None:
-            ordinals = self._ordinals
-            found = frozenset(o for key in self._index.peer_pods(namespace, peer) for o in ordinals[key])
-            self._peer_ordinals[cache_key] = found
+            addresses = self._addresses
+            found = frozenset(k for pod in self._index.peer_pods(namespace, peer) for k in addresses[pod])
+            self._peer_keys[cache_key] = found
         return found
 
-    def _cidrs(self, ordinals: Iterable[int], extra: list[IPNetwork]) -> tuple[IPNetwork, ...]:
-        """Pod addresses (by ordinal) plus other networks, deduplicated, in CIDR sort order."""
-        networks = self._networks
-        if not extra:
-            return tuple(networks[o] for o in sorted(ordinals))
-        merged: dict[int, IPNetwork] = {self._keys[o]: networks[o] for o in ordinals}
-        for net in extra:
-            merged.setdefault(_net_key(net.version, net.first, net.prefixlen), net)
-        return tuple(merged[k] for k in sorted(merged))
+    @cached_property
+    def _sorted_keys(self) -> list[int]:
+        """Every distinct pod address, in CIDR order (ipBlocks find theirs by binary search)."""
+        return sorted({k for keys in self._addresses.values() for k in keys})
 
-    def block_ordinals(self, block: IPBlock) -> tuple[int, ...]:
+    def block_keys(self, block: IPBlock) -> tuple[int, ...]:
         """Pod addresses inside cidr and outside every except (binary search, no scan)."""
-        found = self._block_ordinals.get(block)
+        found = self._block_keys.get(block)
         if found is None:
             inside = set(self._range(block.cidr))
             for ex in block.excepts:
                 inside.difference_update(self._range(ex))
             found = tuple(sorted(inside))
-            self._block_ordinals[block] = found
+            self._block_keys[block] = found
         return found
 
-    def _range(self, net: IPNetwork) -> range:
-        return range(bisect_left(self._keys, _net_key(net.version, net.first, 0)),
-                     bisect_right(self._keys, _net_key(net.version, net.last, 255)))
+    def _range(self, net: IPNetwork) -> list[int]:
+        keys = self._sorted_keys
+        return keys[bisect_left(keys, _net_key(net.version, net.first, 0)):
+                    bisect_right(keys, _net_key(net.version, net.last, 255))]
 
     @cached_property
     def _owners(self) -> dict[int, list[PodKey]]:
-        """Address ordinal → the pods that have it (usually one)."""
+        """Address → the pods that have it (usually one)."""
         owners: dict[int, list[PodKey]] = defaultdict(list)
-        for key, ordinals in self._ordinals.items():
-            for ordinal in ordinals:
-                owners[ordinal].append(key)
+        for pod, keys in self._addresses.items():
+            for key in keys:
+                owners[key].append(pod)
         return owners
 
     # --- named ports ---------------------------------------------------------------------
@@ -228,15 +244,10 @@ class Resolver:
         found = self._resolutions.get(named)
         if found is None:
             found = {}
-            for key in self._ordinals:
-                pod = self._pods[key]
-                ranges = {
-                    PortRange(pp.protocol, number, number)
-                    for pp in named
-                    for number in pod.resolve_named_port(str(pp.port), pp.protocol)
-                }
+            for key in self._addresses:
+                ranges = _named_ranges(self._pods[key], named)
                 if ranges:
-                    found[key] = tuple(sorted(ranges))
+                    found[key] = ranges
             self._resolutions[named] = found
         return found
 
@@ -264,9 +275,9 @@ class Resolver:
         """
         merged: dict[tuple[PortRange, ...], set[int]] = defaultdict(set)
         for peer in rule.peers or (None,):
-            for ports, ordinals in self._named_groups(namespace, peer, named):
-                merged[ports] |= ordinals
-        return [(ports, Peers(cidrs=self._cidrs(merged[ports], []))) for ports in sorted(merged) if merged[ports]]
+            for ports, keys in self._named_groups(namespace, peer, named):
+                merged[ports] |= keys
+        return [(ports, Peers(cidrs=_cidrs(merged[ports], []))) for ports in sorted(merged) if merged[ports]]
 
     def _named_groups(
         self, namespace: str, peer: Peer | None, named: tuple[PolicyPort, ...]
@@ -279,18 +290,41 @@ class Resolver:
             resolutions = self.resolutions(named)
             groups: dict[tuple[PortRange, ...], set[int]] = defaultdict(set)
             if peer is not None and peer.ip_block is not None:
-                for ordinal in self.block_ordinals(peer.ip_block):
-                    for key in self._owners[ordinal]:
-                        if key in resolutions:
-                            groups[resolutions[key]].add(ordinal)
+                for address in self.block_keys(peer.ip_block):
+                    for pod in self._owners[address]:
+                        if pod in resolutions:
+                            groups[resolutions[pod]].add(address)
             else:
-                keys = self._ordinals if peer is None else self._index.peer_pods(namespace, peer)
-                for key in keys:
-                    if key in resolutions:
-                        groups[resolutions[key]].update(self._ordinals[key])
-            found = [(ports, frozenset(ordinals)) for ports, ordinals in groups.items()]
+                pods = self._addresses if peer is None else self._index.peer_pods(namespace, peer)
+                for pod in pods:
+                    if pod in resolutions:
+                        groups[resolutions[pod]].update(self._addresses[pod])
+            found = [(ports, frozenset(keys)) for ports, keys in groups.items()]
             self._groups[cache_key] = found
         return found
+
+
+def _host_keys(pod: Pod) -> tuple[int, ...]:
+    return tuple(sorted({_host_key(ip.version, int(ip)) for ip in pod.ips}))
+
+
+def _named_ranges(pod: Pod, named: tuple[PolicyPort, ...]) -> tuple[PortRange, ...]:
+    """What named port entries mean on one pod (empty: nothing)."""
+    return tuple(sorted({
+        PortRange(pp.protocol, number, number)
+        for pp in named
+        for number in pod.resolve_named_port(str(pp.port), pp.protocol)
+    }))
+
+
+def _cidrs(keys: Iterable[int], extra: list[IPNetwork]) -> tuple[IPNetwork, ...]:
+    """Pod addresses (as keys) plus other networks, deduplicated, in CIDR sort order."""
+    if not extra:
+        return tuple(_network(k) for k in sorted(keys))
+    merged: dict[int, IPNetwork | None] = dict.fromkeys(keys)
+    for net in extra:
+        merged.setdefault(_net_key(net.version, net.first, net.prefixlen), net)
+    return tuple(net or _network(k) for k, net in sorted(merged.items(), key=lambda item: item[0]))
 
 
 def _net_key(version: int, first: int, prefixlen: int) -> int:

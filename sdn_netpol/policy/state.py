@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING
@@ -57,6 +57,20 @@ class ClusterState:
         from sdn_netpol.policy.resolve import Resolver  # resolve imports this module
 
         return Resolver(self)
+
+    def inherit_caches(self, previous: ClusterState, changed: Sequence[tuple[Pod | None, Pod | None]]) -> None:
+        """Seed this snapshot's index and resolver from `previous`, whose pods differ from these
+        by `changed` (old, new versions), instead of building them over every pod again.
+
+        Only caches are written, never content: what they answer is what building them from
+        scratch answers (tests/test_incremental.py). Nothing is seeded across a namespace change.
+        """
+        if "index" in self.__dict__ or self.namespaces != previous.namespaces:
+            return
+        self.__dict__["index"] = previous.index.derive(changed, self.policies)
+        if "resolver" in previous.__dict__:
+            keys = {pod.key for pair in changed for pod in pair if pod is not None}
+            self.__dict__["resolver"] = previous.resolver.derive(self, keys)
 
     @cached_property
     def pods_by_key(self) -> dict[PodKey, Pod]:
