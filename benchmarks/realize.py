@@ -4,6 +4,7 @@ flows go in compared with `ovs-ofctl --bundle add-flows`.
     .venv/bin/python benchmarks/realize.py                  # 1k and 10k pods × 1,000 policies
     .venv/bin/python benchmarks/realize.py --pods 1000      # one size
     .venv/bin/python benchmarks/realize.py --samples 10     # fewer samples per scenario
+    REALIZE_PROFILE=1 .venv/bin/python benchmarks/realize.py --pods 10000   # + cProfile of the realizer
 
 The controller's own parts (store, port map, realizer, os-ken app, OVSDB monitor) run in
 this process, against a userspace OVS in a private network namespace; the source is left
@@ -23,9 +24,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import cProfile
 import json
 import logging
 import os
+import pstats
 import queue
 import statistics
 import subprocess
@@ -173,6 +176,8 @@ class Run:
         for phase in self.phases.values():
             phase.clear()
         results = [self.change(key, obj) for key, obj in changes]
+        print(f"  {name} samples (ms): {[round(r[0] * 1000) for r in results]}; compile: "
+              f"{[round(c * 1000) for c in self.phases['compile']]}", file=sys.stderr)
         out = {"scenario": name, **percentiles([r[0] for r in results]),
                "flow_mods_mean": round(statistics.mean(r[1] for r in results), 1)}
         out.update({f"{p}_p50_ms": round(statistics.median(v) * 1000, 1) for p, v in self.phases.items()})
@@ -232,12 +237,27 @@ def measure(n_pods: int, samples: int) -> dict[str, Any]:
         run = Run(sw, parts, probe, state)
         result: dict[str, Any] = {"pods": n_pods, "policies": N_POLICIES, "local_pods": len(local),
                                   "flows": flows, "first_install": first}
+        profiler = _profile_realizer(parts) if os.environ.get("REALIZE_PROFILE") else None
         result["latency"] = [run.scenario("pod add", pod_adds(spare)),
                              run.scenario("pod relabel", relabels(state, samples)),
                              run.scenario("policy add", policy_adds(samples))]
+        if profiler is not None:
+            pstats.Stats(profiler, stream=sys.stderr).sort_stats("cumtime").print_stats(40)
         result["resync"] = resync(sw, parts, probe)
         result["install"] = install_rate(sw, parts)
         return result
+
+
+def _profile_realizer(parts: Parts) -> cProfile.Profile:
+    """REALIZE_PROFILE=1: where the realizer thread spends the latency scenarios (stderr)."""
+    profiler = cProfile.Profile()
+    realize = parts.realizer.realize
+
+    def profiled(since: float | None) -> None:
+        profiler.runcall(realize, since)
+
+    parts.realizer.realize = profiled  # type: ignore[method-assign]
+    return profiler
 
 
 def resync(sw: Switch, parts: Parts, probe: Probe) -> dict[str, Any]:

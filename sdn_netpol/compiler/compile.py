@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
+from typing import Any
 
 from sdn_netpol.compiler.base_flows import local_pod_flows, node_route_flows, pipeline_flows, remote_pod_flows
 from sdn_netpol.compiler.diff import FlowDiff, diff, diff_ids
@@ -73,7 +74,8 @@ def _build(node: NodeContext, resolution: Resolution) -> NodeCompilation:
     for pod in resolution.state.pods:
         flows.extend(_remote_flows(pod, node, local))
     ports = _ports(node)
-    tables = PolicyTables.build({p.ref: place(p, ports) for p in resolution.policies})
+    memo: dict[Any, Any] = {}
+    tables = PolicyTables.build({p.ref: place(p, ports, memo) for p in resolution.policies})
     flows.extend(tables.flows())
     counts: dict[Flow, int] = {}
     for flow in flows:
@@ -104,9 +106,10 @@ def _placement_changes(old: Resolution, new: Resolution, ports: Mapping[PodKey, 
     """Policies to place again: re-resolved ones, and those applied to a pod whose port changed."""
     before = {p.ref: p for p in old.policies}
     changes: dict[str, Placement | None] = {}
+    memo: dict[Any, Any] = {}
     for policy in new.policies:
         if before.pop(policy.ref, None) is not policy or not moved.isdisjoint(policy.applied_to):
-            changes[policy.ref] = place(policy, ports)
+            changes[policy.ref] = place(policy, ports, memo)
     changes.update(dict.fromkeys(before))  # policies that are gone
     return changes
 

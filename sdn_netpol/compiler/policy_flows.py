@@ -10,11 +10,11 @@ overlapping conjunctions can never send a packet down different paths.
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Hashable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
-from typing import cast
+from typing import Any, cast
 
 from netaddr import IPNetwork
 
@@ -32,7 +32,7 @@ from sdn_netpol.compiler.pipeline import (
 from sdn_netpol.compiler.portmask import port_range_masks
 from sdn_netpol.compiler.topology import NodeContext
 from sdn_netpol.model.objects import Direction, PodKey
-from sdn_netpol.policy.resolve import Grant, PortRange, ResolvedPolicy
+from sdn_netpol.policy.resolve import Grant, Peers, PortRange, ResolvedPolicy
 
 SHARED_COOKIE = cookie(CookieCategory.SHARED)
 _L4 = {"TCP": ("tcp", "tcp6"), "UDP": ("udp", "udp6"), "SCTP": ("sctp", "sctp6")}
@@ -82,7 +82,10 @@ def policy_flows(policies: Iterable[ResolvedPolicy], node: NodeContext) -> Itera
     return PolicyTables.build({p.ref: place(p, ports) for p in policies}).flows()
 
 
-def place(policy: ResolvedPolicy, ports: Mapping[PodKey, int]) -> Placement:
+def place(policy: ResolvedPolicy, ports: Mapping[PodKey, int], memo: dict[Any, Any] | None = None) -> Placement:
+    """`memo`: shared by the placements of one compile, so a peer set many policies share
+    (the resolver hands them one Peers object) is turned into matches once."""
+    memo = {} if memo is None else memo
     conjs: list[_Conj] = []
     direct: list[tuple[Direction, Match, int]] = []
     isolated = [(d, str(pod), ports[pod]) for d in sorted(policy.isolates) for pod in sorted(policy.applied_to)
@@ -91,7 +94,7 @@ def place(policy: ResolvedPolicy, ports: Mapping[PodKey, int]) -> Placement:
         rcookie = rule_cookie(rule.policy, rule.direction, rule.index)
         for position, grant in enumerate(rule.grants):
             key = f"{rule.policy}|{rule.direction}|{rule.index}|{position}|{_ports_key(grant.ports)}"
-            placed = _place(key, rule.direction, rcookie, grant, ports)
+            placed = _place(key, rule.direction, rcookie, grant, ports, memo)
             if placed is None:
                 continue
             if len(placed.dimensions) == 1:
@@ -103,15 +106,64 @@ def place(policy: ResolvedPolicy, ports: Mapping[PodKey, int]) -> Placement:
 
 def _contributions(placement: Placement) -> Iterator[tuple[TableKey, Hashable]]:
     for conj in placement.conjs:
-        yield ("conj", conj.direction, conj.key), conj.cookie
-        n = len(conj.dimensions)
-        for clause, matches in enumerate(conj.dimensions, start=1):
-            for match in matches:
-                yield ("clause", conj.direction, match), (conj.key, clause, n, conj.cookie)
+        yield from _conj_contributions(conj)
     for direction, match, rcookie in placement.direct:
         yield ("direct", direction, match), rcookie
     for direction, pod, ofport in placement.isolated:
         yield ("isolate", direction, (pod, ofport)), None
+
+
+def _conj_contributions(conj: _Conj) -> Iterator[tuple[TableKey, Hashable]]:
+    yield ("conj", conj.direction, conj.key), conj.cookie
+    n = len(conj.dimensions)
+    for clause, matches in enumerate(conj.dimensions, start=1):
+        for match in matches:
+            yield ("clause", conj.direction, match), (conj.key, clause, n, conj.cookie)
+
+
+_NOTHING = Placement()
+
+
+def _delta(old: Placement | None, new: Placement | None) -> Iterator[tuple[TableKey, Hashable, int]]:
+    """How the contributions of two placements of one policy differ (+1 / -1 each): a policy
+    placed again after one pod changed usually differs by one address or port, not by its
+    hundreds of matches, and only keys that really change get rendered again."""
+    old, new = old or _NOTHING, new or _NOTHING
+    before = {c.key: c for c in old.conjs}
+    for conj in new.conjs:
+        was = before.pop(conj.key, None)
+        if was is None or (was.cookie, len(was.dimensions)) != (conj.cookie, len(conj.dimensions)):
+            yield from _difference(_conj_contributions(was) if was is not None else (), _conj_contributions(conj))
+        elif was != conj:
+            yield from _clause_delta(was, conj)
+    for was in before.values():
+        yield from ((key, item, -1) for key, item in _conj_contributions(was))
+    if old.direct != new.direct or old.isolated != new.isolated:
+        yield from _difference(_contributions(replace(old, conjs=())), _contributions(replace(new, conjs=())))
+
+
+def _clause_delta(was: _Conj, conj: _Conj) -> Iterator[tuple[TableKey, Hashable, int]]:
+    """Two versions of one conjunction (same key, cookie and clause count): per clause,
+    only the matches that came or went."""
+    n = len(conj.dimensions)
+    for clause, (old, new) in enumerate(zip(was.dimensions, conj.dimensions, strict=True), start=1):
+        if old == new:
+            continue
+        item = (conj.key, clause, n, conj.cookie)
+        counts = Counter(new)
+        counts.subtract(old)
+        for match, delta in counts.items():
+            for _ in range(abs(delta)):
+                yield ("clause", conj.direction, match), item, 1 if delta > 0 else -1
+
+
+def _difference(old: Iterable[tuple[TableKey, Hashable]],
+                new: Iterable[tuple[TableKey, Hashable]]) -> Iterator[tuple[TableKey, Hashable, int]]:
+    counts = Counter(new)
+    counts.subtract(old)
+    for (key, item), delta in counts.items():
+        for _ in range(abs(delta)):
+            yield key, item, 1 if delta > 0 else -1
 
 
 @dataclass(frozen=True)
@@ -166,19 +218,16 @@ class PolicyTables:
         copied: set[TableKey] = set()
         for ref, new in changes.items():
             old = placements.pop(ref, None)
-            for placement, delta in ((old, -1), (new, 1)):
-                if placement is None:
-                    continue
-                for key, item in _contributions(placement):
-                    if key not in copied:
-                        copied.add(key)
-                        entries[key] = dict(entries.get(key, ()))
-                    found = entries[key]
-                    count = found.get(item, 0) + delta
-                    if count:
-                        found[item] = count
-                    else:
-                        del found[item]
+            for key, item, delta in _delta(old, new):
+                if key not in copied:
+                    copied.add(key)
+                    entries[key] = dict(entries.get(key, ()))
+                found = entries[key]
+                count = found.get(item, 0) + delta
+                if count:
+                    found[item] = count
+                else:
+                    del found[item]
             if new is not None:
                 placements[ref] = new
         removed: list[Flow] = []
@@ -227,7 +276,7 @@ def _render(key: TableKey, items: Multiset | None, ids: Mapping[str, int]) -> Fl
     kind, direction, subject = key
     if kind == "clause":
         entries = cast("Iterable[tuple[str, int, int, int]]", items)
-        conjunctions = sorted({Conjunction(ids[k], clause, n) for k, clause, n, _ in entries},
+        conjunctions = sorted({_conjunction(ids[k], clause, n) for k, clause, n, _ in entries},
                               key=lambda a: (a.id, a.clause))
         cookies = {c for *_, c in cast("Iterable[tuple[str, int, int, int]]", items)}
         return _clause_flow(direction, cast(Match, subject), tuple(conjunctions), _merged_cookie(cookies))
@@ -245,13 +294,14 @@ def _ports_key(ports: tuple[PortRange, ...]) -> str:
     return ",".join(f"{p.protocol}:{p.lo}-{p.hi}" for p in ports) or "all"
 
 
-def _place(key: str, direction: Direction, rcookie: int, grant: Grant, ports: Mapping[PodKey, int]) -> _Conj | None:
+def _place(key: str, direction: Direction, rcookie: int, grant: Grant, ports: Mapping[PodKey, int],
+           memo: dict[Any, Any]) -> _Conj | None:
     local = sorted(ports[k] for k in grant.targets if k in ports)
     if not local:
         return None
     dimensions: list[tuple[Match, ...]] = [tuple(_target_match(direction, p) for p in local)]
     if not grant.peers.any:
-        dimensions.append(tuple(_peer_match(direction, net) for net in grant.peers.cidrs))
+        dimensions.append(_peer_matches(direction, grant.peers, memo))
     if grant.ports:
         dimensions.append(tuple(m for pr in grant.ports for m in _port_matches(pr)))
     return _Conj(key, direction, rcookie, tuple(dimensions))
@@ -261,6 +311,16 @@ def _place(key: str, direction: Direction, rcookie: int, grant: Grant, ports: Ma
 @lru_cache(maxsize=1 << 16)
 def _target_match(direction: Direction, ofport: int) -> Match:
     return Match.build(None, **{"in_port" if direction == "Egress" else REG_OUT_PORT: ofport})
+
+
+def _peer_matches(direction: Direction, peers: Peers, memo: dict[Any, Any]) -> tuple[Match, ...]:
+    """Memoised by the Peers object's identity: hashing a hundred netaddr networks is the
+    expensive part, and `memo` keeps `peers` alive, so an id is never reused within it."""
+    found = memo.get((id(peers), direction))
+    if found is None:
+        found = (peers, tuple(_peer_match(direction, net) for net in peers.cidrs))
+        memo[(id(peers), direction)] = found
+    return cast("tuple[Match, ...]", found[1])
 
 
 @lru_cache(maxsize=1 << 18)
@@ -295,6 +355,11 @@ def _allow_flow(direction: Direction, priority: int, match: Match, flow_cookie: 
 @lru_cache(maxsize=1 << 18)
 def _clause_flow(direction: Direction, match: Match, actions: tuple[Action, ...], flow_cookie: int) -> Flow:
     return Flow(_TABLES[direction].rule, Priority.CONJUNCTION, match, actions, flow_cookie)
+
+
+@lru_cache(maxsize=1 << 18)
+def _conjunction(conj_id: int, clause: int, n_clauses: int) -> Conjunction:
+    return Conjunction(conj_id, clause, n_clauses)
 
 
 @lru_cache(maxsize=1 << 18)

@@ -18,6 +18,7 @@ import threading
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from netaddr import EUI, AddrFormatError, IPAddress, mac_unix_expanded
@@ -190,6 +191,7 @@ def pod_of(iface: Interface) -> PodKey | None:
     return PodKey(namespace, name) if namespace and name else None
 
 
+@lru_cache(maxsize=1 << 16)  # parsed once per address, not once per port per change
 def _ips(text: str) -> tuple[IPAddress, ...]:
     found = []
     for part in filter(None, (p.strip() for p in text.split(","))):
@@ -210,14 +212,21 @@ def _binding(ofport: int, iface: Interface, state: ClusterState, node: str) -> P
     ips = _ips(iface.external_ids.get("pod-ip", "")) or pod.ips
     if not ips:
         return None
-    try:
-        mac = EUI(iface.external_ids["pod-mac"], dialect=mac_unix_expanded)
-    except (KeyError, AddrFormatError, ValueError):
+    mac = _mac(iface.external_ids.get("pod-mac", ""))
+    if mac is None:
         v4 = next((ip for ip in ips if ip.version == 4), None)
         if v4 is None:
             return None
         mac = mac_for_ip(v4)
     return PortBinding(key, ofport, mac, ips)
+
+
+@lru_cache(maxsize=1 << 16)
+def _mac(text: str) -> EUI | None:
+    try:
+        return EUI(text, dialect=mac_unix_expanded) if text else None
+    except (AddrFormatError, ValueError):
+        return None
 
 
 def _bindings(view: PortView, state: ClusterState, node: str) -> tuple[PortBinding, ...]:

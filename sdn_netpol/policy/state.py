@@ -5,11 +5,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
+from operator import attrgetter
 from typing import TYPE_CHECKING
 
 from sdn_netpol.model.objects import Namespace, NetworkPolicy, Pod, PodKey
 from sdn_netpol.model.parse import ParseResult
 from sdn_netpol.policy.index import SelectorIndex
+
+_KEY = attrgetter("key")
+_NAMESPACE = attrgetter("namespace")
 
 if TYPE_CHECKING:
     from sdn_netpol.policy.resolve import Resolver
@@ -35,10 +39,10 @@ class ClusterState:
         policies: Iterable[NetworkPolicy] = (),
         generation: int = 0,
     ) -> ClusterState:
-        pod_list = sorted(pods, key=lambda p: (p.namespace, p.name))
+        pod_list = sorted(pods, key=_KEY)  # C-level key: the controller builds one per change
         policy_list = sorted(policies, key=lambda p: (p.namespace, p.name))
         declared = {ns.name: Namespace.implied(ns.name, ns.labels) for ns in namespaces}
-        for name in {p.namespace for p in pod_list} | {p.namespace for p in policy_list}:
+        for name in set(map(_NAMESPACE, pod_list)) | {p.namespace for p in policy_list}:
             declared.setdefault(name, Namespace.implied(name))
         ns_list = sorted(declared.values(), key=lambda n: n.name)
         return ClusterState(tuple(ns_list), tuple(pod_list), tuple(policy_list), generation)
@@ -74,7 +78,7 @@ class ClusterState:
 
     @cached_property
     def pods_by_key(self) -> dict[PodKey, Pod]:
-        return {p.key: p for p in self.pods}
+        return dict(zip(map(_KEY, self.pods), self.pods, strict=True))
 
     def pod(self, namespace: str, name: str) -> Pod | None:
         return self.pods_by_key.get(PodKey(namespace, name))
