@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from sdn_netpol.compiler.compile import compile_node, compile_node_incremental
 from sdn_netpol.compiler.diff import apply, diff
 from sdn_netpol.compiler.flow import DuplicateFlowError
+from sdn_netpol.compiler.pipeline import conjunction_ids
 from sdn_netpol.compiler.policy_flows import PolicyTables, place
 from sdn_netpol.compiler.topology import NodeContext, assign_ports
 from sdn_netpol.model.labels import Labels
@@ -114,9 +115,14 @@ def test_a_conjunction_id_collision_makes_the_tables_rebuild() -> None:
     state = synthetic_state(400, 40)
     ports = {b.pod: b.ofport for b in assign_ports(state, "node0").bindings}
     placements = {p.ref: place(p, ports) for p in resolve_all(state)}
-    tables = PolicyTables.build(placements)
-    some_key = next(iter(tables.ids))
-    probed = PolicyTables(tables.placements, tables.entries, {**tables.ids, some_key: tables.ids[some_key] + 1})
     ref = next(ref for ref, p in placements.items() if p.conjs)
-    assert probed.probed and probed.update({ref: None}) is None
-    assert not tables.probed and tables.update({ref: None}) is not None
+    without = {k: v for k, v in placements.items() if k != ref}
+    tables = PolicyTables.build(without)
+    assert not tables.probed and tables.update({ref: placements[ref]}) is not None
+    # another key already holds the id the returning policy's first conjunction wants
+    wanted = conjunction_ids([placements[ref].conjs[0].key])[placements[ref].conjs[0].key]
+    taken = PolicyTables(tables.placements, tables.entries, {**tables.ids, "other": wanted}, tables.rendered, False)
+    assert taken.update({ref: placements[ref]}) is None
+    probed = PolicyTables(tables.placements, tables.entries, tables.ids, tables.rendered, True)
+    assert probed.update({ref: placements[ref]}) is None
+    assert probed.update({}) is not None  # no key changes: the ids stay valid

@@ -25,7 +25,7 @@ from sdn_netpol.compiler.base_flows import local_pod_flows, node_route_flows, pi
 from sdn_netpol.compiler.diff import FlowDiff, diff, diff_ids
 from sdn_netpol.compiler.flow import DuplicateFlowError, Flow, FlowId, FlowSet
 from sdn_netpol.compiler.policy_flows import Placement, PolicyTables, place
-from sdn_netpol.compiler.topology import NodeContext
+from sdn_netpol.compiler.topology import NodeContext, PortBinding
 from sdn_netpol.model.objects import Pod, PodKey
 from sdn_netpol.policy.incremental import Resolution, resolve
 from sdn_netpol.policy.state import ClusterState
@@ -86,10 +86,10 @@ def _build(node: NodeContext, resolution: Resolution) -> NodeCompilation:
 def _update(previous: NodeCompilation, node: NodeContext, resolution: Resolution) -> NodeCompilation | None:
     if resolution.changed is None or replace(node, bindings=()) != replace(previous.node, bindings=()):
         return None
-    before, after = set(previous.node.bindings), set(node.bindings)
-    removed = [f for b in before - after for f in local_pod_flows(b)]
-    added = [f for b in after - before for f in local_pod_flows(b)]
-    moved = {b.pod for b in before ^ after}
+    gone, new = _binding_changes(previous.node.bindings, node.bindings)
+    removed = [f for b in gone for f in local_pod_flows(b)]
+    added = [f for b in new for f in local_pod_flows(b)]
+    moved = {b.pod for b in (*gone, *new)}
     old_state, old_local, new_local = previous.resolution.state, previous.node.local_pods, node.local_pods
     for key in moved | {pod.key for pair in resolution.changed for pod in pair if pod is not None}:
         removed.extend(_remote_flows(old_state.pods_by_key.get(key), previous.node, old_local))
@@ -99,6 +99,19 @@ def _update(previous: NodeCompilation, node: NodeContext, resolution: Resolution
         return None
     counts, flows, changed = _apply(previous, [*removed, *update.removed], [*added, *update.added])
     return NodeCompilation(node, resolution, update.tables, counts, flows, diff_ids(previous.flows, flows, changed))
+
+
+def _binding_changes(old: tuple[PortBinding, ...],
+                     new: tuple[PortBinding, ...]) -> tuple[list[PortBinding], list[PortBinding]]:
+    """Bindings gone and bindings new. Both tuples are sorted and mostly share objects, so
+    a positional pass settles them by identity; anything else is compared as sets."""
+    if len(old) == len(new):
+        pairs = [(a, b) for a, b in zip(old, new, strict=True) if a is not b]
+        if all(a.pod == b.pod for a, b in pairs):
+            changed = [(a, b) for a, b in pairs if a != b]
+            return [a for a, _ in changed], [b for _, b in changed]
+    before, after = set(old), set(new)
+    return sorted(before - after), sorted(after - before)
 
 
 def _placement_changes(old: Resolution, new: Resolution, ports: Mapping[PodKey, int],

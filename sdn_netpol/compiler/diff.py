@@ -75,8 +75,13 @@ def _classify(before: Flow | None, flow: Flow, adds: list[Flow], modifies: list[
 
 
 def _sorted(adds: list[Flow], modifies: list[Flow], deletes: list[Flow]) -> FlowDiff:
-    key = Flow.sort_key
+    """Each list holds one flow per identity, so the identity orders it (no action keys)."""
+    key = _by_identity
     return FlowDiff(tuple(sorted(adds, key=key)), tuple(sorted(modifies, key=key)), tuple(sorted(deletes, key=key)))
+
+
+def _by_identity(flow: Flow) -> tuple[object, ...]:
+    return flow.id.sort_key()
 
 
 def apply(old: FlowSet, change: FlowDiff) -> FlowSet:

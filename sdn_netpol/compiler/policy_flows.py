@@ -179,16 +179,19 @@ class PolicyTables:
     conjunction() actions); keeping the contributions lets `update` re-place a few policies
     and re-render only the flows they contribute to, instead of merging a thousand again.
 
-    A value: `update` returns a new PolicyTables that shares every untouched multiset."""
+    A value: `update` returns a new PolicyTables that shares every untouched multiset.
+    `rendered` keeps each key's flow, so an update renders only the new versions.
+    `probed`: some conjunction id is not its key's first choice (a collision was probed)."""
 
-    __slots__ = ("entries", "ids", "placements", "probed")
+    __slots__ = ("entries", "ids", "placements", "probed", "rendered")
 
     def __init__(self, placements: dict[str, Placement], entries: dict[TableKey, Multiset],
-                 ids: dict[str, int]) -> None:
+                 ids: dict[str, int], rendered: dict[TableKey, Flow], probed: bool) -> None:
         self.placements = placements
         self.entries = entries
         self.ids = ids
-        self.probed = any(conj_id != _base_id(key) for key, conj_id in ids.items())
+        self.rendered = rendered
+        self.probed = probed
 
     @staticmethod
     def build(placements: dict[str, Placement]) -> PolicyTables:
@@ -198,13 +201,12 @@ class PolicyTables:
                 found = entries[key]
                 found[item] = found.get(item, 0) + 1
         ids = conjunction_ids([c.key for p in placements.values() for c in p.conjs])
-        return PolicyTables(placements, dict(entries), ids)
+        rendered = {key: _render(key, items, ids) for key, items in entries.items()}
+        probed = any(conj_id != _base_id(key) for key, conj_id in ids.items())
+        return PolicyTables(placements, dict(entries), ids, rendered, probed)
 
     def flows(self) -> Iterator[Flow]:
-        for key, items in self.entries.items():
-            flow = _render(key, items, self.ids)
-            if flow is not None:
-                yield flow
+        return iter(self.rendered.values())
 
     def update(self, changes: Mapping[str, Placement | None]) -> TablesUpdate | None:
         """Replace the placements of the policies in `changes` (None: the policy is gone).
@@ -232,18 +234,23 @@ class PolicyTables:
                 placements[ref] = new
         removed: list[Flow] = []
         added: list[Flow] = []
+        rendered = dict(self.rendered)
         for key in copied:
             if not entries[key]:
                 del entries[key]
-            before = _render(key, self.entries.get(key), self.ids)
-            after = _render(key, entries.get(key), ids)
+            before = self.rendered.get(key)
+            after = _render(key, entries[key], ids) if key in entries else None
+            if after is None:
+                rendered.pop(key, None)
+            else:
+                rendered[key] = after
             if before is after or before == after:
                 continue
             if before is not None:
                 removed.append(before)
             if after is not None:
                 added.append(after)
-        return TablesUpdate(PolicyTables(placements, entries, ids), removed, added)
+        return TablesUpdate(PolicyTables(placements, entries, ids, rendered, self.probed), removed, added)
 
     def _updated_ids(self, changes: Mapping[str, Placement | None]) -> dict[str, int] | None:
         old_keys = {c.key for ref in changes if ref in self.placements for c in self.placements[ref].conjs}
@@ -269,10 +276,8 @@ def _base_id(key: str) -> int:
     return conjunction_ids([key])[key]
 
 
-def _render(key: TableKey, items: Multiset | None, ids: Mapping[str, int]) -> Flow | None:
-    """The one flow a merged key stands for (None: nothing contributes to it any more)."""
-    if not items:
-        return None
+def _render(key: TableKey, items: Multiset, ids: Mapping[str, int]) -> Flow:
+    """The one flow a merged key stands for."""
     kind, direction, subject = key
     if kind == "clause":
         entries = cast("Iterable[tuple[str, int, int, int]]", items)

@@ -19,6 +19,7 @@ import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
+from operator import attrgetter
 from typing import Any
 
 from netaddr import EUI, AddrFormatError, IPAddress, mac_unix_expanded
@@ -37,6 +38,7 @@ with warnings.catch_warnings():  # ovs.poller probes for eventlet, whose import 
     import ovs.stream
 
 LOG = logging.getLogger(__name__)
+_POD = attrgetter("pod")
 DB_NAME = "Open_vSwitch"
 COLUMNS = {"Bridge": ["name", "ports"], "Port": ["name", "interfaces"],
            "Interface": ["name", "type", "external_ids"]}
@@ -209,10 +211,24 @@ def _binding(ofport: int, iface: Interface, state: ClusterState, node: str) -> P
     pod = state.pods_by_key.get(key) if key is not None else None
     if key is None or pod is None or not pod.in_policy_scope or pod.node_name not in (None, node):
         return None
-    ips = _ips(iface.external_ids.get("pod-ip", "")) or pod.ips
+    ip_text = iface.external_ids.get("pod-ip", "")
+    mac_text = iface.external_ids.get("pod-mac", "")
+    if _ips(ip_text):
+        return _recorded_binding(key, ofport, ip_text, mac_text)
+    return _make_binding(key, ofport, pod.ips, mac_text)
+
+
+@lru_cache(maxsize=1 << 16)
+def _recorded_binding(key: PodKey, ofport: int, ip_text: str, mac_text: str) -> PortBinding | None:
+    """The same port gives the very same PortBinding object every time: the compiler then
+    tells unchanged ports apart by identity (cheap) rather than by comparing addresses."""
+    return _make_binding(key, ofport, _ips(ip_text), mac_text)
+
+
+def _make_binding(key: PodKey, ofport: int, ips: tuple[IPAddress, ...], mac_text: str) -> PortBinding | None:
     if not ips:
         return None
-    mac = _mac(iface.external_ids.get("pod-mac", ""))
+    mac = _mac(mac_text)
     if mac is None:
         v4 = next((ip for ip in ips if ip.version == 4), None)
         if v4 is None:
@@ -239,7 +255,7 @@ def _bindings(view: PortView, state: ClusterState, node: str) -> tuple[PortBindi
             LOG.warning("pod %s has ports %d and %d; using %d", binding.pod, chosen[binding.pod].ofport,
                         ofport, ofport)
         chosen[binding.pod] = binding
-    return tuple(sorted(chosen.values()))
+    return tuple(sorted(chosen.values(), key=_POD))  # one binding per pod: the pod orders them
 
 
 def _edges(view: PortView) -> tuple[int | None, int | None, EUI | None]:

@@ -17,7 +17,7 @@ from functools import cached_property
 
 from sdn_netpol.controller.nodes import NODE_KIND, NodeInfo, place_pods
 from sdn_netpol.model.errors import ValidationError
-from sdn_netpol.model.objects import Namespace, NetworkPolicy, Pod
+from sdn_netpol.model.objects import Namespace, NetworkPolicy, Pod, PodKey
 from sdn_netpol.model.parse import ObjectKey
 from sdn_netpol.policy.state import ClusterState
 
@@ -55,6 +55,9 @@ class Snapshot:
     source_version: str
     synced: bool
     changed_at: float  # time.monotonic() of the mutation that made this generation
+    # An earlier snapshot's state, and the keys of every object changed since: this state is
+    # that one patched (O(change)) unless a Namespace or Node changed (then built in full).
+    base: tuple[ClusterState, frozenset[ObjectKey]] | None = None
 
     @cached_property
     def nodes(self) -> tuple[NodeInfo, ...]:
@@ -63,6 +66,8 @@ class Snapshot:
     @cached_property
     def state(self) -> ClusterState:
         """Pods that name no node are placed by the nodes' pod CIDRs (see nodes.place_pods)."""
+        if self.base is not None and all(key[0] in _PATCHABLE for key in self.base[1]):
+            return self._patched_state(*self.base)
         values = self.objects.values()
         return ClusterState.build(
             (o for o in values if isinstance(o, Namespace)),
@@ -70,6 +75,22 @@ class Snapshot:
             (o for o in values if isinstance(o, NetworkPolicy)),
             self.generation,
         )
+
+
+    def _patched_state(self, base: ClusterState, touched: frozenset[ObjectKey]) -> ClusterState:
+        pods: dict[PodKey, Pod | None] = {}
+        policies: dict[tuple[str, str], NetworkPolicy | None] = {}
+        for kind, namespace, name in touched:
+            found = self.objects.get((kind, namespace, name))
+            if kind == "Pod":
+                pods[PodKey(namespace, name)] = place_pods([found], self.nodes)[0] if isinstance(found, Pod) else None
+            else:
+                policies[(namespace, name)] = found if isinstance(found, NetworkPolicy) else None
+        declared = {ns for _, ns, _ in touched if ("Namespace", "", ns) in self.objects}
+        return base.with_changes(pods, policies, declared, self.generation)
+
+
+_PATCHABLE = frozenset({"Pod", "NetworkPolicy"})
 
 
 @dataclass
@@ -85,6 +106,8 @@ class Store:
     _changed_at: float = field(default_factory=time.monotonic)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _snapshot: Snapshot | None = None
+    _last: Snapshot | None = None  # the newest snapshot taken (the base of the next one)
+    _touched: set[ObjectKey] | None = field(default_factory=set)  # keys changed since; None: a relist
 
     def put(self, key: ObjectKey, obj: StoredObject | None, errors: Iterable[ValidationError] = (),
             version: str | None = None) -> None:
@@ -93,6 +116,7 @@ class Store:
             if obj is not None:
                 self._objects[key] = obj
                 self._invalid.pop(key, None)
+                self._touch(key)
             else:
                 self._invalid[key] = tuple(errors)
             self._bump(version)
@@ -102,6 +126,7 @@ class Store:
         with self._lock:
             self._objects.pop(key, None)
             self._invalid.pop(key, None)
+            self._touch(key)
             self._bump(version)
         self.on_change()
 
@@ -123,6 +148,7 @@ class Store:
             self._invalid.update({k: tuple(v) for k, v in invalid.items()})
             if synced is not None:
                 self._synced = synced
+            self._touched = None
             self._bump(version)
         self.on_change()
 
@@ -142,6 +168,10 @@ class Store:
             self._bump(None)
         self.on_change()
 
+    def _touch(self, key: ObjectKey) -> None:
+        if self._touched is not None:
+            self._touched.add(key)
+
     def _bump(self, version: str | None) -> None:
         self._generation += 1
         self._changed_at = time.monotonic()
@@ -160,5 +190,18 @@ class Store:
                 invalid = tuple(
                     Invalid(k, v, k in self._objects) for k, v in sorted(self._invalid.items()))
                 self._snapshot = Snapshot(self._generation, dict(self._objects), invalid, self._version,
-                                          self._synced, self._changed_at)
+                                          self._synced, self._changed_at, self._base())
+                self._last, self._touched = self._snapshot, set()
             return self._snapshot
+
+    def _base(self) -> tuple[ClusterState, frozenset[ObjectKey]] | None:
+        """The newest computed state and what changed since (never a chain of snapshots:
+        a snapshot holds at most one earlier state)."""
+        last = self._last
+        if self._touched is None or last is None:
+            return None
+        if "state" in last.__dict__:
+            return last.state, frozenset(self._touched)
+        if last.base is not None:
+            return last.base[0], last.base[1] | self._touched
+        return None

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from bisect import bisect_left
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from operator import attrgetter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sdn_netpol.model.objects import Namespace, NetworkPolicy, Pod, PodKey
 from sdn_netpol.model.parse import ParseResult
@@ -14,6 +15,30 @@ from sdn_netpol.policy.index import SelectorIndex
 
 _KEY = attrgetter("key")
 _NAMESPACE = attrgetter("namespace")
+_POLICY_KEY = attrgetter("namespace", "name")
+_T = TypeVar("_T")
+
+
+def _patched(items: tuple[_T, ...], changes: Mapping[Any, _T | None], key: Callable[[_T], Any]) -> list[_T]:
+    """A sorted tuple with some entries replaced, inserted or removed (None), still sorted."""
+    result = list(items)
+    for wanted, item in changes.items():
+        at = bisect_left(result, wanted, key=key)
+        present = at < len(result) and key(result[at]) == wanted
+        if item is None:
+            if present:
+                del result[at]
+        elif present:
+            result[at] = item
+        else:
+            result.insert(at, item)
+    return result
+
+
+def _holds(items: list[_T], namespace: str, key: Callable[[_T], Any]) -> bool:
+    """Does a list sorted by (namespace, name) hold anything of `namespace`?"""
+    at = bisect_left(items, (namespace, ""), key=key)
+    return at < len(items) and key(items[at])[0] == namespace
 
 if TYPE_CHECKING:
     from sdn_netpol.policy.resolve import Resolver
@@ -46,6 +71,28 @@ class ClusterState:
             declared.setdefault(name, Namespace.implied(name))
         ns_list = sorted(declared.values(), key=lambda n: n.name)
         return ClusterState(tuple(ns_list), tuple(pod_list), tuple(policy_list), generation)
+
+    def with_changes(
+        self,
+        pods: Mapping[PodKey, Pod | None],
+        policies: Mapping[tuple[str, str], NetworkPolicy | None],
+        declared: Container[str],
+        generation: int = 0,
+    ) -> ClusterState:
+        """`build` of this snapshot's objects with `pods` and `policies` replaced (None: gone),
+        in time proportional to the change: a controller takes one snapshot per event, and
+        sorting 10k pods for each was a third of its latency. `declared`: which of the touched
+        namespaces exist as Namespace objects (they stay without pods; implied ones do not)."""
+        pod_list = _patched(self.pods, pods, _KEY)
+        policy_list = _patched(self.policies, policies, _POLICY_KEY)
+        namespaces = {ns.name: ns for ns in self.namespaces}
+        for name in {key[0] for key in pods} | {key[0] for key in policies}:
+            if _holds(pod_list, name, _KEY) or _holds(policy_list, name, _POLICY_KEY):
+                namespaces.setdefault(name, Namespace.implied(name))
+            elif name not in declared:
+                namespaces.pop(name, None)
+        ns_list = tuple(namespaces[name] for name in sorted(namespaces))
+        return ClusterState(ns_list, tuple(pod_list), tuple(policy_list), generation)
 
     @staticmethod
     def from_parse(result: ParseResult, generation: int = 0) -> ClusterState:
