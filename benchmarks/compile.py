@@ -24,7 +24,7 @@ import sys
 import time
 import tracemalloc
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -38,9 +38,10 @@ from sdn_netpol.compiler.pipeline import CookieCategory, decode_cookie
 from sdn_netpol.compiler.policy_flows import policy_flows
 from sdn_netpol.compiler.portmask import port_range_masks
 from sdn_netpol.compiler.topology import NodeContext, assign_ports
+from sdn_netpol.model.labels import Labels
 from sdn_netpol.policy.resolve import Grant, ResolvedPolicy, resolve_all
 from sdn_netpol.policy.state import ClusterState
-from tests.synthetic_cluster import relabel, synthetic_state
+from tests.synthetic_cluster import synthetic_state
 
 NODE = "node0"
 SIZES = ((1_000, 100), (10_000, 1_000), (50_000, 5_000))
@@ -128,10 +129,22 @@ def measure(pods: int, policies: int, runs: int) -> Result:
     peak_mb = tracemalloc.get_traced_memory()[1] / 2**20
     tracemalloc.stop()
     # A peer and target pod changes app label: every policy naming either app is affected.
-    changed = relabel(state, next(i for i, p in enumerate(state.pods) if p.node_name == NODE), "a1")
+    # Measured as the controller runs it: the new snapshot patched from the previous one, the
+    # previous compile's survivors frozen and no cyclic GC during the compile (gcpolicy.py).
+    pod = next(p for p in state.pods if p.node_name == NODE)
+    relabelled = replace(pod, labels=Labels({**pod.labels, "app": "a1"}))
+    changed = state.with_changes({pod.key: relabelled}, {}, ())
     changed_node = assign_ports(changed, NODE)
     previous = compile_node_incremental(state, node)
-    compiled, relabel_s = _timed(lambda: compile_node_incremental(_fresh(changed), changed_node, previous), runs)
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+    try:
+        compiled, relabel_s = _timed(lambda: compile_node_incremental(
+            state.with_changes({pod.key: relabelled}, {}, ()), changed_node, previous), runs)
+    finally:
+        gc.enable()
+        gc.unfreeze()
     assert compiled.flows == compile_node(_fresh(changed), changed_node)
     change, diff_s = _timed(lambda: diff(flows, compiled.flows), runs)
     assert compiled.change is not None and change == compiled.change

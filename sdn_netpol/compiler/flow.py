@@ -273,6 +273,11 @@ class Conjunction:
             raise ValueError(f"conjunction id {self.id} is not 32-bit")
         if not (2 <= self.n_clauses <= 64 and 1 <= self.clause <= self.n_clauses):
             raise ValueError(f"conjunction clause {self.clause}/{self.n_clauses} is invalid")
+        # hashed once: a shared clause flow hashes a thousand of these
+        object.__setattr__(self, "_hash", hash((self.id, self.clause, self.n_clauses)))
+
+    def __hash__(self) -> int:
+        return self._hash  # type: ignore[attr-defined, no-any-return]
 
 
 @dataclass(frozen=True)
@@ -392,7 +397,7 @@ class FlowId:
 
 
 @functools.total_ordering
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Flow:
     """One flow entry. Sorted like a reader scans a table: table up, priority down."""
 
@@ -410,6 +415,20 @@ class Flow:
             raise ValueError(f"cookie {self.cookie:#x} is not 64-bit or is the reserved -1")
         _check_actions(self)
         object.__setattr__(self, "_id", FlowId(self.table, self.priority, self.match))
+        # hashed once: a clause flow can carry a thousand conjunction() actions, and flows key
+        # the compiler's fragment counts and the controller's FlowMod cache
+        object.__setattr__(self, "_hash", hash((self.table, self.priority, self.match, self.actions, self.cookie)))
+
+    def __hash__(self) -> int:
+        return self._hash  # type: ignore[attr-defined, no-any-return]
+
+    def __eq__(self, other: object) -> bool:
+        if self is other:
+            return True
+        if not isinstance(other, Flow) or self._hash != other._hash:  # type: ignore[attr-defined]
+            return False
+        return (self.table, self.priority, self.match, self.actions, self.cookie) == (
+            other.table, other.priority, other.match, other.actions, other.cookie)
 
     @property
     def id(self) -> FlowId:

@@ -14,6 +14,7 @@ from collections import Counter, defaultdict
 from collections.abc import Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from functools import lru_cache
+from operator import attrgetter
 from typing import Any, cast
 
 from netaddr import IPNetwork
@@ -122,6 +123,7 @@ def _conj_contributions(conj: _Conj) -> Iterator[tuple[TableKey, Hashable]]:
 
 
 _NOTHING = Placement()
+_CONJ_ORDER = attrgetter("id", "clause")
 
 
 def _delta(old: Placement | None, new: Placement | None) -> Iterator[tuple[TableKey, Hashable, int]]:
@@ -281,8 +283,7 @@ def _render(key: TableKey, items: Multiset, ids: Mapping[str, int]) -> Flow:
     kind, direction, subject = key
     if kind == "clause":
         entries = cast("Iterable[tuple[str, int, int, int]]", items)
-        conjunctions = sorted({_conjunction(ids[k], clause, n) for k, clause, n, _ in entries},
-                              key=lambda a: (a.id, a.clause))
+        conjunctions = sorted({_conjunction(ids[k], clause, n) for k, clause, n, _ in entries}, key=_CONJ_ORDER)
         cookies = {c for *_, c in cast("Iterable[tuple[str, int, int, int]]", items)}
         return _clause_flow(direction, cast(Match, subject), tuple(conjunctions), _merged_cookie(cookies))
     if kind == "direct":
@@ -357,8 +358,9 @@ def _allow_flow(direction: Direction, priority: int, match: Match, flow_cookie: 
     return Flow(tables.rule, priority, match, (GotoTable(tables.next),), flow_cookie)
 
 
-@lru_cache(maxsize=1 << 18)
 def _clause_flow(direction: Direction, match: Match, actions: tuple[Action, ...], flow_cookie: int) -> Flow:
+    """Not cached by content: its actions can be a thousand conjunction()s long (PolicyTables
+    keeps each rendered clause flow instead)."""
     return Flow(_TABLES[direction].rule, Priority.CONJUNCTION, match, actions, flow_cookie)
 
 

@@ -87,6 +87,11 @@ class LabelSelector:
     def is_empty(self) -> bool:
         return not self.match_labels and not self.match_expressions
 
+    @property
+    def keys(self) -> frozenset[str]:
+        """The label keys this selector looks at: labels outside them never change its answer."""
+        return frozenset(self.match_labels) | {req.key for req in self.match_expressions}
+
     def matches(self, labels: Mapping[str, str]) -> bool:
         for key, value in self.match_labels.items():
             if labels.get(key) != value:

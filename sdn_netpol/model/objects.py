@@ -184,6 +184,22 @@ class NetworkPolicy:
     def affects(self, direction: Direction) -> bool:
         return direction in self.policy_types
 
+    def pod_label_keys(self, own_namespace: bool) -> frozenset[str]:
+        """The pod label keys its selectors read for a pod of its own namespace (target and
+        every peer) or of another one (only peers with a namespaceSelector reach there)."""
+        return self._label_keys[0 if own_namespace else 1]
+
+    @cached_property
+    def _label_keys(self) -> tuple[frozenset[str], frozenset[str]]:
+        own: set[str] = set(self.pod_selector.keys)
+        other: set[str] = set()
+        for direction in self.policy_types:
+            for peer in (p for rule in self.rules(direction) for p in rule.peers if p.pod_selector is not None):
+                own |= peer.pod_selector.keys  # type: ignore[union-attr]
+                if peer.namespace_selector is not None:
+                    other |= peer.pod_selector.keys  # type: ignore[union-attr]
+        return frozenset(own), frozenset(other)
+
     @cached_property
     def confined_to_namespace(self) -> bool:
         """Does every rule name its peers by podSelector alone (so only pods of the policy's own

@@ -59,7 +59,12 @@ def resolve(state: ClusterState, previous: Resolution | None = None) -> Resoluti
 
 def changed_pods(old: ClusterState, new: ClusterState) -> list[PodChange]:
     """Every pod that was added, removed or changed: a merge of the two sorted pod lists.
-    Snapshots share unchanged pod objects, so identity settles almost every pod."""
+    Snapshots share unchanged pod objects, so identity settles almost every pod; a snapshot
+    patched from `old` names the only pods that can differ."""
+    keys = new.patched_from(old)
+    if keys is not None:
+        pairs = [(old.pods_by_key.get(key), new.pods_by_key.get(key)) for key in sorted(keys)]
+        return [(a, b) for a, b in pairs if a is not b and a != b]
     before, after = old.pods, new.pods
     changed: list[PodChange] = []
     i = j = 0
@@ -85,12 +90,16 @@ def changed_pods(old: ClusterState, new: ClusterState) -> list[PodChange]:
 class _PodChange:
     """One changed pod, with what is known of it once rather than once per policy."""
 
-    __slots__ = ("namespaces", "now", "relabel", "was")
+    __slots__ = ("label_keys", "namespaces", "now", "relabel", "was")
 
     def __init__(self, was: Pod | None, now: Pod | None) -> None:
         self.was, self.now = was, now
         self.relabel = was is not None and now is not None and replace(was, labels=now.labels) == now
         self.namespaces = {pod.namespace for pod in (was, now) if pod is not None}
+        self.label_keys: frozenset[str] = frozenset()  # for a relabel: the keys whose value changed
+        if self.relabel:
+            assert was is not None and now is not None
+            self.label_keys = frozenset(k for k in {*was.labels, *now.labels} if was.labels.get(k) != now.labels.get(k))
 
     def affects(self, policy: NetworkPolicy, namespace_labels: dict[str, Labels]) -> bool:
         """Could this change alter what `policy` resolves to?
@@ -102,6 +111,8 @@ class _PodChange:
             return False
         if self.relabel:
             assert self.was is not None and self.now is not None
+            if policy.pod_label_keys(policy.namespace == self.now.namespace).isdisjoint(self.label_keys):
+                return False  # no selector of it that can see the pod reads a label that changed
             return _selection(policy, self.was, namespace_labels) != _selection(policy, self.now, namespace_labels)
         return any(pod is not None and touches(policy, pod, namespace_labels) for pod in (self.was, self.now))
 

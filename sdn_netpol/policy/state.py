@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from bisect import bisect_left
 from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -92,7 +93,16 @@ class ClusterState:
             elif name not in declared:
                 namespaces.pop(name, None)
         ns_list = tuple(namespaces[name] for name in sorted(namespaces))
-        return ClusterState(ns_list, tuple(pod_list), tuple(policy_list), generation)
+        patched = ClusterState(ns_list, tuple(pod_list), tuple(policy_list), generation)
+        # Where it came from (weakly: snapshots must not chain), so that the pods that differ
+        # and the key map need not be found by walking every pod again.
+        patched.__dict__["_patch"] = (weakref.ref(self), frozenset(pods))
+        return patched
+
+    def patched_from(self, base: ClusterState) -> frozenset[PodKey] | None:
+        """The only pod keys that can differ from `base`, if this state was patched from it."""
+        patch = self.__dict__.get("_patch")
+        return patch[1] if patch is not None and patch[0]() is base else None
 
     @staticmethod
     def from_parse(result: ParseResult, generation: int = 0) -> ClusterState:
@@ -125,7 +135,18 @@ class ClusterState:
 
     @cached_property
     def pods_by_key(self) -> dict[PodKey, Pod]:
-        return dict(zip(map(_KEY, self.pods), self.pods, strict=True))
+        patch: tuple[weakref.ref[ClusterState], frozenset[PodKey]] | None = self.__dict__.get("_patch")
+        base = patch[0]() if patch is not None else None
+        if patch is None or base is None or "pods_by_key" not in base.__dict__:
+            return dict(zip(map(_KEY, self.pods), self.pods, strict=True))
+        found = dict(base.pods_by_key)
+        for key in patch[1]:
+            at = bisect_left(self.pods, key, key=_KEY)
+            if at < len(self.pods) and self.pods[at].key == key:
+                found[key] = self.pods[at]
+            else:
+                found.pop(key, None)
+        return found
 
     def pod(self, namespace: str, name: str) -> Pod | None:
         return self.pods_by_key.get(PodKey(namespace, name))
