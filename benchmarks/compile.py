@@ -33,7 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from sdn_netpol.compiler.base_flows import local_pod_flows, pipeline_flows, remote_pod_flows
 from sdn_netpol.compiler.compile import compile_node, compile_node_incremental
 from sdn_netpol.compiler.diff import diff
-from sdn_netpol.compiler.flow import Conjunction, Flow, FlowSet
+from sdn_netpol.compiler.flow import Conjunction, Flow
+from sdn_netpol.compiler.flowset import FlowSet
 from sdn_netpol.compiler.pipeline import CookieCategory, decode_cookie
 from sdn_netpol.compiler.policy_flows import policy_flows
 from sdn_netpol.compiler.portmask import port_range_masks

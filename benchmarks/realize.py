@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from netaddr import IPAddress
 
 from sdn_netpol.compiler.diff import diff
-from sdn_netpol.compiler.flow import FlowSet
+from sdn_netpol.compiler.flowset import FlowSet
 from sdn_netpol.compiler.ofctl import render_flows
 from sdn_netpol.compiler.topology import mac_for_ip
 from sdn_netpol.controller import app, wire

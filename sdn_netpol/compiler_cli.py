@@ -17,7 +17,7 @@ from typing import NoReturn
 import click
 
 from sdn_netpol.compiler.compile import compile_node
-from sdn_netpol.compiler.flow import FlowSet
+from sdn_netpol.compiler.flowset import FlowSet
 from sdn_netpol.compiler.ofctl import render_actions, render_flows, render_match
 from sdn_netpol.compiler.topology import NodeContext
 from sdn_netpol.node_inputs import InputError, Inputs, load_inputs, node_context, read_ports_file

@@ -33,7 +33,7 @@ import yaml
 from netaddr import EUI, IPAddress, mac_unix_expanded
 
 from sdn_netpol.compiler.compile import compile_node
-from sdn_netpol.compiler.flow import FlowSet
+from sdn_netpol.compiler.flowset import FlowSet
 from sdn_netpol.compiler.ofctl import flow_from_parts, render_flows
 from sdn_netpol.compiler.topology import NodeContext, PortBinding, mac_for_ip
 from sdn_netpol.controller.nodes import NodeInfo, node_addresses, parse_node, place_pods

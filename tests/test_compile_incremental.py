@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from sdn_netpol.compiler.compile import compile_node, compile_node_incremental
 from sdn_netpol.compiler.diff import apply, diff
-from sdn_netpol.compiler.flow import DuplicateFlowError
+from sdn_netpol.compiler.flowset import DuplicateFlowError
 from sdn_netpol.compiler.pipeline import conjunction_ids
 from sdn_netpol.compiler.policy_flows import PolicyTables, place
 from sdn_netpol.compiler.topology import NodeContext, assign_ports

@@ -21,8 +21,9 @@ from netaddr import IPAddress, IPNetwork, IPSet
 
 from sdn_netpol.compiler.compile import compile_node
 from sdn_netpol.compiler.diff import diff
-from sdn_netpol.compiler.flow import Conjunction, DuplicateFlowError, Flow, FlowSet, GotoTable, Match, Output
+from sdn_netpol.compiler.flow import Conjunction, Flow, GotoTable, Match, Output
 from sdn_netpol.compiler.flowfields import OFPP_MAX
+from sdn_netpol.compiler.flowset import DuplicateFlowError, FlowSet
 from sdn_netpol.compiler.ofctl import render_flows
 from sdn_netpol.compiler.pipeline import (
     MASK_ALL,

@@ -14,7 +14,8 @@ from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
 from sdn_netpol.compiler.diff import FlowDiff
-from sdn_netpol.compiler.flow import Conjunction, Flow, FlowSet, GotoTable, Match
+from sdn_netpol.compiler.flow import Conjunction, Flow, GotoTable, Match
+from sdn_netpol.compiler.flowset import FlowSet
 from sdn_netpol.compiler.osken import to_flow_mod
 from sdn_netpol.controller import wire
 from sdn_netpol.controller.nodes import NodeInfo, parse_node, place_pods

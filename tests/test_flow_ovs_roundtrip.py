@@ -32,7 +32,6 @@ from sdn_netpol.compiler.flow import (
     Ct,
     DecTtl,
     Flow,
-    FlowSet,
     GotoTable,
     LearnReply,
     Match,
@@ -43,6 +42,7 @@ from sdn_netpol.compiler.flow import (
     SetField,
     ct_state,
 )
+from sdn_netpol.compiler.flowset import FlowSet
 from sdn_netpol.compiler.ofctl import flow_from_parts, render_diff, render_flow, render_flows
 from sdn_netpol.compiler.osken import from_flow_stats, to_flow_mod, to_flow_mods
 from sdn_netpol.ovs import OvsInstance

@@ -22,9 +22,7 @@ from sdn_netpol.compiler.flow import (
     Conjunction,
     Ct,
     DecTtl,
-    DuplicateFlowError,
     Flow,
-    FlowSet,
     GotoTable,
     Match,
     MatchField,
@@ -36,6 +34,7 @@ from sdn_netpol.compiler.flow import (
     ct_state,
 )
 from sdn_netpol.compiler.flowfields import ACTION_FIELDS, MATCH_FIELDS
+from sdn_netpol.compiler.flowset import DuplicateFlowError, FlowSet
 from sdn_netpol.compiler.ofctl import (
     parse_flow,
     parse_flows,

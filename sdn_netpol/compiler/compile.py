@@ -23,7 +23,8 @@ from typing import Any
 
 from sdn_netpol.compiler.base_flows import local_pod_flows, node_route_flows, pipeline_flows, remote_pod_flows
 from sdn_netpol.compiler.diff import FlowDiff, diff, diff_ids
-from sdn_netpol.compiler.flow import DuplicateFlowError, Flow, FlowId, FlowSet
+from sdn_netpol.compiler.flow import Flow, FlowId
+from sdn_netpol.compiler.flowset import DuplicateFlowError, FlowSet
 from sdn_netpol.compiler.policy_flows import Placement, PolicyTables, place
 from sdn_netpol.compiler.topology import NodeContext, PortBinding
 from sdn_netpol.model.objects import Pod, PodKey

@@ -20,7 +20,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sdn_netpol.compiler.flow import Flow, FlowId, FlowSet
+from sdn_netpol.compiler.flow import Flow, FlowId
+from sdn_netpol.compiler.flowset import FlowSet
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,6 @@ from sdn_netpol.compiler.flow import (
     Ct,
     DecTtl,
     Flow,
-    FlowSet,
     GotoTable,
     LearnReply,
     Match,
@@ -50,6 +49,7 @@ from sdn_netpol.compiler.flowfields import (
     FieldSpec,
     parse_field_text,
 )
+from sdn_netpol.compiler.flowset import FlowSet
 
 DEFAULT_PRIORITY = 32768
 _SHORTHAND = {v: k for k, v in PROTOCOLS.items()}

@@ -23,7 +23,8 @@ from typing import Any
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
-from sdn_netpol.compiler.flow import Flow, FlowSet
+from sdn_netpol.compiler.flow import Flow
+from sdn_netpol.compiler.flowset import FlowSet
 from sdn_netpol.compiler.osken import from_flow_stats
 from sdn_netpol.compiler.pipeline import is_learned
 from sdn_netpol.controller import wire

@@ -20,7 +20,7 @@ from operator import attrgetter
 
 from sdn_netpol.compiler.compile import NodeCompilation, compile_node_incremental
 from sdn_netpol.compiler.diff import FlowDiff, diff
-from sdn_netpol.compiler.flow import FlowSet
+from sdn_netpol.compiler.flowset import FlowSet
 from sdn_netpol.compiler.topology import NodeContext
 from sdn_netpol.controller import wire
 from sdn_netpol.controller.config import Timing

@@ -31,7 +31,8 @@ from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
 from sdn_netpol.compiler.diff import FlowDiff
-from sdn_netpol.compiler.flow import Flow, FlowSet
+from sdn_netpol.compiler.flow import Flow
+from sdn_netpol.compiler.flowset import FlowSet
 from sdn_netpol.compiler.ofwire import Command, encode_flow_mod
 
 DESC = ofproto_protocol.ProtocolDesc(ofp.OFP_VERSION)  # lets os-ken serialise with no switch
