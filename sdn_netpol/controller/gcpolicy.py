@@ -14,8 +14,9 @@ re-scans them (measured: ~390 → ~345 ms per realization at that size).
 Once compiles became incremental (~15 ms per change at that size), the collections that
 still fell inside a realization were its latency outliers: a gen-1 or gen-2 pass over what
 the realization had allocated so far took 35–140 ms (measured with gc.callbacks). So the
-collector is off while a realization runs (`realizing`): what it allocates is either freed
-by reference counting or frozen right after, and cycles wait for the idle collection.
+collector is off while a realization builds its snapshot and compiles (`realizing`; not
+while it waits for the switch): what that allocates is either freed by reference counting
+or frozen right after, and cycles wait for the idle collection.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ class GcPolicy:
 
     @contextmanager
     def realizing(self) -> Iterator[None]:
-        """No cyclic collection during one realization (it would be its latency outlier)."""
+        """No cyclic collection while a realization compiles (it would be its latency outlier)."""
         enabled = gc.isenabled()
         gc.disable()
         try:

@@ -66,8 +66,9 @@ class Snapshot:
     @cached_property
     def state(self) -> ClusterState:
         """Pods that name no node are placed by the nodes' pod CIDRs (see nodes.place_pods)."""
-        if self.base is not None and all(key[0] in _PATCHABLE for key in self.base[1]):
-            return self._patched_state(*self.base)
+        base, self.__dict__["base"] = self.base, None  # keep no earlier state alive once this one exists
+        if base is not None and all(key[0] in _PATCHABLE for key in base[1]):
+            return self._patched_state(*base)
         values = self.objects.values()
         return ClusterState.build(
             (o for o in values if isinstance(o, Namespace)),
@@ -83,14 +84,18 @@ class Snapshot:
         for kind, namespace, name in touched:
             found = self.objects.get((kind, namespace, name))
             if kind == "Pod":
-                pods[PodKey(namespace, name)] = place_pods([found], self.nodes)[0] if isinstance(found, Pod) else None
+                pods[found.key if isinstance(found, Pod) else PodKey(namespace, name)] = found \
+                    if isinstance(found, Pod) else None
             else:
                 policies[(namespace, name)] = found if isinstance(found, NetworkPolicy) else None
+        placed = place_pods([p for p in pods.values() if p is not None], self.nodes)
+        pods.update((pod.key, pod) for pod in placed)
         declared = {ns for _, ns, _ in touched if ("Namespace", "", ns) in self.objects}
         return base.with_changes(pods, policies, declared, self.generation)
 
 
 _PATCHABLE = frozenset({"Pod", "NetworkPolicy"})
+_MAX_PATCH = 512  # changed objects beyond which a snapshot's state is built, not patched
 
 
 @dataclass
@@ -114,9 +119,10 @@ class Store:
         """One object's new version (a watch ADDED/MODIFIED); None = rejected, keep the old."""
         with self._lock:
             if obj is not None:
+                if self._objects.get(key) != obj:  # a Node status update must not force a full build
+                    self._touch(key)
                 self._objects[key] = obj
                 self._invalid.pop(key, None)
-                self._touch(key)
             else:
                 self._invalid[key] = tuple(errors)
             self._bump(version)
@@ -124,9 +130,9 @@ class Store:
 
     def delete(self, key: ObjectKey, version: str | None = None) -> None:
         with self._lock:
-            self._objects.pop(key, None)
+            if self._objects.pop(key, None) is not None:
+                self._touch(key)
             self._invalid.pop(key, None)
-            self._touch(key)
             self._bump(version)
         self.on_change()
 
@@ -202,6 +208,6 @@ class Store:
             return None
         if "state" in last.__dict__:
             return last.state, frozenset(self._touched)
-        if last.base is not None:
+        if last.base is not None and len(last.base[1]) + len(self._touched) <= _MAX_PATCH:
             return last.base[0], last.base[1] | self._touched
-        return None
+        return None  # nothing computed for long: patching would cost more than building

@@ -108,8 +108,7 @@ class Realizer:
     def step(self, since: float | None) -> bool:
         """One realization attempt; False means "retry after a back-off"."""
         try:
-            with self.gc.realizing():
-                self.realize(since)
+            self.realize(since)
             return True
         except SwitchGone as exc:
             LOG.warning("switch gone during realization: %s; waiting for it to reconnect", exc)
@@ -135,14 +134,15 @@ class Realizer:
         self.board.observe(snap.synced)
         if not snap.synced or not view.complete or session is None or session.installed is None:
             return
-        context = node_context(self.node, view, snap.state, snap.nodes)
         previous = self._compilation
-        compiled = self._compile(snap, context)
+        with self.gc.realizing():  # not around the send: it waits for the switch
+            context = node_context(self.node, view, snap.state, snap.nodes)
+            compiled = self._compile(snap, context)
         desired = compiled.flows
         # The compiler knows what changed since `previous`: if the switch holds exactly that,
         # no diff over the whole table is needed.
-        fresh = previous is not None and compiled is not previous
-        known = compiled.change if fresh and session.installed is previous.flows else None
+        fresh = previous is not None and compiled is not previous and session.installed is previous.flows
+        known = compiled.change if fresh else None
         sent = self._send(session, session.installed, desired, known)
         session.installed, session.foreign = desired, ()
         self.cache.retain(desired)

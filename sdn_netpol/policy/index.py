@@ -94,8 +94,11 @@ class SelectorIndex:
         """The index of a snapshot with the same namespaces whose pods differ from this one's by
         `pods` (old, new version; None = absent). Namespaces without a changed pod share their
         label index and cached answers with this one (nothing here is mutated once built)."""
+        policies = list(policies)
+        limit = 4 * len(policies) + 256  # answers for selectors of policies long gone: start afresh
         twin = object.__new__(SelectorIndex)
-        twin._namespaces, twin._ns_index, twin._ns_cache = self._namespaces, self._ns_index, dict(self._ns_cache)
+        twin._namespaces, twin._ns_index = self._namespaces, self._ns_index
+        twin._ns_cache = dict(self._ns_cache) if len(self._ns_cache) <= limit else {}
         twin._pod_index = defaultdict(_LabelIndex, self._pod_index)
         touched: set[str] = set()
         for old, new in pods:
@@ -111,8 +114,10 @@ class SelectorIndex:
         twin._policies_by_ns = defaultdict(list)
         for policy in policies:
             twin._policies_by_ns[policy.namespace].append(policy)
-        twin._pod_cache = {k: v for k, v in self._pod_cache.items() if k[0] not in touched}
-        twin._peer_cache = {k: v for k, v in self._peer_cache.items() if not self._peer_sees(k, touched)}
+        twin._pod_cache = {k: v for k, v in self._pod_cache.items() if k[0] not in touched} \
+            if len(self._pod_cache) <= limit else {}
+        twin._peer_cache = {k: v for k, v in self._peer_cache.items() if not self._peer_sees(k, touched)} \
+            if len(self._peer_cache) <= limit else {}
         return twin
 
     def _peer_sees(self, cache_key: tuple[str, Peer], namespaces: set[str]) -> bool:

@@ -85,6 +85,7 @@ class ResolvedPolicy:
     rules: tuple[ResolvedRule, ...]
 
 
+MAX_CARRIED_RESOLUTIONS = 32
 ANY_PEER = Peers(any=True)
 NO_PEER = Peers()
 
@@ -165,7 +166,9 @@ class Resolver:
         Addresses and named-port resolutions are patched; selector-dependent caches start empty."""
         pods = state.pods_by_key
         addresses = dict(self._addresses)
-        resolutions = {named: dict(found) for named, found in self._resolutions.items()}
+        # named-port entry lists are few; many means policies came and went: start afresh
+        carried = self._resolutions if len(self._resolutions) <= MAX_CARRIED_RESOLUTIONS else {}
+        resolutions = {named: dict(found) for named, found in carried.items()}
         for key in changed:
             addresses.pop(key, None)
             for found in resolutions.values():
