@@ -10,6 +10,7 @@ overlapping conjunctions can never send a packet down different paths.
 
 from __future__ import annotations
 
+from bisect import bisect_left, insort
 from collections import Counter, defaultdict
 from collections.abc import Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
@@ -241,7 +242,12 @@ class PolicyTables:
             if not entries[key]:
                 del entries[key]
             before = self.rendered.get(key)
-            after = _render(key, entries[key], ids) if key in entries else None
+            if key not in entries:
+                after = None
+            elif key[0] == "clause" and before is not None:
+                after = _rerender_clause(key, before, self.entries[key], entries[key], self.ids, ids)
+            else:
+                after = _render(key, entries[key], ids)
             if after is None:
                 rendered.pop(key, None)
             else:
@@ -294,6 +300,29 @@ def _render(key: TableKey, items: Multiset, ids: Mapping[str, int]) -> Flow:
         return _allow_flow(direction, Priority.CONJUNCTION, _conj_id_match(ids[cast(str, subject)]), conj_cookie)
     pod, ofport = cast("tuple[str, int]", subject)
     return _isolation_flow(direction, "in_port" if direction == "Egress" else REG_OUT_PORT, ofport, pod)
+
+
+def _rerender_clause(key: TableKey, before: Flow, old: Multiset, new: Multiset,
+                     old_ids: Mapping[str, int], ids: Mapping[str, int]) -> Flow:
+    """A shared clause flow after a few of its contributions came or went: its sorted
+    conjunction() list patched by bisection rather than rebuilt from every contribution (a
+    monitoring namespace's address can carry a thousand of them). Each contribution stands
+    for exactly one conjunction (its key fixes the id and the cookie), so presence is 1:1."""
+    actions = list(cast("tuple[Conjunction, ...]", before.actions))
+    gone = cast("set[tuple[str, int, int, int]]", old.keys() - new.keys())
+    came = cast("set[tuple[str, int, int, int]]", new.keys() - old.keys())
+    if not gone and not came:
+        return before  # only how many times something contributes changed
+    for conj_key, clause, _, _ in gone:
+        del actions[bisect_left(actions, (old_ids[conj_key], clause), key=_CONJ_ORDER)]
+    for conj_key, clause, n, _ in came:
+        insort(actions, _conjunction(ids[conj_key], clause, n), key=_CONJ_ORDER)
+    cookies = {c for *_, c in came}
+    if before.cookie == SHARED_COOKIE and gone:
+        cookies = {c for *_, c in cast("Iterable[tuple[str, int, int, int]]", new)}  # which remain: look
+    elif len(gone) < len(old):
+        cookies.add(before.cookie)  # some of the old ones remain, with their cookie(s)
+    return _clause_flow(key[1], cast(Match, key[2]), tuple(actions), _merged_cookie(cookies))
 
 
 def _ports_key(ports: tuple[PortRange, ...]) -> str:

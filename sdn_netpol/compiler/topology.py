@@ -57,7 +57,7 @@ class NodeContext:
             found[name] = (*found.get(name, ()), net)
         return found
 
-    @property
+    @cached_property
     def local_pods(self) -> frozenset[PodKey]:
         return frozenset(b.pod for b in self.bindings)
 
