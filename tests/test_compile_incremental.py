@@ -126,3 +126,23 @@ def test_a_conjunction_id_collision_makes_the_tables_rebuild() -> None:
     probed = PolicyTables(tables.placements, tables.entries, tables.ids, tables.rendered, True)
     assert probed.update({ref: placements[ref]}) is None
     assert probed.update({}) is not None  # no key changes: the ids stay valid
+
+
+def test_shared_clause_flows_follow_pods_and_policies_of_a_namespace_many_policies_admit() -> None:
+    """ns-000 is the monitoring namespace every namespace-wide policy admits: its pods'
+    addresses carry one shared clause flow with many conjunction() actions and merged cookies."""
+    state = synthetic_state(1000, 100)
+    node = assign_ports(state, "node0")
+    compiled = compile_node_incremental(state, node)
+    monitor = next(p for p in (make_pod(i) for i in range(1000, 1400)) if p.namespace == "ns-000")
+    namespace_wide = next(p for p in state.policies if not p.pod_selector.match_labels)
+    steps = [
+        state.with_changes({monitor.key: monitor}, {}, ()),
+        state.with_changes({monitor.key: monitor}, {(namespace_wide.namespace, namespace_wide.name): None}, ()),
+        state.with_changes({}, {(namespace_wide.namespace, namespace_wide.name): None}, ()),
+        state,
+    ]
+    for step in steps:
+        previous, compiled = compiled, compile_node_incremental(step, node, compiled)
+        assert compiled.flows == compile_node(_fresh(step), node)
+        assert compiled.change == diff(previous.flows, compiled.flows) and compiled.change
