@@ -77,9 +77,10 @@ def _json_values(text: str) -> list[object]:
         values.append(value)
 
 
+def read_paths(paths: Iterable[Path | str]) -> list[Document]:
+    """Every document of every manifest file in these files/folders (ManifestError if unreadable)."""
+    return [doc for path in paths for file in manifest_files(Path(path)) for doc in read_documents(file)]
+
+
 def load_paths(paths: Iterable[Path | str]) -> ParseResult:
-    documents: list[Document] = []
-    for path in paths:
-        for file in manifest_files(Path(path)):
-            documents.extend(read_documents(file))
-    return parse_documents(documents)
+    return parse_documents(read_paths(paths))

@@ -14,7 +14,7 @@ Every problem is collected (never the first one only), as `validate` does for ma
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,8 +24,8 @@ from netaddr import EUI, AddrFormatError, IPAddress, mac_unix_expanded
 
 from sdn_netpol.compiler.flowfields import OFPP_MAX
 from sdn_netpol.compiler.topology import NodeContext, assign_ports
-from sdn_netpol.manifests import ManifestError, manifest_files, read_documents
-from sdn_netpol.model.parse import Document, ParseResult, parse_documents
+from sdn_netpol.manifests import ManifestError, read_paths
+from sdn_netpol.model.parse import Document, ParseResult, flatten, parse_documents
 from sdn_netpol.policy.state import ClusterState
 
 PORTS_KEYS = ("pods", "tunnel", "gateway", "gateway_peer_mac", "nodes")
@@ -70,38 +70,20 @@ class PortsFile:
 
 def load_inputs(paths: Iterable[Path | str]) -> Inputs:
     """Read files/folders like `load_paths`, keeping `kind: Node` objects for their addresses."""
-    documents: list[Document] = []
     try:
-        for path in paths:
-            for file in manifest_files(Path(path)):
-                documents.extend(read_documents(file))
+        documents = read_paths(paths)
     except ManifestError as exc:
         raise InputError([str(exc)]) from exc
     others: list[Document] = []
     addresses: dict[str, IPAddress] = {}
     names: set[str] = set()
     errors: list[str] = []
-    for source, body in _flatten(documents):
+    for source, body in (item for doc in documents for item in flatten(doc.source, doc.body)):
         if isinstance(body, dict) and body.get("kind") == "Node":
             _add_node(source, body, names, addresses, errors)
         else:
             others.append(Document(source, body))
     return Inputs(parse_documents(others), addresses, frozenset(names), tuple(errors))
-
-
-def _flatten(documents: Iterable[Document]) -> Iterator[tuple[str, Any]]:
-    """`kind: List` / `NodeList` items one by one, so Nodes inside Lists are found too."""
-    for doc in documents:
-        body = doc.body
-        kind = str(body.get("kind", "")) if isinstance(body, dict) else ""
-        if isinstance(body, dict) and kind.endswith("List") and isinstance(body.get("items"), list):
-            item_kind = None if kind == "List" else kind[: -len("List")]
-            for i, item in enumerate(body["items"]):
-                if item_kind and isinstance(item, dict) and "kind" not in item:
-                    item = {**item, "kind": item_kind}
-                yield f"{doc.source} items[{i}]", item
-        else:
-            yield doc.source, body
 
 
 def _add_node(source: str, body: dict[str, Any], names: set[str], addresses: dict[str, IPAddress],

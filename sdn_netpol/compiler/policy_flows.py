@@ -153,11 +153,8 @@ def _clause_delta(was: _Conj, conj: _Conj) -> Iterator[tuple[TableKey, Hashable,
         if old == new:
             continue
         item = (conj.key, clause, n, conj.cookie)
-        counts = Counter(new)
-        counts.subtract(old)
-        for match, delta in counts.items():
-            for _ in range(abs(delta)):
-                yield ("clause", conj.direction, match), item, 1 if delta > 0 else -1
+        yield from _difference(((("clause", conj.direction, m), item) for m in old),
+                               ((("clause", conj.direction, m), item) for m in new))
 
 
 def _difference(old: Iterable[tuple[TableKey, Hashable]],

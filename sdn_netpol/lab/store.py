@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from sdn_netpol.manifests import ManifestError, manifest_files, read_documents
-from sdn_netpol.model.parse import Document, ParseResult, parse_documents
+from sdn_netpol.manifests import ManifestError, read_documents, read_paths
+from sdn_netpol.model.parse import Document, ParseResult, flatten, parse_documents
 
 NAMESPACED = ("Pod", "NetworkPolicy")
 KNOWN = ("Namespace", "Pod", "NetworkPolicy")
@@ -53,31 +53,16 @@ def ref_of(body: dict[str, Any]) -> ObjectRef:
     return ObjectRef(kind, namespace, str(meta.get("name", "")))
 
 
-def _flatten(body: Any) -> Iterator[Any]:
-    """`kind: List` (and FooList) into items, as kubectl does."""
-    if isinstance(body, dict) and isinstance(body.get("items"), list) and str(body.get("kind", "")).endswith("List"):
-        item_kind = body["kind"][: -len("List")]
-        for item in body["items"]:
-            if item_kind and isinstance(item, dict) and "kind" not in item:
-                item = {**item, "kind": item_kind}
-            yield item
-    else:
-        yield body
-
-
 def read_objects(paths: Iterable[Path]) -> list[dict[str, Any]]:
     """The objects in files/folders, validated as the API server would (all or nothing).
 
     Kinds other than Namespace, Pod and NetworkPolicy are refused: the lab owns its nodes.
     """
-    documents: list[Document] = []
     try:
-        for path in paths:
-            for file in manifest_files(Path(path)):
-                documents.extend(read_documents(file))
+        documents = read_paths(paths)
     except ManifestError as exc:
         raise LabError(str(exc)) from exc
-    bodies = [item for doc in documents for item in _flatten(doc.body) if item is not None]
+    bodies = [item for doc in documents for _, item in flatten(doc.source, doc.body) if item is not None]
     result = parse_documents([Document(f"object {i + 1}", b) for i, b in enumerate(bodies)])
     if result.errors:
         raise LabError("invalid objects, nothing changed:\n  " + "\n  ".join(str(e) for e in result.errors))
