@@ -12,7 +12,7 @@ import socket
 
 import click
 
-from sdn_netpol.controller.config import Config, KubeOptions, Timing
+from sdn_netpol.controller.config import Config, DatapathOptions, KubeOptions, Timing
 
 
 def _check_source(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
@@ -52,11 +52,22 @@ def _check_listen(_ctx: click.Context, param: click.Parameter, value: str) -> st
               help="Wait this long after a change so that a burst is realized as one bundle.")
 @click.option("--dir-poll-ms", type=click.FloatRange(1), default=100.0, show_default=True,
               help="How often a dir: source looks for changed files.")
+@click.option("--ovs-rundir", type=click.Path(file_okay=False), default=None,
+              show_default="the folder of a unix: --ovsdb, else /var/run/openvswitch",
+              help="ovs-vswitchd's run directory (its pidfile and unixctl socket).")
+@click.option("--datapath-purge", type=click.Choice(["auto", "purge", "never"]), default="auto", show_default=True,
+              help="Purge the datapath's megaflows after each change before reporting it realized. auto: only "
+                   "on OVS releases whose userspace datapath can keep stale megaflows (docs/reliability.md).")
+@click.option("--datapath-verify-interval", type=click.FloatRange(0), default=30.0, show_default=True,
+              help="Seconds between re-translations of the megaflows (stale ones are counted and purged); 0: off.")
+@click.option("--datapath-verify-max", type=click.IntRange(1), default=2000, show_default=True,
+              help="Megaflows re-translated per verification.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True)
 def controller(source: str, node: str, bridge: str, ofp_listen: str, status_listen: str, ovsdb: str,
                kubeconfig: str | None, watch_timeout: float, watch_read_timeout: float, coalesce_ms: float,
-               dir_poll_ms: float, log_level: str) -> None:
+               dir_poll_ms: float, ovs_rundir: str | None, datapath_purge: str, datapath_verify_interval: float,
+               datapath_verify_max: int, log_level: str) -> None:
     """Enforce NetworkPolicy on this node's bridge: watch the cluster (or a folder), keep the
     pod-to-port map, compile, and install each change as one atomic OpenFlow bundle."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -65,6 +76,7 @@ def controller(source: str, node: str, bridge: str, ofp_listen: str, status_list
         node=node, source=source, bridge=bridge, ofp_listen=ofp_listen, status_listen=status_listen,
         ovsdb=ovsdb, dir_poll=dir_poll_ms / 1000, timing=Timing(coalesce=coalesce_ms / 1000),
         kube=KubeOptions(kubeconfig=kubeconfig, watch_timeout=watch_timeout, read_timeout=watch_read_timeout),
+        datapath=DatapathOptions(ovs_rundir, datapath_purge, datapath_verify_interval, datapath_verify_max),
     )
     from sdn_netpol.controller.runtime import run  # imports os-ken and OVS: not needed for --help
 

@@ -22,6 +22,14 @@ class Timing:
 
 
 @dataclass(frozen=True)
+class DatapathOptions:
+    rundir: str | None = None  # ovs-vswitchd's run directory; None: the --ovsdb socket's folder
+    mode: str = "auto"  # purge megaflows after each change: auto (affected OVS only), purge, never
+    verify_interval: float = 30.0  # seconds between megaflow verifications; 0: never
+    verify_limit: int = 2000  # megaflows re-translated per verification
+
+
+@dataclass(frozen=True)
 class Config:
     node: str
     source: str  # "kube" or "dir:PATH"
@@ -32,3 +40,11 @@ class Config:
     dir_poll: float = 0.1
     timing: Timing = Timing()
     kube: KubeOptions = field(default_factory=KubeOptions)
+    datapath: DatapathOptions = DatapathOptions()
+
+    def ovs_rundir(self) -> str:
+        if self.datapath.rundir:
+            return self.datapath.rundir
+        if self.ovsdb.startswith("unix:"):
+            return self.ovsdb[len("unix:"):].rpartition("/")[0] or "/"
+        return "/var/run/openvswitch"

@@ -36,6 +36,16 @@ class Metrics:
                                       registry=r)
         self.switch_connects = Counter("sdn_netpol_switch_connects", "OpenFlow connections from the bridge",
                                        registry=r)
+        self.datapath_purges = Counter("sdn_netpol_datapath_purges", "Megaflow purges after a change, by result",
+                                       ["result"], registry=r)
+        self.datapath_purge_seconds = Histogram("sdn_netpol_datapath_purge_seconds",
+                                                "Time of one revalidator/purge", buckets=LATENCY_BUCKETS, registry=r)
+        self.datapath_stale = Gauge("sdn_netpol_datapath_stale_flows",
+                                    "Megaflows the tables contradicted at the last verification", registry=r)
+        self.datapath_verified = Gauge("sdn_netpol_datapath_verified_flows",
+                                       "Megaflows re-translated at the last verification", registry=r)
+        self.datapath_repairs = Counter("sdn_netpol_datapath_repairs",
+                                        "Purges because a verification found stale megaflows", registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

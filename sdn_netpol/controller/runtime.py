@@ -17,10 +17,12 @@ import signal
 import socket
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
 
 from sdn_netpol.controller import app, status
 from sdn_netpol.controller.config import Config
+from sdn_netpol.controller.datapath import DatapathGuard, DatapathVerifier
 from sdn_netpol.controller.metrics import Metrics
 from sdn_netpol.controller.portmap import InterfaceMonitor, PortMap
 from sdn_netpol.controller.store import Store
@@ -38,6 +40,7 @@ class Parts:
     ports: PortMap
     switch: Switch
     realizer: Realizer
+    datapath: DatapathGuard
     threads: list[threading.Thread]
 
 
@@ -48,10 +51,11 @@ def build(config: Config) -> Parts:
     store = Store(on_change=pending.mark)
     ports = PortMap(on_change=pending.mark)
     switch = Switch(metrics, on_ready=pending.mark)
+    guard = DatapathGuard(Path(config.ovs_rundir()), config.datapath.mode, metrics)
     board = status.StatusBoard(config.node, config.source, desired=lambda: store.generation,
-                               connected=lambda: switch.session() is not None)
-    realizer = Realizer(config.node, store, ports, switch, pending, board, metrics, config.timing)
-    return Parts(metrics, board, store, ports, switch, realizer, [])
+                               connected=lambda: switch.session() is not None, datapath=guard.to_json)
+    realizer = Realizer(config.node, store, ports, switch, pending, board, metrics, config.timing, guard)
+    return Parts(metrics, board, store, ports, switch, realizer, guard, [])
 
 
 def _start_source(config: Config, parts: Parts) -> threading.Thread:
@@ -91,6 +95,10 @@ def start(config: Config) -> Parts:
     parts.threads.append(parts.realizer.start())
     parts.threads.append(InterfaceMonitor(config.ovsdb, config.bridge, parts.ports, ovsdb_report).start())
     parts.threads.append(_start_source(config, parts))
+    if config.datapath.verify_interval > 0:
+        verifier = DatapathVerifier(parts.datapath, lambda: parts.store.generation,
+                                    config.datapath.verify_interval, config.datapath.verify_limit)
+        parts.threads.append(verifier.start())
     parts.threads.extend(app.start(config.ofp_listen, app.Link(parts.switch, parts.ports)))
     return parts
 

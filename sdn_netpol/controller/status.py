@@ -11,12 +11,17 @@ merge the answers of all its controllers):
         "desired_generation": 7, "realized_generation": 7,
         "source_version": "sha256:…",          # of the realized state (kube: resourceVersion)
         "realized_at": 1732630000.1,             # unix time of the last realization
-        "last_error": null, "errors": {"source": null, "ovsdb": null, "switch": null, "realize": null},
+        "last_error": null,
+        "errors": {"source": null, "ovsdb": null, "switch": null, "realize": null, "datapath": null},
         "flows": {"total": 42, "by_table": {"0": 5, …}}, "flow_mods_sent": 42,
         "ports": {"ns/pod": 3},                  # pods this node enforces, realized
         "invalid_objects": [{"kind": …, "namespace": …, "name": …,
                              "last_valid_enforced": true, "errors": [{"object", "path",
-                             "message", "text"}]}]}}}
+                             "message", "text"}]}],
+        "datapath": {"mode": "auto", "purge_after_change": true, "ovs_version": "3.1.0",
+                     "purges": 12, "last_purge_seconds": 0.002, "repairs": 0, "error": null,
+                     "last_verify": {"at": …, "seconds": …, "checked": 40, "unverifiable": 0,
+                                     "stale": 0, "examples": []}}}}}
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from typing import Any
 from sdn_netpol.controller.metrics import Metrics
 from sdn_netpol.controller.store import Invalid
 
-ERROR_PLACES = ("source", "ovsdb", "switch", "realize")
+ERROR_PLACES = ("source", "ovsdb", "switch", "realize", "datapath")
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,7 @@ class StatusBoard:
     source: str
     desired: Callable[[], int] = lambda: 0  # the store's generation, read live
     connected: Callable[[], bool] = lambda: False  # the switch is connected and its table read
+    datapath: Callable[[], dict[str, Any] | None] = lambda: None  # DatapathGuard.to_json
     source_synced: bool = False
     realized: Realized | None = None
     errors: dict[str, str | None] = field(default_factory=lambda: dict.fromkeys(ERROR_PLACES))
@@ -81,14 +87,15 @@ class StatusBoard:
         with self._lock:
             self.realized = realized
             self.flow_mods_sent += flow_mods
-            self.errors["realize"] = None
-            self.errors["switch"] = None
+            for place in ("realize", "switch", "datapath"):
+                self.errors[place] = None
             if not any(self.errors.values()):
                 self.last_error = None
 
     def to_json(self) -> dict[str, Any]:
         desired = self.desired()  # read first: a realization that lands meanwhile only looks behind
         connected = self.connected()
+        datapath = self.datapath()
         with self._lock:
             done = self.realized
             entry: dict[str, Any] = {
@@ -104,6 +111,7 @@ class StatusBoard:
                 "flow_mods_sent": self.flow_mods_sent,
                 "ports": dict(sorted(done.ports.items())) if done else {},
                 "invalid_objects": [i.to_json() for i in done.invalid] if done else [],
+                "datapath": datapath,
             }
         return {"node": self.node, "nodes": {self.node: entry}}
 

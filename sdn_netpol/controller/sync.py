@@ -24,6 +24,7 @@ from sdn_netpol.compiler.flowset import FlowSet
 from sdn_netpol.compiler.topology import NodeContext
 from sdn_netpol.controller import wire
 from sdn_netpol.controller.config import Timing
+from sdn_netpol.controller.datapath import DatapathGuard, DatapathUnsettled
 from sdn_netpol.controller.gcpolicy import GcPolicy
 from sdn_netpol.controller.metrics import Metrics
 from sdn_netpol.controller.portmap import PortMap, node_context, realized_ports
@@ -63,7 +64,8 @@ class Pending:
 
 class Realizer:
     def __init__(self, node: str, store: Store, ports: PortMap, switch: Switch, pending: Pending,
-                 board: StatusBoard, metrics: Metrics, timing: Timing | None = None) -> None:
+                 board: StatusBoard, metrics: Metrics, timing: Timing | None = None,
+                 datapath: DatapathGuard | None = None) -> None:
         self.node = node
         self.store = store
         self.ports = ports
@@ -72,6 +74,8 @@ class Realizer:
         self.board = board
         self.metrics = metrics
         self.timing = timing or Timing()
+        self.datapath = datapath  # None only where no ovs-vswitchd exists (unit tests)
+        self._unsettled = False  # a bundle went in, its megaflows are not settled yet
         self.cache = wire.FlowModCache()
         self.gc = GcPolicy()
         self._compiled: tuple[int, NodeContext] | None = None
@@ -114,6 +118,8 @@ class Realizer:
             LOG.warning("switch gone during realization: %s; waiting for it to reconnect", exc)
             self.board.report("switch", str(exc))
             return True  # the reconnect (a new session reading its table) marks pending
+        except DatapathUnsettled as exc:
+            self._fail("datapath", f"flows installed, datapath not settled: {exc}")
         except BundleRejected as exc:
             self.metrics.bundles.labels(result="rejected").inc()
             self._fail("switch", f"bundle rejected, switch unchanged: {exc}")
@@ -146,7 +152,16 @@ class Realizer:
         sent = self._send(session, session.installed, desired, known)
         session.installed, session.foreign = desired, ()
         self.cache.retain(desired)
+        self._settle(bool(sent))
         self._publish(snap, context, desired, sent, since)
+
+    def _settle(self, changed: bool) -> None:
+        """The barrier says the tables changed; the datapath may still forward by the old
+        ones.  Realized is published only once it cannot (controller/datapath.py)."""
+        self._unsettled = self._unsettled or changed
+        if self._unsettled and self.datapath is not None:
+            self.datapath.settle()
+        self._unsettled = False
 
     def _compile(self, snap: Snapshot, context: NodeContext) -> NodeCompilation:
         if self._compilation is not None and self._compiled == (snap.generation, context):

@@ -10,6 +10,8 @@ manifests folder's current version realized with exactly its own pods' ports.
 from __future__ import annotations
 
 import json
+import os
+import shlex
 import socket
 import sys
 import time
@@ -22,6 +24,9 @@ from sdn_netpol.lab.state import OFP_PORT, LabState, NodeState
 from sdn_netpol.lab.store import LabError
 
 REALIZE_TIMEOUT = 60.0
+# More controller flags for every node, e.g. "--datapath-purge never" to watch the OVS
+# megaflow bug of docs/reliability.md happen; read when a controller starts.
+EXTRA_ARGS_ENV = "SDN_NETPOL_LAB_CONTROLLER_ARGS"
 STATUS_TIMEOUT = 2.0
 
 
@@ -36,6 +41,7 @@ def controller_argv(state: LabState, node: NodeState) -> list[str]:
         sys.executable, "-m", "sdn_netpol.controller.cli", "--source", f"dir:{state.manifests}",
         "--node", node.name, "--bridge", "br-int", "--ovsdb", f"unix:{node.rundir}/db.sock",
         "--ofp-listen", f"127.0.0.1:{OFP_PORT}", "--status-listen", f"unix:{status_socket(node)}",
+        *shlex.split(os.environ.get(EXTRA_ARGS_ENV, "")),
     ]
 
 

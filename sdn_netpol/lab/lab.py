@@ -23,6 +23,9 @@ from sdn_netpol.lab.state import DEFAULT_WORKDIR, LabState, PodState, locked, ne
 from sdn_netpol.lab.store import LabError, ObjectRef, Store, node_manifest, read_objects, ref_of, with_pod_status
 from sdn_netpol.model.objects import Pod, Protocol
 from sdn_netpol.model.parse import parse_object
+from sdn_netpol.ovs import datapath
+from sdn_netpol.ovs.instance import OvsInstance
+from sdn_netpol.ovs.trace import Tracer
 from sdn_netpol.policy.matrix import Matrix, build_matrix
 from sdn_netpol.policy.state import ClusterState
 from sdn_netpol.policy.verdict import Endpoint, decide
@@ -309,6 +312,23 @@ class Lab:
                              cast(Protocol, protocol.upper()), port)
             results.append(ExternalResult(p.source, p.destination, outcomes[p], verdict.allowed))
         return results
+
+    # ------------------------------------------------------------------ datapath
+
+    def verify(self) -> dict[str, datapath.VerifyReport]:
+        """Per node: every megaflow re-translated through the current tables (ofproto/trace
+        of its own key); the stale ones are those still contradicted after a revalidator
+        round (a megaflow the revalidators merely had not reached yet is no finding)."""
+        state = self.state()
+        reports = {}
+        for node in state.nodes:
+            with Tracer(OvsInstance(Path(node.rundir))) as unixctl:
+                report = datapath.verify(unixctl)
+                if report.stale:
+                    unixctl.call("revalidator/wait")
+                    report = datapath.recheck(unixctl, report)
+            reports[node.name] = report
+        return reports
 
     # ------------------------------------------------------------------ status
 
