@@ -82,6 +82,7 @@ class Cluster:
             self.delete(*self.applied)
         if self.relabelled:
             self.lab.apply([MODEL])  # labels back as the model says, pods in place
+        self.verify()
 
     def check(self, protocol: str, port: int) -> ProbeReport:
         """Measured == expected, or a message naming every differing pair and what happened."""
@@ -90,7 +91,13 @@ class Cluster:
                   f"{'allowed' if report.expected.allowed[s][d] else 'denied'}" for s, d in report.mismatches]
         assert not report.mismatches, f"{protocol}/{port}: {len(detail)} mismatch(es):\n" + "\n".join(detail)
         assert report.seconds < 5.0, f"a {len(report.measured.pods)}² probe took {report.seconds:.1f} s"
+        self.verify()
         return report
+
+    def verify(self) -> None:
+        """`lab verify`: no megaflow on any node contradicts the tables (docs/reliability.md)."""
+        stale = [f"{node}: {s.describe()}" for node, r in self.lab.verify().items() for s in r.stale]
+        assert not stale, f"{len(stale)} stale megaflow(s):\n" + "\n".join(stale)
 
     def pod(self, key: str) -> PodState:
         return self.lab.state().pods[key]

@@ -153,22 +153,28 @@ class OvsInstance:
     """Handle on the daemons of one ``rundir``; cheap to copy, holds no connections.
 
     ``OvsInstance(rundir)`` attaches to an instance that is already running;
-    :meth:`start` creates one.
+    :meth:`start` creates one.  ``vswitchd_args`` are extra ovs-vswitchd arguments
+    (e.g. ``--enable-dummy=override`` for the dummy datapath of OVS's own tests), used
+    again by :meth:`restart_vswitchd`.
     """
 
     rundir: Path
     netns: str | None = None
+    vswitchd_args: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         # Daemons are recognised by the exact rundir in their argv: always use one spelling.
         object.__setattr__(self, "rundir", Path(self.rundir).resolve())
+        object.__setattr__(self, "vswitchd_args", tuple(self.vswitchd_args))
 
     # ------------------------------------------------------------ lifecycle
 
     @classmethod
-    def start(cls, rundir: Path, netns: str | None = None) -> OvsInstance:
+    def start(
+        cls, rundir: Path, netns: str | None = None, vswitchd_args: Sequence[str] = (),
+    ) -> OvsInstance:
         """Fresh DB + ovsdb-server + ovs-vswitchd; returns once both answer on their sockets."""
-        inst = cls(Path(rundir), netns)
+        inst = cls(Path(rundir), netns, tuple(vswitchd_args))
         inst.rundir.mkdir(parents=True, exist_ok=True)
         inst.stop()  # a crashed run may have left live daemons behind
         inst._remove_runtime_files(("*.pid", "*.ctl", "*.sock", "*.mgmt", "*.snoop"))
@@ -291,7 +297,7 @@ class OvsInstance:
         self._wait_socket(self.db_sock, "ovsdb-server")
 
     def _start_vswitchd(self) -> None:
-        self._launch("ovs-vswitchd", [f"unix:{self.db_sock}"])
+        self._launch("ovs-vswitchd", [f"unix:{self.db_sock}", *self.vswitchd_args])
         if not _wait_until(lambda: self.rundir.joinpath("ovs-vswitchd.pid").exists(), 5.0):
             raise OvsError(["ovs-vswitchd"], -1, f"no pidfile; see {self._log('ovs-vswitchd')}")
         self._wait_socket(self.vswitchd_ctl, "ovs-vswitchd")
