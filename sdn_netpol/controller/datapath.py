@@ -46,6 +46,7 @@ class DatapathState:
     mode: str
     purging: bool | None = None  # resolved from the mode (auto: version and datapath type)
     ovs_version: str | None = None
+    datapath_type: str | None = None  # of the bridge: netdev (userspace), system (kernel)
     purges: int = 0
     last_purge_seconds: float | None = None
     last_verify: dict[str, Any] | None = None
@@ -54,6 +55,7 @@ class DatapathState:
 
     def to_json(self) -> dict[str, Any]:
         return {"mode": self.mode, "purge_after_change": self.purging, "ovs_version": self.ovs_version,
+                "datapath_type": self.datapath_type,
                 "purges": self.purges, "last_purge_seconds": self.last_purge_seconds,
                 "last_verify": self.last_verify, "repairs": self.repairs, "error": self.error}
 
@@ -64,6 +66,7 @@ class DatapathGuard:
 
     rundir: Path
     mode: str = "auto"
+    bridge: str = "br-int"
     metrics: Metrics | None = None
     timeout: float = 10.0
     state: DatapathState = field(init=False)
@@ -110,6 +113,15 @@ class DatapathGuard:
             self.metrics.datapath_stale.set(len(report.stale))
             self.metrics.datapath_verified.set(report.checked)
 
+    def datapath_type(self, unixctl: Tracer) -> str:
+        """The bridge's datapath type (resolved once per vswitchd, again after an error)."""
+        if self.state.datapath_type is None:
+            found = datapath.bridge_datapath_type(unixctl.call("dpif/show"), self.bridge)
+            if found is None:
+                raise ValueError(f"bridge {self.bridge} is in no datapath of ovs-vswitchd")
+            self.state.datapath_type = found
+        return self.state.datapath_type
+
     def _must_purge(self, unixctl: Tracer) -> bool:
         if self.mode != "auto":
             self.state.purging = self.mode == "purge"
@@ -117,10 +129,10 @@ class DatapathGuard:
         if self.state.purging is None:  # resolved once per vswitchd (re-resolved after an error)
             version = datapath.version(unixctl)
             self.state.ovs_version = ".".join(map(str, version))
-            types = datapath.datapath_types(unixctl.call("dpif/show"))
-            self.state.purging = datapath.modifies_wrong_megaflow(version, types)
-            LOG.info("Open vSwitch %s, datapaths %s: %s megaflows after each change", self.state.ovs_version,
-                     ", ".join(sorted(types)), "purging" if self.state.purging else "not purging")
+            kind = self.datapath_type(unixctl)
+            self.state.purging = datapath.modifies_wrong_megaflow(version, {kind})
+            LOG.info("Open vSwitch %s, %s datapath: %s megaflows after each change", self.state.ovs_version,
+                     kind, "purging" if self.state.purging else "not purging")
         return self.state.purging
 
     def _purge(self, unixctl: Tracer) -> None:
@@ -137,6 +149,7 @@ class DatapathGuard:
         self.state.error = f"{what} failed: {exc}"
         if self.mode == "auto":
             self.state.purging = None  # vswitchd may have been restarted or upgraded
+        self.state.datapath_type = None
         if self.metrics:
             self.metrics.datapath_purges.labels(result="failed").inc()
         raise DatapathUnsettled(self.state.error) from exc
@@ -173,11 +186,12 @@ class DatapathVerifier(Worker):
         before = self.generation()
         began = time.monotonic()
         with self.guard.tracer() as unixctl:
-            flows = datapath.dump(unixctl)[: self.limit]
-            report = datapath.verify(unixctl, flows=flows)
+            kind = self.guard.datapath_type(unixctl)
+            flows = datapath.dump(unixctl, kind)[: self.limit]
+            report = datapath.verify(unixctl, kind, flows)
             if report.stale:
                 unixctl.call("revalidator/wait")
-                report = datapath.recheck(unixctl, report)
+                report = datapath.recheck(unixctl, report, kind)
             if self.generation() != before:
                 return None
             self.guard.record_verify(report, time.monotonic() - began)

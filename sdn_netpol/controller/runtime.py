@@ -51,7 +51,7 @@ def build(config: Config) -> Parts:
     store = Store(on_change=pending.mark)
     ports = PortMap(on_change=pending.mark)
     switch = Switch(metrics, on_ready=pending.mark)
-    guard = DatapathGuard(Path(config.ovs_rundir()), config.datapath.mode, metrics)
+    guard = DatapathGuard(Path(config.ovs_rundir()), config.datapath.mode, config.bridge, metrics)
     board = status.StatusBoard(config.node, config.source, desired=lambda: store.generation,
                                connected=lambda: switch.session() is not None, datapath=guard.to_json)
     realizer = Realizer(config.node, store, ports, switch, pending, board, metrics, config.timing, guard)

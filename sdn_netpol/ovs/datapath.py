@@ -42,7 +42,12 @@ _FIRST_FIXED_MAJOR = (3, 2)
 _SLOW_PATH_NOTE = "handled by the userspace slow path"
 SLOW_PATH = "userspace slow path"
 _SLOW_PATH_ACTIONS = re.compile(r"^userspace\(pid=\d+,slow_path\(")
-UNVERIFIABLE = ("no recirculation data",)  # the flow went away between dump and trace
+# dpif-netdev, also registered as "dummy" (OVS's test datapath) by dpif_dummy_register__.
+USERSPACE_TYPES = frozenset({"netdev", "dummy"})
+# Traces that fail because what the megaflow refers to went away between dump and trace:
+# its recirculation state, or its input port (a pod deleted meanwhile).
+UNVERIFIABLE = ("no recirculation data", "no OpenFlow port for datapath port",
+                "no OpenFlow tunnel port for this packet")
 
 
 class Unixctl(Protocol):
@@ -107,7 +112,7 @@ def trace_key(key: str, tunnel_ports: dict[int, int]) -> str:
     the key parses as an L3 packet, which no Ethernet port or tunnel receives), and for
     a tunnel a TTL (any value translates the same) and the UDP port that picks the
     OpenFlow tunnel port."""
-    if "eth(" not in key and ",eth_type(" in key:
+    if "eth(" not in key and ",eth_type(" in key and "packet_type(ns=1," not in key:
         key = key.replace(",eth_type(", ",eth(),eth_type(", 1)
     if not key.startswith("tunnel("):
         return key
@@ -147,15 +152,33 @@ def datapath_types(dpif_show: str) -> set[str]:
     return set(_DATAPATH_NAME.findall(dpif_show))
 
 
-def dump(unixctl: Unixctl) -> list[DatapathFlow]:
-    return parse_dump(unixctl.call("dpctl/dump-flows"))
+def bridge_datapath_type(dpif_show: str, bridge: str) -> str | None:
+    """The type of the datapath that holds `bridge` in ``dpif/show`` output."""
+    current = None
+    for line in dpif_show.splitlines():
+        found = _DATAPATH_NAME.match(line)
+        if found:
+            current = found[1]
+        elif line.startswith("  ") and not line.startswith("   ") and line.strip() == f"{bridge}:":
+            return current
+    return None
 
 
-def expected_actions(unixctl: Unixctl, datapath: str, flow: DatapathFlow,
+def dpif_name(datapath_type: str) -> str:
+    """``dpctl/*``'s name for the datapath of a type (one per type in ovs-vswitchd)."""
+    return f"{datapath_type}@ovs-{datapath_type}"
+
+
+def dump(unixctl: Unixctl, datapath_type: str = "netdev") -> list[DatapathFlow]:
+    return parse_dump(unixctl.call("dpctl/dump-flows", dpif_name(datapath_type)))
+
+
+def expected_actions(unixctl: Unixctl, datapath_type: str, flow: DatapathFlow,
                      tunnel_ports: dict[int, int]) -> str | None:
-    """What the tables make of `flow`'s key now; None if the flow vanished meanwhile."""
+    """What the tables make of `flow`'s key now; None if the flow vanished meanwhile.
+    (``ofproto/trace`` names the datapath by its type, optionally prefixed ``ovs-``.)"""
     try:
-        output = unixctl.call("ofproto/trace", datapath, trace_key(flow.key, tunnel_ports))
+        output = unixctl.call("ofproto/trace", f"ovs-{datapath_type}", trace_key(flow.key, tunnel_ports))
     except OvsError as exc:
         if any(reason in exc.stderr for reason in UNVERIFIABLE):
             return None
@@ -163,14 +186,14 @@ def expected_actions(unixctl: Unixctl, datapath: str, flow: DatapathFlow,
     return first_datapath_actions(output)
 
 
-def verify(unixctl: Unixctl, datapath: str = "ovs-netdev",
+def verify(unixctl: Unixctl, datapath_type: str = "netdev",
            flows: Sequence[DatapathFlow] | None = None) -> VerifyReport:
     """Re-translate every megaflow (or `flows`) and list those the tables contradict."""
-    flows = dump(unixctl) if flows is None else flows
-    tunnel_ports = tunnel_udp_ports(unixctl.call("dpctl/show"))
+    flows = dump(unixctl, datapath_type) if flows is None else flows
+    tunnel_ports = tunnel_udp_ports(unixctl.call("dpctl/show", dpif_name(datapath_type)))
     stale, unverifiable = [], 0
     for flow in flows:
-        expected = expected_actions(unixctl, datapath, flow, tunnel_ports)
+        expected = expected_actions(unixctl, datapath_type, flow, tunnel_ports)
         if expected is None:
             unverifiable += 1
         elif not same_actions(flow.actions, expected):
@@ -178,12 +201,12 @@ def verify(unixctl: Unixctl, datapath: str = "ovs-netdev",
     return VerifyReport(len(flows) - unverifiable, unverifiable, tuple(stale))
 
 
-def recheck(unixctl: Unixctl, report: VerifyReport, datapath: str = "ovs-netdev") -> VerifyReport:
+def recheck(unixctl: Unixctl, report: VerifyReport, datapath_type: str = "netdev") -> VerifyReport:
     """Check the stale flows of `report` again as they are now (after a revalidator round):
     flows that were merely not revalidated yet drop out."""
     suspects = {s.flow.key for s in report.stale}
-    current = [f for f in dump(unixctl) if f.key in suspects]
-    again = verify(unixctl, datapath, current)
+    current = [f for f in dump(unixctl, datapath_type) if f.key in suspects]
+    again = verify(unixctl, datapath_type, current)
     return VerifyReport(report.checked, report.unverifiable + again.unverifiable, again.stale)
 
 
@@ -202,9 +225,9 @@ def version(unixctl: Unixctl) -> tuple[int, int, int]:
 
 def modifies_wrong_megaflow(ovs_version: tuple[int, int, int], datapath_types: Iterable[str]) -> bool:
     """True where the revalidator can rewrite the wrong overlapping megaflow: a userspace
-    (``netdev``) datapath in a release without the flow_put fix.  The kernel datapath
+    (``netdev``, or ``dummy``) datapath in a release without the flow_put fix.  The kernel datapath
     modifies flows by their masked key and is not affected."""
-    if "netdev" not in set(datapath_types):
+    if not USERSPACE_TYPES & set(datapath_types):
         return False
     major_minor = ovs_version[:2]
     if major_minor >= _FIRST_FIXED_MAJOR:
