@@ -14,14 +14,13 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 
 from sdn_netpol.debug.trace import NodePlace, Packet, PodPlace, Topology, TraceReport, trace_packet
 from sdn_netpol.manifests import load_paths
-from sdn_netpol.model.objects import Protocol
+from sdn_netpol.model.objects import PodKey, Protocol
 from sdn_netpol.ovs import OvsInstance, Tracer
 from sdn_netpol.policy.state import ClusterState
 from sdn_netpol.policy.verdict import Endpoint, Verdict, connection_addresses, decide
@@ -57,7 +56,8 @@ def topology(ovs: OvsInstance, tracer: Tracer, state: ClusterState) -> Topology:
         for binding in ctx.bindings:
             pod = by_key[binding.pod]
             for ip in pod.ips:
-                pods[f"{binding.pod}@{ip}"] = PodPlace(str(binding.pod), node, binding.ofport, str(ip), str(binding.mac))
+                place = PodPlace(str(binding.pod), node, binding.ofport, str(ip), str(binding.mac))
+                pods[f"{binding.pod}@{ip}"] = place
     nodes = {n: NodePlace(n, str(a), (), TUNNEL_PORT, bridge_name(n)) for n, a in NODE_ADDRESSES.items()}
     return Topology(pods, nodes, "unused", lambda _node: tracer)
 
@@ -83,15 +83,15 @@ def check_cluster(ovs: OvsInstance, tracer: Tracer, state: ClusterState,
     return problems
 
 
-def _key(text: str) -> Any:
+def _key(text: str) -> PodKey:
     namespace, name = text.split("/")
-    from sdn_netpol.model.objects import PodKey
     return PodKey(namespace, name)
 
 
 def _disagreements(what: str, report: TraceReport, verdict: Verdict) -> list[str]:
     if (report.verdict == "allowed") != verdict.allowed:
-        return [f"{what}: trace {report.verdict} ({report.reason}), explain {'allowed' if verdict.allowed else 'denied'}"]
+        expected = "allowed" if verdict.allowed else "denied"
+        return [f"{what}: trace {report.verdict} ({report.reason}), explain {expected}"]
     allowing = {(r.policy, r.direction, r.rule_index) for side in (verdict.egress, verdict.ingress)
                 for r in side.allowed_by}
     isolated = bool(verdict.egress.isolated_by or verdict.ingress.isolated_by)
