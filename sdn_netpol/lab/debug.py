@@ -12,6 +12,8 @@ from typing import cast
 
 from netaddr import AddrFormatError, IPAddress
 
+from sdn_netpol.debug.flows import FlowView, Selection, select
+from sdn_netpol.debug.names import Names
 from sdn_netpol.debug.trace import (
     CT_STATES,
     DebugError,
@@ -25,6 +27,7 @@ from sdn_netpol.debug.trace import (
 from sdn_netpol.lab import controllers
 from sdn_netpol.lab.state import LabState
 from sdn_netpol.model.objects import PROTOCOLS, Protocol
+from sdn_netpol.ovs.dumpflows import DumpedFlow, parse_dump_flows
 from sdn_netpol.ovs.instance import OvsError, OvsInstance
 from sdn_netpol.ovs.trace import Tracer
 from sdn_netpol.policy.state import ClusterState
@@ -97,3 +100,24 @@ def _destination(topo: Topology, text: str) -> str:
     if topo.node_holding(str(address)) is None and topo.node_at(str(address)) is None:
         raise DebugError(f"--to {text}: outside every node's pod CIDR and not a node address")
     return str(address)
+
+
+def flows(state: LabState, cluster: ClusterState, node: str | None, selection: Selection) -> list[FlowView]:
+    """The selected flows of one node's bridge, or of every node's."""
+    selection.check(cluster)
+    names = {n.name: n for n in state.nodes}
+    if node is not None and node not in names:
+        raise DebugError(f"--node {node}: no such node in the lab ({', '.join(sorted(names))})")
+    shown = []
+    for name in [node] if node else sorted(names):
+        instance = OvsInstance(Path(names[name].rundir))
+
+        def dump(cookie_filter: str | None, instance: OvsInstance = instance) -> list[DumpedFlow]:
+            try:
+                text = instance.ofctl("--no-names", "dump-flows", BRIDGE, *([cookie_filter] if cookie_filter else []))
+            except OvsError as exc:
+                raise DebugError(f"dump-flows on {instance.rundir.name}: {exc.stderr.strip() or exc}") from exc
+            return parse_dump_flows(text)
+
+        shown += select(name, dump, selection, Names.of(cluster))
+    return shown
