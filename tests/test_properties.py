@@ -16,7 +16,8 @@ from netaddr import IPAddress
 from sdn_netpol.model.labels import Labels, LabelSelector
 from sdn_netpol.model.objects import Direction, NetworkPolicy, Pod, Protocol
 from sdn_netpol.model.parse import Document, parse_documents
-from sdn_netpol.policy.resolve import Grant, PortRange, ResolvedPolicy, resolve_all
+from sdn_netpol.policy.resolve import Grant, ResolvedPolicy, resolve_all
+from sdn_netpol.policy.resolver import PortRange
 from sdn_netpol.policy.state import ClusterState
 from sdn_netpol.policy.verdict import Endpoint, Verdict, connection_addresses, decide
 from tests.strategies import EXTERNAL_IPS, cluster_states, policies, probes, to_manifests

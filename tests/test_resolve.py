@@ -7,7 +7,8 @@ from netaddr import IPNetwork
 
 from sdn_netpol.model.labels import LabelSelector, Requirement
 from sdn_netpol.model.objects import PodKey
-from sdn_netpol.policy.resolve import ALL_PORTS, Grant, Peers, PortRange, ResolvedRule, resolve_all, resolve_policy
+from sdn_netpol.policy.resolve import Grant, ResolvedRule, resolve_all, resolve_policy
+from sdn_netpol.policy.resolver import ALL_PORTS, Peers, PortRange
 from sdn_netpol.policy.state import ClusterState
 from sdn_netpol.policy.verdict import Endpoint, decide
 from tests.builders import build, namespace, parse, pod

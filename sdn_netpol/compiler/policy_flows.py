@@ -34,7 +34,8 @@ from sdn_netpol.compiler.pipeline import (
 from sdn_netpol.compiler.portmask import port_range_masks
 from sdn_netpol.compiler.topology import NodeContext
 from sdn_netpol.model.objects import Direction, PodKey
-from sdn_netpol.policy.resolve import Grant, Peers, PortRange, ResolvedPolicy
+from sdn_netpol.policy.resolve import Grant, ResolvedPolicy
+from sdn_netpol.policy.resolver import Peers, PortRange
 
 SHARED_COOKIE = cookie(CookieCategory.SHARED)
 _L4 = {"TCP": ("tcp", "tcp6"), "UDP": ("udp", "udp6"), "SCTP": ("sctp", "sctp6")}

@@ -1,4 +1,9 @@
-"""ClusterState: one immutable snapshot of everything a verdict or a compile depends on."""
+"""ClusterState: one immutable snapshot of everything a verdict or a compile depends on.
+
+A snapshot also carries the caches derived from it (the label index, the rule resolver),
+built on first use and seeded from the previous snapshot's; both live in modules below this
+one (policy/index.py, policy/resolver.py), so that nothing here imports what uses it.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +13,12 @@ from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from operator import attrgetter
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from sdn_netpol.model.objects import Namespace, NetworkPolicy, Pod, PodKey
 from sdn_netpol.model.parse import ParseResult
 from sdn_netpol.policy.index import SelectorIndex
+from sdn_netpol.policy.resolver import Resolver
 
 _KEY = attrgetter("key")
 _NAMESPACE = attrgetter("namespace")
@@ -40,9 +46,6 @@ def _holds(items: list[_T], namespace: str, key: Callable[[_T], Any]) -> bool:
     """Does a list sorted by (namespace, name) hold anything of `namespace`?"""
     at = bisect_left(items, (namespace, ""), key=key)
     return at < len(items) and key(items[at])[0] == namespace
-
-if TYPE_CHECKING:
-    from sdn_netpol.policy.resolve import Resolver
 
 
 @dataclass(frozen=True, eq=False)
@@ -115,8 +118,6 @@ class ClusterState:
     @cached_property
     def resolver(self) -> Resolver:
         """Rule-resolution caches (addresses, peer sets, named ports) of this snapshot."""
-        from sdn_netpol.policy.resolve import Resolver  # resolve imports this module
-
         return Resolver(self)
 
     def inherit_caches(self, previous: ClusterState, changed: Sequence[tuple[Pod | None, Pod | None]]) -> None:
