@@ -41,6 +41,7 @@ class Config:
     timing: Timing = Timing()
     kube: KubeOptions = field(default_factory=KubeOptions)
     datapath: DatapathOptions = DatapathOptions()
+    stats_interval: float = 10.0  # seconds between reads of the rule counters; 0: never
 
     def ovs_rundir(self) -> str:
         if self.datapath.rundir:

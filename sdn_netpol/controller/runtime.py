@@ -25,6 +25,7 @@ from sdn_netpol.controller.config import Config
 from sdn_netpol.controller.datapath import DatapathGuard, DatapathVerifier
 from sdn_netpol.controller.metrics import Metrics
 from sdn_netpol.controller.portmap import InterfaceMonitor, PortMap
+from sdn_netpol.controller.rulestats import RuleStatsSampler
 from sdn_netpol.controller.store import Store
 from sdn_netpol.controller.switch import Switch
 from sdn_netpol.controller.sync import Pending, Realizer
@@ -95,6 +96,11 @@ def start(config: Config) -> Parts:
     parts.threads.append(parts.realizer.start())
     parts.threads.append(InterfaceMonitor(config.ovsdb, config.bridge, parts.ports, ovsdb_report).start())
     parts.threads.append(_start_source(config, parts))
+    if config.stats_interval > 0:
+        sampler = RuleStatsSampler(Path(config.ovs_rundir()), config.bridge, config.node,
+                                   lambda: parts.realizer.realized_state, config.stats_interval)
+        parts.metrics.registry.register(sampler)
+        parts.threads.append(sampler.start())
     if config.datapath.verify_interval > 0:
         verifier = DatapathVerifier(parts.datapath, lambda: parts.store.generation,
                                     config.datapath.verify_interval, config.datapath.verify_limit)

@@ -31,6 +31,7 @@ from sdn_netpol.controller.portmap import PortMap, node_context, realized_ports
 from sdn_netpol.controller.status import Realized, StatusBoard
 from sdn_netpol.controller.store import Snapshot, Store
 from sdn_netpol.controller.switch import BundleRejected, Session, Switch, SwitchGone
+from sdn_netpol.policy.state import ClusterState
 
 LOG = logging.getLogger(__name__)
 _TABLE = attrgetter("table")
@@ -76,6 +77,7 @@ class Realizer:
         self.timing = timing or Timing()
         self.datapath = datapath  # None only where no ovs-vswitchd exists (unit tests)
         self._unsettled = False  # a bundle went in, its megaflows are not settled yet
+        self.realized_state: ClusterState | None = None  # what the switch enforces (for statistics)
         self.cache = wire.FlowModCache()
         self.gc = GcPolicy()
         self._compiled: tuple[int, NodeContext] | None = None
@@ -191,6 +193,7 @@ class Realizer:
         by_table = dict(Counter(map(_TABLE, desired.unordered())))  # C-level count, no sort
         realized = Realized(snap.generation, snap.source_version, time.time(), by_table,
                             realized_ports(context), snap.invalid)
+        self.realized_state = snap.state
         self.board.set_realized(realized, sum(sent.values()))
         self.metrics.set_flow_counts(by_table)
         self.metrics.realized_generation.set(snap.generation)

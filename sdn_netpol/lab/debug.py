@@ -12,6 +12,7 @@ from typing import cast
 
 from netaddr import AddrFormatError, IPAddress
 
+from sdn_netpol.debug import stats
 from sdn_netpol.debug.flows import FlowView, Selection, select
 from sdn_netpol.debug.names import Names
 from sdn_netpol.debug.trace import (
@@ -121,3 +122,20 @@ def flows(state: LabState, cluster: ClusterState, node: str | None, selection: S
 
         shown += select(name, dump, selection, Names.of(cluster))
     return shown
+
+
+def rule_stats(state: LabState, cluster: ClusterState) -> stats.Stats:
+    """Every node's rule and isolation-drop counters (debug/stats.py), read now."""
+    names = Names.of(cluster)
+    parts = []
+    for node in state.nodes:
+        instance = OvsInstance(Path(node.rundir))
+
+        def dump(cookie_filter: str, instance: OvsInstance = instance) -> list[DumpedFlow]:
+            try:
+                return parse_dump_flows(instance.ofctl("--no-names", "dump-flows", BRIDGE, cookie_filter))
+            except OvsError as exc:
+                raise DebugError(f"dump-flows on {instance.rundir.name}: {exc.stderr.strip() or exc}") from exc
+
+        parts.append(stats.read(node.name, dump, names))
+    return stats.merge(parts)
