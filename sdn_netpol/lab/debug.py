@@ -111,7 +111,7 @@ def flows(state: LabState, cluster: ClusterState, node: str | None, selection: S
         raise DebugError(f"--node {node}: no such node in the lab ({', '.join(sorted(names))})")
     shown = []
     for name in [node] if node else sorted(names):
-        instance = OvsInstance(Path(names[name].rundir))
+        instance = _settled(OvsInstance(Path(names[name].rundir)))
 
         def dump(cookie_filter: str | None, instance: OvsInstance = instance) -> list[DumpedFlow]:
             try:
@@ -129,7 +129,7 @@ def rule_stats(state: LabState, cluster: ClusterState) -> stats.Stats:
     names = Names.of(cluster)
     parts = []
     for node in state.nodes:
-        instance = OvsInstance(Path(node.rundir))
+        instance = _settled(OvsInstance(Path(node.rundir)))
 
         def dump(cookie_filter: str, instance: OvsInstance = instance) -> list[DumpedFlow]:
             try:
@@ -139,3 +139,13 @@ def rule_stats(state: LabState, cluster: ClusterState) -> stats.Stats:
 
         parts.append(stats.read(node.name, dump, names))
     return stats.merge(parts)
+
+
+def _settled(instance: OvsInstance) -> OvsInstance:
+    """Packets that hit a cached megaflow reach the OpenFlow counters when a revalidator
+    pushes its stats (about twice a second): wait for one round, so counters are current."""
+    try:
+        instance.appctl("revalidator/wait")
+    except OvsError as exc:
+        raise DebugError(f"ovs-vswitchd of {instance.rundir.name} does not answer: {exc.stderr.strip() or exc}") from exc
+    return instance

@@ -1,0 +1,127 @@
+"""Debugging a lab with real packets: what `trace`, `flows` and the rule statistics say.
+
+A 2-node lab (the conformance model) with one policy in x: ingress from namespace y on
+UDP and TCP port 80 only. Known traffic goes through it — datagrams from y/a that the rule
+admits, datagrams from z/a that x/a's isolation drops — and the counters must say exactly
+that; `trace` must name the same rule and the same isolation; `flows` must select the
+rule's flows and show the counted packets on its conj_id flow.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+import yaml
+
+from sdn_netpol.debug.flows import Selection
+from sdn_netpol.debug.trace import DebugError
+from sdn_netpol.lab import debug, netns
+from sdn_netpol.lab.lab import Lab
+from sdn_netpol.lab.state import PodState
+from tests.lab_fixtures import MODEL, netpol
+
+ALLOW_Y = netpol("allow-y", "x", {"podSelector": {}, "policyTypes": ["Ingress"],
+                                  "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"ns": "y"}}}],
+                                               "ports": [{"port": 80, "protocol": "UDP"},
+                                                         {"port": 80, "protocol": "TCP"}]}]})
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    workdir = tmp_path_factory.mktemp("debuglab")
+    made = Lab(workdir)
+    try:
+        made.up([MODEL], nodes=2)
+        policy = workdir / "allow-y.yaml"
+        policy.write_text(yaml.safe_dump(ALLOW_Y))
+        made.apply([policy])
+        yield made
+    finally:
+        made.down()
+
+
+def send_datagrams(src: PodState, dst: PodState, count: int, port: int = 80) -> None:
+    sock = netns.socket_in(src.netns, socket.AF_INET, socket.SOCK_DGRAM)
+    with sock:
+        for n in range(count):
+            sock.sendto(f"datagram {n}".encode(), (dst.ip, port))
+            time.sleep(0.01)
+    time.sleep(0.3)  # the last ones cross the tunnel
+
+
+def counters(lab: Lab) -> tuple[int, int]:
+    """(packets of x/allow-y ingress[0], packets dropped by x/a's ingress isolation), all nodes."""
+    sample = debug.rule_stats(lab.state(), lab.cluster())
+    rule = sum(r.packets for r in sample.rules
+               if (r.namespace, r.policy, r.direction, r.rule) == ("x", "allow-y", "Ingress", 0))
+    drops = sum(d.packets for d in sample.isolation_drops if (d.namespace, d.pod, d.direction) == ("x", "a", "Ingress"))
+    return rule, drops
+
+
+def test_the_admitting_rule_and_the_isolation_drop_count_exactly_the_packets_sent(lab: Lab) -> None:
+    pods = lab.state().pods
+    assert pods["y/a"].node != pods["x/a"].node, "the admitted traffic crosses the tunnel"
+    rule_before, drops_before = counters(lab)
+    send_datagrams(pods["y/a"], pods["x/a"], 20)
+    send_datagrams(pods["z/a"], pods["x/a"], 7)
+    rule_after, drops_after = counters(lab)
+    assert (rule_after - rule_before, drops_after - drops_before) == (20, 7)
+
+
+def test_trace_names_the_rule_that_admits_and_the_policy_that_isolates(lab: Lab) -> None:
+    state, cluster = lab.state(), lab.cluster()
+    allowed = debug.trace(state, cluster, "y/a", "x/a", 80, "UDP")
+    assert allowed.verdict == "allowed" and allowed.nodes == (state.pods["y/a"].node, state.pods["x/a"].node)
+    assert allowed.decided_by == {"policy": "x/allow-y", "direction": "Ingress", "rule": 0}
+    assert [s.table_name for s in allowed.steps if s.node == state.pods["x/a"].node][-1] == "Output"
+    denied = debug.trace(state, cluster, "z/a", "x/a", 80, "UDP")
+    assert denied.verdict == "denied" and denied.isolated_by == ("x/allow-y",)
+    assert denied.reason == "denied by ingress isolation of x/a (policies x/allow-y)"
+    assert denied.steps[-1].table_name == "IngressDefault" and denied.steps[-1].category == "isolation"
+    other_port = debug.trace(state, cluster, "y/a", "x/a", 81, "UDP")
+    assert other_port.verdict == "denied", "only port 80 is admitted"
+    reply = debug.trace(state, cluster, "z/a", "x/a", 80, "UDP", "reply")
+    assert reply.verdict == "allowed" and reply.decided_by is None, "replies bypass the rules"
+
+
+def test_flows_select_a_rule_and_show_its_counted_packets(lab: Lab) -> None:
+    state, cluster = lab.state(), lab.cluster()
+    node = state.pods["x/a"].node
+    rule_flows = debug.flows(state, cluster, node, Selection("x/allow-y", 0, "Ingress"))
+    assert rule_flows and all((f.policy, f.direction, f.rule) == ("x/allow-y", "Ingress", 0) for f in rule_flows)
+    assert {f.to_json()["table_name"] for f in rule_flows} == {"IngressRule"}
+    conj = [f for f in rule_flows if "conj_id=" in f.flow.match]
+    send_datagrams(state.pods["y/a"], state.pods["x/a"], 5)
+    again = {f.flow.match: f.flow.n_packets for f in debug.flows(state, cluster, node,
+                                                                 Selection("x/allow-y", 0, "Ingress"))}
+    assert sum(again[f.flow.match] - f.flow.n_packets for f in conj) == 5
+    pod_flows = debug.flows(state, cluster, node, Selection(pod="x/a"))
+    assert {f.to_json()["table_name"] for f in pod_flows} >= {"Classifier", "SpoofGuard", "L3Forwarding",
+                                                             "IngressDefault", "Output"}
+    assert all(f.pod == "x/a" for f in pod_flows)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("x/nope", "y/a", 80), "no such pod"),
+    (("x/a", "y/nope", 80), "no such pod"),
+    (("x/a", "192.0.2.1", 80), "outside every node's pod CIDR"),
+    (("x/a", "y/a", 70000), "out of range"),
+    (("x/a", "y/a", 80, "ICMP"), "use TCP, UDP or SCTP"),
+])
+def test_bad_trace_input_is_one_clear_error(lab: Lab, args: tuple[object, ...], message: str) -> None:
+    with pytest.raises(DebugError, match=message):
+        debug.trace(lab.state(), lab.cluster(), *args)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("selection", "message"), [
+    (Selection(policy="x/nope"), "no such NetworkPolicy"),
+    (Selection(pod="x/nope"), "no such pod"),
+    (Selection(rule=0, direction="Ingress"), "within a --policy"),
+    (Selection(policy="x/allow-y", rule=0), "needs --direction"),
+])
+def test_bad_flows_input_is_one_clear_error(lab: Lab, selection: Selection, message: str) -> None:
+    with pytest.raises(DebugError, match=message):
+        debug.flows(lab.state(), lab.cluster(), None, selection)
