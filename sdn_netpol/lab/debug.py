@@ -147,5 +147,6 @@ def _settled(instance: OvsInstance) -> OvsInstance:
     try:
         instance.appctl("revalidator/wait")
     except OvsError as exc:
-        raise DebugError(f"ovs-vswitchd of {instance.rundir.name} does not answer: {exc.stderr.strip() or exc}") from exc
+        why = exc.stderr.strip() or str(exc)
+        raise DebugError(f"ovs-vswitchd of {instance.rundir.name} does not answer: {why}") from exc
     return instance
