@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 from netaddr import IPAddress
 
-from sdn_netpol.manifests import decode_documents
+from sdn_netpol.inputs.manifests import decode_documents
 from sdn_netpol.model.objects import Protocol
 from sdn_netpol.model.parse import Document, ParseResult, parse_documents
 from sdn_netpol.policy.state import ClusterState

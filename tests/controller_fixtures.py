@@ -180,7 +180,7 @@ class _UnixHTTPConnection(http.client.HTTPConnection):
 
 @dataclass
 class Controller:
-    """`python -m sdn_netpol.controller.cli` as a child process."""
+    """`python -m sdn_netpol.cli.controller` as a child process."""
 
     args: list[str]
     status_sock: Path
@@ -191,7 +191,7 @@ class Controller:
         with contextlib.suppress(FileNotFoundError):
             self.status_sock.unlink()
         out = self.log.open("ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "sdn_netpol.controller.cli", *self.args],
+        self.proc = subprocess.Popen([sys.executable, "-m", "sdn_netpol.cli.controller", *self.args],
                                      cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
         wait_for(self._answers, 20, "the controller's status socket")
         return self

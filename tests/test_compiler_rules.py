@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from netaddr import IPAddress, IPNetwork, IPSet
 
+from sdn_netpol.cli.flowtext import compile_inputs, render_json
 from sdn_netpol.compiler.compile import compile_node
 from sdn_netpol.compiler.diff import diff
 from sdn_netpol.compiler.flow import Conjunction, Flow, GotoTable, Match, Output
@@ -36,8 +37,7 @@ from sdn_netpol.compiler.pipeline import (
 )
 from sdn_netpol.compiler.policy_flows import SHARED_COOKIE, policy_flows
 from sdn_netpol.compiler.topology import NodeContext, PortBinding, assign_ports
-from sdn_netpol.compiler_cli import compile_inputs, render_json
-from sdn_netpol.node_inputs import load_inputs
+from sdn_netpol.inputs.node_inputs import load_inputs
 from sdn_netpol.policy.resolve import resolve_all
 from sdn_netpol.policy.state import ClusterState
 from tests.builders import Part, build, namespace, pod
@@ -333,7 +333,7 @@ ingress: [{ports: [{port: 1234}]}]
     expected = render_json(compile_inputs(load_inputs(paths), N1)[0])
     for seed in ("0", "4242"):
         env = {**os.environ, "PYTHONHASHSEED": seed}
-        out = subprocess.run([sys.executable, "-m", "sdn_netpol.compiler_cli", "compile", *args, "--node", N1,
+        out = subprocess.run([sys.executable, "-m", "sdn_netpol.cli", "compile", *args, "--node", N1,
                               "-o", "json"], capture_output=True, text=True, check=True, env=env, cwd=ROOT).stdout
         assert out == expected
         assert json.loads(out)[0]["cookie"].startswith("0x5e")

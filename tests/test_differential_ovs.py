@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from netaddr import IPAddress
 
-from sdn_netpol.manifests import load_paths
+from sdn_netpol.inputs.manifests import load_paths
 from sdn_netpol.ovs import OvsInstance, Tracer
 from sdn_netpol.policy.state import ClusterState
 from tests.differential import Differential, create_bridges, load

@@ -12,7 +12,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sdn_netpol.manifests import decode_documents
+from sdn_netpol.inputs.manifests import decode_documents
 from sdn_netpol.model.parse import Document, parse_documents
 from sdn_netpol.policy.matrix import build_matrix
 from sdn_netpol.policy.state import ClusterState

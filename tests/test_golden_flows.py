@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from sdn_netpol.cli.flows import compile_cmd, flows_regen_cmd
+from sdn_netpol.cli.golden import GoldenCase, cases, examples
 from sdn_netpol.compiler.flowset import FlowSet
 from sdn_netpol.compiler.ofctl import flow_from_parts, parse_flows
-from sdn_netpol.compiler_cli import compile_cmd, flows_regen_cmd
-from sdn_netpol.golden_flows import GoldenCase, cases, examples
 from sdn_netpol.ovs import OvsInstance
 
 ROOT = Path(__file__).resolve().parent.parent

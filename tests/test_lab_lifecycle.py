@@ -43,7 +43,7 @@ def write(path: Path, docs: list[dict[str, Any]]) -> Path:
 
 def lab_cli(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     """The `lab` click group in a process of its own, as `sdn-netpol lab …` runs it."""
-    code = "import sys; from sdn_netpol.lab.cli import lab; sys.exit(lab())"
+    code = "import sys; from sdn_netpol.cli.lab import lab; sys.exit(lab())"
     proc = subprocess.run([sys.executable, "-c", code, "--workdir", str(workdir), *args],
                           capture_output=True, text=True, timeout=180, check=False)
     assert not check or proc.returncode == 0, proc.stdout + proc.stderr
@@ -124,7 +124,7 @@ def test_deleting_a_namespace_deletes_its_pods(workdir: Path) -> None:
 
 def test_up_after_a_crash_cleans_up_first(workdir: Path, model_file: Path) -> None:
     """Kill `lab up` half-way (SIGKILL: no cleanup of its own), then `up` again."""
-    code = "import sys; from sdn_netpol.lab.cli import lab; sys.exit(lab())"
+    code = "import sys; from sdn_netpol.cli.lab import lab; sys.exit(lab())"
     crashed = subprocess.Popen([sys.executable, "-c", code, "--workdir", str(workdir), "up", "-f", str(model_file),
                                 "--nodes", "2"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60

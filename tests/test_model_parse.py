@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from netaddr import IPAddress, IPNetwork
 
-from sdn_netpol.manifests import ManifestError, decode_documents, load_paths
+from sdn_netpol.inputs.manifests import ManifestError, decode_documents, load_paths
 from sdn_netpol.model.labels import Labels, LabelSelector, Requirement
 from sdn_netpol.model.objects import NAMESPACE_NAME_LABEL, ContainerPort, IPBlock, Peer, PodKey, PolicyPort
 from sdn_netpol.model.parse import parse_documents

@@ -11,6 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from netaddr import EUI, IPAddress, IPNetwork
 
+from sdn_netpol.cli.flowtext import compile_inputs
+from sdn_netpol.cli.golden import GoldenCase, cases
 from sdn_netpol.compiler import ofwire
 from sdn_netpol.compiler.base_flows import local_pod_flows, node_route_flows, pipeline_flows, remote_pod_flows
 from sdn_netpol.compiler.flow import (
@@ -31,12 +33,10 @@ from sdn_netpol.compiler.flowfields import ACTION_FIELDS, MATCH_FIELDS
 from sdn_netpol.compiler.ofwire import Command, EncodeError, encode_flow_mod
 from sdn_netpol.compiler.osken import to_flow_mod
 from sdn_netpol.compiler.topology import NodeContext, assign_ports
-from sdn_netpol.compiler_cli import compile_inputs
 from sdn_netpol.controller import wire
-from sdn_netpol.golden_flows import GoldenCase, cases
+from sdn_netpol.inputs.node_inputs import load_inputs
 from sdn_netpol.model.labels import Labels
 from sdn_netpol.model.objects import Pod
-from sdn_netpol.node_inputs import load_inputs
 from sdn_netpol.policy.state import ClusterState
 from tests.strategies import any_flows
 

@@ -38,7 +38,7 @@ def controller_argv(state: LabState, node: NodeState) -> list[str]:
     """`sdn-netpol controller …`, run as its module so that it works whether or not the
     subcommand is registered in this install."""
     return [
-        sys.executable, "-m", "sdn_netpol.controller.cli", "--source", f"dir:{state.manifests}",
+        sys.executable, "-m", "sdn_netpol.cli.controller", "--source", f"dir:{state.manifests}",
         "--node", node.name, "--bridge", "br-int", "--ovsdb", f"unix:{node.rundir}/db.sock",
         "--ofp-listen", f"127.0.0.1:{OFP_PORT}", "--status-listen", f"unix:{status_socket(node)}",
         *shlex.split(os.environ.get(EXTRA_ARGS_ENV, "")),

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from sdn_netpol.manifests import ManifestError, read_documents, read_paths
+from sdn_netpol.inputs.manifests import ManifestError, read_documents, read_paths
 from sdn_netpol.model.parse import Document, ParseResult, flatten, parse_documents
 
 NAMESPACED = ("Pod", "NetworkPolicy")

@@ -29,7 +29,7 @@ from typing import Any
 from sdn_netpol.controller.sources.objects import NO_KIND, WANTED_KINDS, convert, is_wanted
 from sdn_netpol.controller.store import Store, StoredObject
 from sdn_netpol.controller.worker import Worker
-from sdn_netpol.manifests import ManifestError, decode_documents, manifest_files
+from sdn_netpol.inputs.manifests import ManifestError, decode_documents, manifest_files
 from sdn_netpol.model.errors import ValidationError
 from sdn_netpol.model.parse import ObjectKey, flatten
 

@@ -1,7 +1,8 @@
 """Read manifests from files and folders (YAML multi-document or JSON) into documents.
 
 The only I/O in front of the pure model: a folder is read in sorted file order so that the
-"later objects replace earlier ones" rule is deterministic.
+"later objects replace earlier ones" rule is deterministic. Here, not in model/, because it
+reads files; used by the CLI, the lab's store and the controller's folder source alike.
 """
 
 from __future__ import annotations

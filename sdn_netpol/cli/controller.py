@@ -1,7 +1,10 @@
-"""`sdn-netpol controller`: the per-node OpenFlow controller (see docs/controller.md).
+"""`sdn-netpol controller`: the per-node OpenFlow controller (sdn_netpol/controller/, see
+docs/controller.md).
 
-Register with `main.add_command(controller)` in sdn_netpol/cli.py; also runnable as
-`python -m sdn_netpol.controller.cli`.
+Registered in sdn_netpol/cli/__init__.py; also runnable as `python -m sdn_netpol.cli.controller`,
+which is how the lab and the tests start one (no console script needed). Only the options
+are defined at import: os-ken and OVS are imported when the command runs, so `--help` and
+the lab's start-up stay fast.
 """
 
 from __future__ import annotations

@@ -9,6 +9,8 @@ Two sources, both read here so that the pure compiler never sees files:
   "nodes": {"node1": "192.168.0.1"}}`. Everything in it is optional.
 
 Every problem is collected (never the first one only), as `validate` does for manifests.
+Here (an I/O package, above compiler/) because it reads files and builds the compiler's
+NodeContext from them; `sdn-netpol compile` and the golden flow tables use it.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from netaddr import EUI, AddrFormatError, IPAddress, mac_unix_expanded
 
 from sdn_netpol.compiler.flowfields import OFPP_MAX
 from sdn_netpol.compiler.topology import NodeContext, assign_ports
-from sdn_netpol.manifests import ManifestError, read_paths
+from sdn_netpol.inputs.manifests import ManifestError, read_paths
 from sdn_netpol.model.parse import Document, ParseResult, flatten, parse_documents
 from sdn_netpol.policy.state import ClusterState
 

@@ -1,4 +1,9 @@
-"""Human-readable rendering for the CLI (rich); JSON contracts live with their values."""
+"""Human-readable rendering shared by the command groups (rich): the reachability matrix
+that `matrix` prints and `lab probe` prints measured beside expected.
+
+JSON contracts live with their values (Matrix.to_json, ProbeReport.to_json); the flow text of
+`compile` is cli/flowtext.py's.
+"""
 
 from __future__ import annotations
 

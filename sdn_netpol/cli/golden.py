@@ -8,9 +8,9 @@
                                   --node <node> [--ports <node>.ports]`
 
 Nodes are the `kind: Node` objects of cluster.yaml. Regeneration and the golden test both
-go through `compile_text`, the function behind the CLI, so a golden file is by
-construction what a user gets from the command; the text holds no paths or times, so a
-re-run is byte-identical.
+go through `compile_text` (cli/flowtext.py), the function behind the CLI, so a golden file
+is by construction what a user gets from the command; the text holds no paths or times, so
+a re-run is byte-identical. `sdn-netpol flows-regen` (cli/flows.py) runs `regenerate`.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from sdn_netpol.compiler_cli import compile_text
-from sdn_netpol.node_inputs import InputError, load_inputs
+from sdn_netpol.cli.flowtext import compile_text
+from sdn_netpol.inputs.node_inputs import InputError, load_inputs
 
 CLUSTER = "cluster.yaml"
 POLICY = "policy.yaml"

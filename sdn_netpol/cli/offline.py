@@ -1,38 +1,26 @@
-"""`sdn-netpol`: offline tools for people debugging policies, plus the controller and lab."""
+"""`sdn-netpol validate | matrix | explain`: the policy engine on manifests, no switch.
+
+For people debugging policies: what the API server would reject, who may reach whom, and
+why. Registered in sdn_netpol/cli/__init__.py.
+"""
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import cast
 
 import click
 from netaddr import AddrFormatError, IPAddress
 
-from sdn_netpol.cli_render import print_matrix, wide_console
-from sdn_netpol.manifests import ManifestError, load_paths
-from sdn_netpol.model.objects import PROTOCOLS, Protocol
+from sdn_netpol.cli.options import PATHS, PORT, PROTOCOL
+from sdn_netpol.cli.render import print_matrix, wide_console
+from sdn_netpol.inputs.manifests import ManifestError, load_paths
+from sdn_netpol.model.objects import Protocol
 from sdn_netpol.model.parse import ParseResult
 from sdn_netpol.policy.matrix import build_matrix
 from sdn_netpol.policy.state import ClusterState
 from sdn_netpol.policy.verdict import Endpoint, decide, explain
-
-PATHS = click.option(
-    "-f", "--filename", "paths", multiple=True, required=True, type=click.Path(path_type=Path),
-    help="Manifest file (YAML/JSON, multi-document, kind: List) or folder; repeatable.",
-)
-PROTOCOL = click.option(
-    "--protocol", type=click.Choice(PROTOCOLS, case_sensitive=False), default="TCP", show_default=True,
-    callback=lambda _c, _p, v: v.upper(), help="Transport protocol of the connection.",
-)
-PORT = click.option("--port", type=click.IntRange(1, 65535), required=True,
-                    help="Destination port number the server listens on.")
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-def main() -> None:
-    """Kubernetes NetworkPolicy for Open vSwitch: validate, matrix, explain, compile, run."""
 
 
 def _load(paths: tuple[Path, ...], strict: bool) -> tuple[ParseResult, ClusterState]:
@@ -51,7 +39,7 @@ def _load(paths: tuple[Path, ...], strict: bool) -> tuple[ParseResult, ClusterSt
     return result, ClusterState.from_parse(result)
 
 
-@main.command()
+@click.command()
 @PATHS
 def validate(paths: tuple[Path, ...]) -> None:
     """Check manifests as the API server would; exit 1 listing every error."""
@@ -60,7 +48,7 @@ def validate(paths: tuple[Path, ...]) -> None:
                f"{len(result.policies)} network polic{'y' if len(result.policies) == 1 else 'ies'}")
 
 
-@main.command()
+@click.command()
 @PATHS
 @PROTOCOL
 @PORT
@@ -98,7 +86,7 @@ def _looks_like_ip(text: str) -> bool:
     return ":" in text or text.replace(".", "").isdigit()
 
 
-@main.command(name="explain")
+@click.command(name="explain")
 @PATHS
 @click.option("--from", "source", required=True, help="NAMESPACE/POD or an IP address.")
 @click.option("--to", "destination", required=True, help="NAMESPACE/POD or an IP address.")
@@ -124,19 +112,3 @@ def _verdict_json(verdict: object) -> object:
     data = asdict(verdict)  # type: ignore[call-overload]
     data["allowed"] = verdict.allowed  # type: ignore[attr-defined]
     return data
-
-
-def _register_subcommands() -> None:
-    """Commands with heavy imports (os-ken, pyroute2) live in their own modules."""
-    from sdn_netpol.compiler_cli import compile_cmd, flows_regen_cmd
-    from sdn_netpol.controller.cli import controller
-    from sdn_netpol.lab.cli import demo, lab
-
-    for command in (compile_cmd, flows_regen_cmd, controller, lab, demo):
-        main.add_command(command)
-
-
-_register_subcommands()
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -1,5 +1,5 @@
-"""`sdn-netpol lab …` and `sdn-netpol demo`: the lab from a shell (register `lab` and `demo`
-from this module in sdn_netpol/cli.py).
+"""`sdn-netpol lab …` and `sdn-netpol demo`: the lab (sdn_netpol/lab/) from a shell.
+Registered in sdn_netpol/cli/__init__.py.
 
 Output contracts (DESIGN.md): `lab probe -o json` prints the matrix shape plus `expected`
 and `mismatches`. Exit status: 0 when the command did what it says; 1 on an error, and for
@@ -17,13 +17,12 @@ from rich.columns import Columns
 from rich.console import Console
 from rich.table import Table
 
-from sdn_netpol.cli_render import matrix_table, wide_console
+from sdn_netpol.cli.options import PATHS, PORT, PROTOCOL
+from sdn_netpol.cli.render import matrix_table, wide_console
 from sdn_netpol.lab.lab import ExternalResult, Lab, ProbeReport
 from sdn_netpol.lab.state import DEFAULT_WORKDIR
 from sdn_netpol.lab.store import LabError
 
-PATHS = click.option("-f", "--filename", "paths", multiple=True, required=True, type=click.Path(path_type=Path),
-                     help="Manifest file (YAML/JSON, multi-document, kind: List) or folder; repeatable.")
 WORKDIR = click.option("--workdir", type=click.Path(path_type=Path), default=DEFAULT_WORKDIR, show_default=True,
                        envvar="SDN_NETPOL_LAB_WORKDIR", help="Lab state, OVS rundirs, manifests folder, logs.")
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "demo"
@@ -104,9 +103,8 @@ def delete(ctx: click.Context, paths: tuple[Path, ...]) -> None:
 
 
 @lab.command()
-@click.option("--protocol", type=click.Choice(["TCP", "UDP", "SCTP"], case_sensitive=False), default="TCP",
-              show_default=True, callback=lambda _c, _p, v: v.upper())
-@click.option("--port", type=click.IntRange(1, 65535), required=True)
+@PROTOCOL
+@PORT
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @click.pass_context
 def probe(ctx: click.Context, protocol: str, port: int, output: str) -> None:

@@ -1,29 +1,22 @@
-"""`sdn-netpol compile`: print the exact flow table one node's br-int gets.
+"""`sdn-netpol compile` and `sdn-netpol flows-regen`: the flow tables of a node, printed or
+written to the golden files under flows/.
 
-The output is what a user feeds to `ovs-ofctl --bundle replace-flows br-int FILE` (or
-compares with `ovs-ofctl -O OpenFlow15 --no-stats --no-names dump-flows br-int`), so the
-text comes from the one renderer the controller and the golden files use. Registered in
-`sdn_netpol/cli.py`; `python -m sdn_netpol.compiler_cli` runs the same commands.
+The text itself is cli/flowtext.py's (both commands print or write exactly it); the layout
+of flows/ is cli/golden.py's. Registered in sdn_netpol/cli/__init__.py.
 """
 
 from __future__ import annotations
 
-import json
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
 import click
 
-from sdn_netpol.compiler.compile import compile_node
-from sdn_netpol.compiler.flowset import FlowSet
-from sdn_netpol.compiler.ofctl import render_actions, render_flows, render_match
-from sdn_netpol.compiler.topology import NodeContext
-from sdn_netpol.node_inputs import InputError, Inputs, load_inputs, node_context, read_ports_file
-from sdn_netpol.policy.state import ClusterState
-
-OUTPUTS = ("ofctl", "json")
+from sdn_netpol.cli.flowtext import OUTPUTS, compile_inputs, render
+from sdn_netpol.cli.golden import regenerate
+from sdn_netpol.cli.options import PATHS
+from sdn_netpol.inputs.node_inputs import InputError, Inputs, load_inputs
 
 COMPILE_HELP = """Print the flows node NODE's br-int must hold for the given manifests.
 
@@ -54,46 +47,6 @@ Invalid manifests or ports file: every error on stderr, exit status 1.
 """
 
 
-def compile_inputs(inputs: Inputs, node: str, ports: Path | None = None) -> tuple[FlowSet, str]:
-    """(flows, header comment) for NODE; raises InputError listing every problem."""
-    if inputs.errors:
-        raise InputError(inputs.errors)
-    state = ClusterState.from_parse(inputs.result)
-    ports_file = read_ports_file(ports) if ports is not None else None
-    context = node_context(state, node, inputs, ports_file)
-    flows = compile_node(state, context)
-    return flows, _header(state, context, flows)
-
-
-def _header(state: ClusterState, context: NodeContext, flows: FlowSet) -> str:
-    """Counts only (no paths, no time): the golden files must not depend on where they live."""
-    count = len(state.policies)
-    return (f"# sdn-netpol compile --node {context.name}: {len(context.bindings)} local pod(s) of "
-            f"{len(state.pods)}, {count} network polic{'y' if count == 1 else 'ies'}, {len(flows)} flows")
-
-
-def render_ofctl(flows: FlowSet, header: str) -> str:
-    return f"{header}\n{render_flows(flows)}"
-
-
-def render_json(flows: FlowSet) -> str:
-    rows = [
-        {"table": f.table, "priority": f.priority, "cookie": f"{f.cookie:#x}",
-         "match": render_match(f.match), "actions": render_actions(f.actions)}
-        for f in flows
-    ]
-    return json.dumps(rows, indent=1) + "\n"
-
-
-def render(flows: FlowSet, header: str, output: str) -> str:
-    return render_ofctl(flows, header) if output == "ofctl" else render_json(flows)
-
-
-def compile_text(paths: Sequence[Path | str], node: str, ports: Path | None = None, output: str = "ofctl") -> str:
-    """The exact stdout of `sdn-netpol compile` (the golden files are this text)."""
-    return render(*compile_inputs(load_inputs(paths), node, ports), output)
-
-
 def _fail(errors: Sequence[str]) -> NoReturn:
     for error in errors:
         click.echo(f"error: {error}", err=True)
@@ -106,8 +59,7 @@ def _notes(inputs: Inputs) -> None:
 
 
 @click.command(name="compile", help=COMPILE_HELP)
-@click.option("-f", "--filename", "paths", multiple=True, required=True, type=click.Path(path_type=Path),
-              help="Manifest file (YAML/JSON, multi-document, kind: List) or folder; repeatable.")
+@PATHS
 @click.option("--node", required=True, help="Node name (spec.nodeName of its pods).")
 @click.option("--ports", "ports", type=click.Path(path_type=Path, dir_okay=False),
               help="Ports file (YAML/JSON): pods, tunnel, gateway, gateway_peer_mac, nodes.")
@@ -127,8 +79,6 @@ def compile_cmd(paths: tuple[Path, ...], node: str, ports: Path | None, output: 
 @click.option("--check", is_flag=True, help="Change nothing; exit 1 if any golden file is out of date.")
 def flows_regen_cmd(root: Path, check: bool) -> None:
     """Regenerate the golden flow tables under ROOT (default: flows/). Review the diff!"""
-    from sdn_netpol.golden_flows import regenerate
-
     try:
         changed = regenerate(root, write=not check)
     except InputError as exc:
@@ -138,15 +88,3 @@ def flows_regen_cmd(root: Path, check: bool) -> None:
     click.echo(f"{len(changed)} golden file(s) {'out of date' if check else 'changed'}")
     if check and changed:
         raise SystemExit(1)
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-def _standalone() -> None:
-    """The compile commands alone (`python -m sdn_netpol.compiler_cli`)."""
-
-
-_standalone.add_command(compile_cmd)
-_standalone.add_command(flows_regen_cmd)
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(_standalone())

@@ -1,0 +1,20 @@
+"""Click options that several command groups take, so that they read the same everywhere."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from sdn_netpol.model.objects import PROTOCOLS
+
+PATHS = click.option(
+    "-f", "--filename", "paths", multiple=True, required=True, type=click.Path(path_type=Path),
+    help="Manifest file (YAML/JSON, multi-document, kind: List) or folder; repeatable.",
+)
+PROTOCOL = click.option(
+    "--protocol", type=click.Choice(PROTOCOLS, case_sensitive=False), default="TCP", show_default=True,
+    callback=lambda _c, _p, v: v.upper(), help="Transport protocol of the connection.",
+)
+PORT = click.option("--port", type=click.IntRange(1, 65535), required=True,
+                    help="Destination port number the server listens on.")
