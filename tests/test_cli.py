@@ -1,5 +1,6 @@
 """`sdn-netpol validate | matrix | explain`: exit codes, messages, the matrix JSON contract of
-DESIGN.md, a readable 30×30 table, plain-words explanations."""
+DESIGN.md, a readable 30×30 table, plain-words explanations; help for every command, and
+each command loading only its own group (sdn_netpol/cli/)."""
 
 from __future__ import annotations
 
@@ -45,12 +46,45 @@ def write(tmp_path: Path, name: str, *docs: object) -> Path:
 # --- help ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("command", [[], ["validate"], ["matrix"], ["explain"]])
+COMMANDS = [[], ["validate"], ["matrix"], ["explain"], ["compile"], ["flows-regen"], ["controller"], ["demo"],
+            ["lab"], *(["lab", c] for c in ("up", "apply", "delete", "probe", "status", "verify", "down"))]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "sdn-netpol")
 def test_help_everywhere(command: list[str]) -> None:
     for flag in ("--help", "-h"):
         result = run(*command, flag)
-        assert result.exit_code == 0
+        assert result.exit_code == 0, result.output
         assert result.stdout.startswith("Usage: ")
+
+
+def test_every_command_is_listed_in_the_root_help() -> None:
+    listed = run("--help").stdout.partition("Commands:")[2]
+    for name in ("compile", "controller", "demo", "explain", "flows-regen", "lab", "matrix", "validate"):
+        assert f"\n  {name} " in listed
+
+
+def _loaded_after(code: str) -> list[str]:
+    """sdn_netpol.lab and os-ken modules a fresh interpreter has imported after `code`."""
+    probe = code + ("\nimport json, sys\n"
+                    "print(json.dumps(sorted(m for m in sys.modules if m.startswith(('sdn_netpol.lab', 'os_ken')))))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    return list(json.loads(out.strip().splitlines()[-1]))
+
+
+def test_an_offline_command_imports_neither_the_lab_nor_os_ken() -> None:
+    code = "from sdn_netpol.cli import main\ntry:\n    main(['validate', '--help'])\nexcept SystemExit:\n    pass"
+    assert _loaded_after(code) == []
+
+
+def test_the_controller_runs_as_a_module_without_the_lab_or_os_ken() -> None:
+    """How the lab and the tests start a controller: `python -m sdn_netpol.cli.controller`;
+    its package must not import the module first (runpy would warn) nor pull in the lab."""
+    result = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-m", "sdn_netpol.cli.controller",
+                             "--help"], capture_output=True, text=True, check=False)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert "--datapath-purge" in result.stdout
+    assert _loaded_after("import sdn_netpol.cli.controller") == []
 
 
 def test_help_documents_the_options() -> None:
