@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 from sdn_netpol.debug.trace import NodePlace, Packet, PodPlace, Topology, TraceReport, trace_packet
-from sdn_netpol.manifests import load_paths
+from sdn_netpol.inputs.manifests import load_paths
 from sdn_netpol.model.objects import PodKey, Protocol
 from sdn_netpol.ovs import OvsInstance, Tracer
 from sdn_netpol.policy.state import ClusterState
