@@ -54,7 +54,8 @@ def build(config: Config) -> Parts:
     switch = Switch(metrics, on_ready=pending.mark)
     guard = DatapathGuard(Path(config.ovs_rundir()), config.datapath.mode, config.bridge, metrics)
     board = status.StatusBoard(config.node, config.source, desired=lambda: store.generation,
-                               connected=lambda: switch.session() is not None, datapath=guard.to_json)
+                               connected=lambda: switch.session() is not None, datapath=guard.to_json,
+                               policies=store.policy_generations)
     realizer = Realizer(config.node, store, ports, switch, pending, board, metrics, config.timing, guard)
     return Parts(metrics, board, store, ports, switch, realizer, guard, [])
 

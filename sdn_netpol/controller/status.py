@@ -18,6 +18,7 @@ merge the answers of all its controllers):
         "invalid_objects": [{"kind": …, "namespace": …, "name": …,
                              "last_valid_enforced": true, "errors": [{"object", "path",
                              "message", "text"}]}],
+        "policies": {"x/deny": {"generation": 5, "invalid": false, "realized": true}},
         "datapath": {"mode": "auto", "purge_after_change": true, "ovs_version": "3.1.0",
                      "purges": 12, "last_purge_seconds": 0.002, "repairs": 0, "error": null,
                      "last_verify": {"at": …, "seconds": …, "checked": 40, "unverifiable": 0,
@@ -62,6 +63,7 @@ class StatusBoard:
     desired: Callable[[], int] = lambda: 0  # the store's generation, read live
     connected: Callable[[], bool] = lambda: False  # the switch is connected and its table read
     datapath: Callable[[], dict[str, Any] | None] = lambda: None  # DatapathGuard.to_json
+    policies: Callable[[], dict[str, tuple[int, bool]]] = dict  # Store.policy_generations
     source_synced: bool = False
     realized: Realized | None = None
     errors: dict[str, str | None] = field(default_factory=lambda: dict.fromkeys(ERROR_PLACES))
@@ -96,6 +98,7 @@ class StatusBoard:
         desired = self.desired()  # read first: a realization that lands meanwhile only looks behind
         connected = self.connected()
         datapath = self.datapath()
+        policies = self.policies()
         with self._lock:
             done = self.realized
             entry: dict[str, Any] = {
@@ -112,6 +115,9 @@ class StatusBoard:
                 "ports": dict(sorted(done.ports.items())) if done else {},
                 "invalid_objects": [i.to_json() for i in done.invalid] if done else [],
                 "datapath": datapath,
+                "policies": {ref: {"generation": generation, "invalid": invalid,
+                                   "realized": done is not None and not invalid and done.generation >= generation}
+                             for ref, (generation, invalid) in policies.items()},
             }
         return {"node": self.node, "nodes": {self.node: entry}}
 

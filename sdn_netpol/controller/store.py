@@ -113,6 +113,8 @@ class Store:
     _snapshot: Snapshot | None = None
     _last: Snapshot | None = None  # the newest snapshot taken (the base of the next one)
     _touched: set[ObjectKey] | None = field(default_factory=set)  # keys changed since; None: a relist
+    # per NetworkPolicy: the generation that brought its latest version (or its rejection)
+    _policy_changed: dict[ObjectKey, int] = field(default_factory=dict)
 
     def put(self, key: ObjectKey, obj: StoredObject | None, errors: Iterable[ValidationError] = (),
             version: str | None = None) -> None:
@@ -121,10 +123,12 @@ class Store:
             if obj is not None:
                 if self._objects.get(key) != obj:  # a Node status update must not force a full build
                     self._touch(key)
+                    self._policy_change(key)
                 self._objects[key] = obj
                 self._invalid.pop(key, None)
             else:
                 self._invalid[key] = tuple(errors)
+                self._policy_change(key)
             self._bump(version)
         self.on_change()
 
@@ -133,6 +137,7 @@ class Store:
             if self._objects.pop(key, None) is not None:
                 self._touch(key)
             self._invalid.pop(key, None)
+            self._policy_changed.pop(key, None)
             self._bump(version)
         self.on_change()
 
@@ -144,6 +149,13 @@ class Store:
         wanted = set(kinds)
         with self._lock:
             old = {k: v for k, v in self._objects.items() if k[0] in wanted}
+            for key in set(objects) | set(invalid) | set(old):
+                rejected = tuple(invalid[key]) if key in invalid else None
+                newly_rejected = rejected is not None and self._invalid.get(key) != rejected
+                if newly_rejected or (rejected is None and old.get(key) != objects.get(key)):
+                    self._policy_change(key)
+                if key not in objects and rejected is None:
+                    self._policy_changed.pop(key, None)
             for key in old:
                 del self._objects[key]
             self._objects.update(objects)
@@ -173,6 +185,16 @@ class Store:
             self._synced = True
             self._bump(None)
         self.on_change()
+
+    def _policy_change(self, key: ObjectKey) -> None:
+        if key[0] == "NetworkPolicy":
+            self._policy_changed[key] = self._generation + 1  # the generation _bump is about to make
+
+    def policy_generations(self) -> dict[str, tuple[int, bool]]:
+        """Per policy `NS/NAME`: (the generation of its latest version, whether that version
+        is invalid and so not the one enforced)."""
+        with self._lock:
+            return {f"{k[1]}/{k[2]}": (g, k in self._invalid) for k, g in sorted(self._policy_changed.items())}
 
     def _touch(self, key: ObjectKey) -> None:
         if self._touched is not None:
