@@ -124,6 +124,7 @@ class Store:
 
     def __init__(self) -> None:
         self.cond = threading.Condition()
+        self.events: list[Obj] = []  # Events the controller created (POST), in order
         self.rv = 1
         self.compacted = 0
         self.objects: dict[Resource, dict[Key, Obj]] = {res: {} for res in RESOURCES}
@@ -390,7 +391,24 @@ class _Handler(BaseHTTPRequestHandler):
     def _reject(self) -> None:
         self._send_json(405, status(405, "MethodNotAllowed", "fakekube is read-only over HTTP"))
 
-    do_POST = do_PUT = do_PATCH = do_DELETE = _reject
+    def do_POST(self) -> None:
+        """Only Events can be created (the controller reports invalid policies with them)."""
+        path = urlsplit(self.path).path.rstrip("/")
+        parts = path.split("/")
+        if len(parts) == 6 and parts[1:4] == ["api", "v1", "namespaces"] and parts[5] == "events":
+            length = int(self.headers.get("Content-Length") or 0)
+            body = json.loads(self.rfile.read(length) or b"{}")
+            fake = self.server.fake
+            with fake.cond:
+                fake.rv += 1
+                body.setdefault("metadata", {})["name"] = f"{body['metadata'].get('generateName', 'ev.')}{fake.rv}"
+                body["metadata"]["resourceVersion"] = str(fake.rv)
+                fake.events.append(body)
+            self._send_json(201, body)
+        else:
+            self._reject()
+
+    do_PUT = do_PATCH = do_DELETE = _reject
 
     def _send_json(self, code: int, body: Obj) -> None:
         data = json.dumps(body).encode()

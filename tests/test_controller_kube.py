@@ -200,3 +200,23 @@ def test_invalid_policy_is_reported_and_last_valid_version_enforced(sw: Switch, 
     last_valid.append(policy_manifest("x", "db", "db", {"app": "web"}))
     assert_flows_converge(sw, lambda: StaticCluster(last_valid).expected(sw))
     assert ctl.metrics()["sdn_netpol_invalid_objects"] == 1
+
+
+def test_an_invalid_policy_gets_an_invalid_policy_event_with_the_field_path(
+        sw: Switch, cluster: KubeCluster, fake: FakeKube, ctl: Controller) -> None:
+    seed(sw, cluster)
+    ctl.start()
+    converged(sw, cluster)
+    broken = policy_manifest("x", "db", "db", {"app": "web"})
+    broken["spec"]["ingress"][0]["ports"] = [{"protocol": "TCP", "port": "http", "endPort": 90}]
+    cluster.apply(broken)
+    event: dict[str, Any] = wait_for(lambda: next(iter(fake.events), {}), what="an Event")
+    assert (event["reason"], event["type"]) == ("InvalidPolicy", "Warning")
+    involved = event["involvedObject"]
+    assert (involved["kind"], involved["namespace"], involved["name"]) == ("NetworkPolicy", "x", "db")
+    assert event["metadata"]["namespace"] == "x"
+    assert "spec.ingress[0].ports[0]" in event["message"] and "endPort" in event["message"]
+    cluster.apply(policy_manifest("x", "other", "web", {"app": "db"}))
+    converged_once_more = ctl.status()
+    assert converged_once_more["policies"]["x/db"]["invalid"] is True
+    assert len(fake.events) == 1, "one Event per invalid version, not one per relist or change"

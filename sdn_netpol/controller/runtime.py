@@ -67,7 +67,7 @@ def _start_source(config: Config, parts: Parts) -> threading.Thread:
     if config.source == "kube":
         from sdn_netpol.controller.sources.kube import KubeSource  # the client is slow to import
 
-        return KubeSource(parts.store, report, parts.metrics, config.kube).start()
+        return KubeSource(parts.store, report, parts.metrics, config.kube, config.node).start()
     if config.source.startswith("dir:"):
         from sdn_netpol.controller.sources.directory import DirectorySource
 

@@ -35,6 +35,7 @@ from kubernetes.watch.watch import iter_resp_lines
 
 from sdn_netpol.controller.config import KubeOptions
 from sdn_netpol.controller.metrics import Metrics
+from sdn_netpol.controller.sources.events import EventRecorder
 from sdn_netpol.controller.sources.objects import convert, raw_key
 from sdn_netpol.controller.store import Store, StoredObject
 from sdn_netpol.model.errors import ValidationError
@@ -164,7 +165,8 @@ class Reflector:
             _check(resp)
             page = json.loads(resp.data)
             for item in page.get("items") or []:
-                self._take({**item, "kind": self.resource.kind}, objects, invalid)
+                self._take({**item, "kind": self.resource.kind, "apiVersion": page.get("apiVersion")},
+                           objects, invalid)
             token = page.get("metadata", {}).get("continue")
             if not token:
                 rv = str(page["metadata"]["resourceVersion"])
@@ -174,8 +176,7 @@ class Reflector:
         LOG.info("listed %d %s at resourceVersion %s", len(objects), self.resource.plural, rv)
         return rv
 
-    @staticmethod
-    def _take(body: dict[str, Any], objects: dict[ObjectKey, StoredObject],
+    def _take(self, body: dict[str, Any], objects: dict[ObjectKey, StoredObject],
               invalid: dict[ObjectKey, tuple[ValidationError, ...]]) -> None:
         result = convert(body)
         if result.key is None:
@@ -184,6 +185,7 @@ class Reflector:
             objects[result.key] = result.obj
         else:
             invalid[result.key] = result.errors
+            self.source.invalid(body, result.errors)
 
     def watch(self, rv: str) -> str:
         """Apply events until the stream ends cleanly; return the last resourceVersion."""
@@ -222,9 +224,12 @@ class Reflector:
             if key is not None:
                 self.source.deleted(self.resource.kind, key, new_rv)
         elif kind in ("ADDED", "MODIFIED"):
-            result = convert({**body, "kind": self.resource.kind})
+            body = {**body, "kind": self.resource.kind}
+            result = convert(body)
             if result.key is not None:
                 self.source.put(self.resource.kind, result.key, result.obj, result.errors, new_rv)
+                if result.obj is None:
+                    self.source.invalid(body, result.errors)
         return new_rv
 
 
@@ -232,8 +237,10 @@ class KubeSource:
     """Four reflectors feeding one store; synced once every resource has been listed."""
 
     def __init__(self, store: Store, report: Callable[[str | None], None], metrics: Metrics,
-                 options: KubeOptions) -> None:
+                 options: KubeOptions, node: str = "") -> None:
         self.store = store
+        self.node = node
+        self.events: EventRecorder | None = None
         self.report = report
         self.metrics = metrics
         self.options = options
@@ -245,6 +252,7 @@ class KubeSource:
     def start(self) -> threading.Thread:
         """Start the reflectors; the returned thread lives as long as they do."""
         api = api_client(self.options.kubeconfig)
+        self.events = EventRecorder(api, self.node)
         threads = [threading.Thread(target=Reflector(r, api, self).run, name=f"watch-{r.plural}", daemon=True)
                    for r in RESOURCES]
         for thread in threads:
@@ -281,6 +289,11 @@ class KubeSource:
             rv: str) -> None:
         self._log_invalid({key: errors} if obj is None else {})
         self.store.put(key, obj, errors, self.versions.update(kind, rv))
+
+    def invalid(self, body: dict[str, Any], errors: tuple[ValidationError, ...]) -> None:
+        """An invalid NetworkPolicy version: an Event on the object (events.py)."""
+        if self.events is not None and body.get("kind") == "NetworkPolicy":
+            self.events.invalid_policy(body, errors)
 
     def deleted(self, kind: str, key: ObjectKey, rv: str) -> None:
         self.store.delete(key, self.versions.update(kind, rv))

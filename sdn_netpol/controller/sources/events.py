@@ -1,0 +1,85 @@
+"""Kubernetes Events on invalid NetworkPolicies, where `kubectl describe` shows them.
+
+The controller skips an invalid policy version and keeps enforcing the last valid one
+(store.py); the log says so, but the user looks at the object. So each invalid version
+gets one Warning Event (reason ``InvalidPolicy``) naming every field path and reason.
+Posted from a queue by one thread, so a slow API server never stalls a watch; one Event per
+(uid, resourceVersion) and reporting node; failures are logged and not retried forever.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import queue
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from typing import Any, cast
+
+from sdn_netpol.model.errors import ValidationError
+
+LOG = logging.getLogger(__name__)
+REASON = "InvalidPolicy"
+COMPONENT = "sdn-netpol"
+REMEMBERED = 4096  # (uid, resourceVersion) pairs already reported
+ATTEMPTS = 3
+
+
+def event_body(policy: Mapping[str, Any], errors: Iterable[ValidationError], node: str, now: str) -> dict[str, Any]:
+    """A core/v1 Event about `policy` (its raw manifest as the API server gave it)."""
+    metadata = policy.get("metadata") or {}
+    namespace, name = metadata.get("namespace", "default"), metadata.get("name", "")
+    message = "; ".join(f"{e.path}: {e.message}" for e in errors) or "invalid"
+    return {
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"generateName": f"{name}.", "namespace": namespace},
+        "involvedObject": {"apiVersion": policy.get("apiVersion", "networking.k8s.io/v1"), "kind": "NetworkPolicy",
+                           "namespace": namespace, "name": name, "uid": metadata.get("uid"),
+                           "resourceVersion": metadata.get("resourceVersion")},
+        "reason": REASON, "type": "Warning",
+        "message": f"not enforced (the last valid version stays): {message}"[:1024],
+        "source": {"component": COMPONENT, "host": node},
+        "reportingComponent": COMPONENT, "reportingInstance": node,
+        "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+    }
+
+
+class EventRecorder:
+    def __init__(self, api: Any, node: str) -> None:
+        from kubernetes import client  # slow to import: only with --source kube
+
+        self.core = client.CoreV1Api(api)
+        self.node = node
+        self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._queue: queue.Queue[dict[str, Any]] = queue.Queue(maxsize=1000)
+        self._lock = threading.Lock()
+        threading.Thread(target=self._run, name="events", daemon=True).start()
+
+    def invalid_policy(self, policy: Mapping[str, Any], errors: Iterable[ValidationError]) -> None:
+        metadata = policy.get("metadata") or {}
+        key = (str(metadata.get("uid") or metadata.get("name")), str(metadata.get("resourceVersion")))
+        with self._lock:
+            if key in self._seen:
+                return
+            self._seen[key] = None
+            while len(self._seen) > REMEMBERED:
+                self._seen.popitem(last=False)
+        now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        try:
+            self._queue.put_nowait(event_body(policy, errors, self.node, now))
+        except queue.Full:
+            LOG.warning("event queue full: no Event for invalid policy %s", key)
+
+    def _run(self) -> None:
+        while True:
+            body = self._queue.get()
+            for attempt in range(1, ATTEMPTS + 1):
+                try:
+                    # the client serialises a plain dict as it is (no CoreV1Event model needed)
+                    self.core.create_namespaced_event(body["metadata"]["namespace"], cast(Any, body))
+                    break
+                except Exception as exc:  # ApiException, connection errors: log, try again, give up
+                    if attempt == ATTEMPTS:
+                        LOG.warning("Event for invalid policy %s/%s not posted: %s", body["metadata"]["namespace"],
+                                    body["involvedObject"]["name"], exc)
