@@ -18,7 +18,7 @@ import yaml
 
 from sdn_netpol.debug.flows import Selection
 from sdn_netpol.debug.trace import DebugError
-from sdn_netpol.lab import debug, netns
+from sdn_netpol.lab import controllers, debug, netns
 from sdn_netpol.lab.lab import Lab
 from sdn_netpol.lab.state import PodState
 from tests.lab_fixtures import MODEL, netpol
@@ -125,3 +125,31 @@ def test_bad_trace_input_is_one_clear_error(lab: Lab, args: tuple[object, ...], 
 def test_bad_flows_input_is_one_clear_error(lab: Lab, selection: Selection, message: str) -> None:
     with pytest.raises(DebugError, match=message):
         debug.flows(lab.state(), lab.cluster(), None, selection)
+
+
+def _metric(text: str, name: str, labels: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(f"{name}{{") and all(part in line for part in labels.split(",")):
+            return float(line.rpartition(" ")[2])
+    return 0.0
+
+
+def test_the_controller_serves_the_same_counters_on_metrics(lab: Lab) -> None:
+    state = lab.state()
+    node = state.node(state.pods["x/a"].node)
+    rule = 'namespace="x",policy="allow-y",direction="ingress",rule="0"'
+    drop = 'namespace="x",pod="a",direction="ingress"'
+
+    def scraped() -> tuple[float, float]:
+        text = controllers.get(node, "/metrics").decode()
+        return (_metric(text, "sdn_netpol_rule_packets_total", rule),
+                _metric(text, "sdn_netpol_isolation_drops_total", drop))
+
+    send_datagrams(state.pods["y/a"], state.pods["x/a"], 3)
+    send_datagrams(state.pods["z/a"], state.pods["x/a"], 2)
+    want = counters(lab)
+    deadline = time.monotonic() + 3 * controllers.STATS_INTERVAL + 2
+    while scraped() != (float(want[0]), float(want[1])) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert scraped() == (float(want[0]), float(want[1]))
+    assert want[0] > 0 and want[1] > 0

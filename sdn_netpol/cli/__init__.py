@@ -5,7 +5,9 @@ One module per command group, each importing only what its commands need:
     offline.py     validate, matrix, explain        manifests → policy engine, no switch
     flows.py       compile, flows-regen             manifests → flow tables (flowtext.py, golden.py)
     controller.py  controller                       the per-node OpenFlow controller
-    lab.py         lab …, demo                      a cluster on this machine
+    live.py        trace, flows                     a live node's switch, mapped to policies and rules
+    lab.py         lab …, demo                      a cluster on this machine (lab trace/flows/stats too)
+    debugview.py   text of the debugging commands (trace steps, flows by table, stats tables)
     render.py      rich rendering shared by the groups (the reachability matrix)
     options.py     click options shared by the groups
 
@@ -31,6 +33,8 @@ COMMANDS: Mapping[str, str] = {
     "compile": "sdn_netpol.cli.flows:compile_cmd",
     "flows-regen": "sdn_netpol.cli.flows:flows_regen_cmd",
     "controller": "sdn_netpol.cli.controller:controller",
+    "trace": "sdn_netpol.cli.live:trace_cmd",
+    "flows": "sdn_netpol.cli.live:flows_cmd",
     "lab": "sdn_netpol.cli.lab:lab",
     "demo": "sdn_netpol.cli.lab:demo",
 }

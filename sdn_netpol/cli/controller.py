@@ -65,12 +65,14 @@ def _check_listen(_ctx: click.Context, param: click.Parameter, value: str) -> st
               help="Seconds between re-translations of the megaflows (stale ones are counted and purged); 0: off.")
 @click.option("--datapath-verify-max", type=click.IntRange(1), default=2000, show_default=True,
               help="Megaflows re-translated per verification.")
+@click.option("--stats-interval", type=click.FloatRange(0), default=10.0, show_default=True,
+              help="Seconds between reads of the per-rule counters for /metrics; 0: off.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True)
 def controller(source: str, node: str, bridge: str, ofp_listen: str, status_listen: str, ovsdb: str,
                kubeconfig: str | None, watch_timeout: float, watch_read_timeout: float, coalesce_ms: float,
                dir_poll_ms: float, ovs_rundir: str | None, datapath_purge: str, datapath_verify_interval: float,
-               datapath_verify_max: int, log_level: str) -> None:
+               datapath_verify_max: int, stats_interval: float, log_level: str) -> None:
     """Enforce NetworkPolicy on this node's bridge: watch the cluster (or a folder), keep the
     pod-to-port map, compile, and install each change as one atomic OpenFlow bundle."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -80,6 +82,7 @@ def controller(source: str, node: str, bridge: str, ofp_listen: str, status_list
         ovsdb=ovsdb, dir_poll=dir_poll_ms / 1000, timing=Timing(coalesce=coalesce_ms / 1000),
         kube=KubeOptions(kubeconfig=kubeconfig, watch_timeout=watch_timeout, read_timeout=watch_read_timeout),
         datapath=DatapathOptions(ovs_rundir, datapath_purge, datapath_verify_interval, datapath_verify_max),
+        stats_interval=stats_interval,
     )
     from sdn_netpol.controller.runtime import run  # imports os-ken and OVS: not needed for --help
 

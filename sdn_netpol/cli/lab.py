@@ -11,14 +11,20 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import cast
 
 import click
 from rich.columns import Columns
 from rich.console import Console
 from rich.table import Table
 
+from sdn_netpol.cli import debugview
 from sdn_netpol.cli.options import PATHS, PORT, PROTOCOL
 from sdn_netpol.cli.render import matrix_table, wide_console
+from sdn_netpol.debug.flows import DIRECTIONS, FlowView, Selection
+from sdn_netpol.debug.stats import Stats
+from sdn_netpol.debug.trace import TraceReport
+from sdn_netpol.lab import debug
 from sdn_netpol.lab.lab import ExternalResult, Lab, ProbeReport
 from sdn_netpol.lab.state import DEFAULT_WORKDIR
 from sdn_netpol.lab.store import LabError
@@ -188,6 +194,77 @@ def verify(ctx: click.Context, output: str) -> None:
                 click.echo(f"  {stale.describe()}")
     if any(r.stale for r in reports.values()):
         ctx.exit(1)
+
+
+CT_STATE = click.option("--state", "ct_state", type=click.Choice(["new", "established", "reply"]), default="new",
+                        show_default=True, help="The packet's connection state (conntrack).")
+
+
+@lab.command()
+@click.option("--from", "source", required=True, metavar="NS/POD", help="The sending pod.")
+@click.option("--to", "destination", required=True, metavar="NS/POD|IP", help="The receiving pod, or an address.")
+@PORT
+@PROTOCOL
+@CT_STATE
+@debugview.OUTPUT
+@click.pass_context
+def trace(ctx: click.Context, source: str, destination: str, port: int, protocol: str, ct_state: str,
+          output: str) -> None:
+    """What the switches do with one packet: every flow it meets on the source's node and,
+    through the tunnel, on the destination's; the verdict and the policy rule (or the
+    isolation) that decided. Exit 2 on bad input."""
+    lab_ = _lab(ctx)
+
+    def run() -> TraceReport:
+        return debug.trace(lab_.state(), lab_.cluster(), source, destination, port, protocol, ct_state)
+
+    report = cast(TraceReport, debugview.guarded(run, LabError))
+    if output == "json":
+        click.echo(debugview.dumps(report.to_json()))
+    else:
+        click.echo(debugview.trace_text(f"{source} -> {destination} {protocol}/{port} ({ct_state})", report))
+
+
+@lab.command()
+@click.option("--node", default=None, help="One node (default: every node).")
+@click.option("--policy", default=None, metavar="NS/NAME", help="Only this NetworkPolicy's flows.")
+@click.option("--rule", type=click.IntRange(0), default=None, help="Only this rule of --policy (needs --direction).")
+@click.option("--direction", type=click.Choice(["ingress", "egress"]), default=None,
+              help="Only this direction of --policy.")
+@click.option("--pod", default=None, metavar="NS/POD", help="Only this pod's flows (ports, routes, isolation).")
+@debugview.OUTPUT
+@click.pass_context
+def flows(ctx: click.Context, node: str | None, policy: str | None, rule: int | None, direction: str | None,
+          pod: str | None, output: str) -> None:
+    """The installed flows of a policy, a rule or a pod (selected by cookie on the switch),
+    grouped by table, with their counters and decoded owners. Exit 2 on bad input."""
+    lab_ = _lab(ctx)
+    selection = Selection(policy, rule, DIRECTIONS.get(direction or ""), pod)
+
+    def run() -> list[FlowView]:
+        return debug.flows(lab_.state(), lab_.cluster(), node, selection)
+
+    shown = cast(list[FlowView], debugview.guarded(run, LabError))
+    if output == "json":
+        click.echo(debugview.dumps([f.to_json() for f in shown]))
+    else:
+        click.echo(debugview.flows_text(shown))
+
+
+@lab.command()
+@click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.pass_context
+def stats(ctx: click.Context, output: str) -> None:
+    """Per-rule packet and byte counters, and packets dropped by each pod's isolation, read
+    from every node's switch now."""
+    lab_ = _lab(ctx)
+    sample = cast(Stats, debugview.guarded(lambda: debug.rule_stats(lab_.state(), lab_.cluster()), LabError))
+    if output == "json":
+        click.echo(debugview.dumps(sample.to_json()))
+        return
+    console = wide_console()
+    for table in debugview.stats_tables(sample):
+        console.print(table)
 
 
 @lab.command()

@@ -24,6 +24,7 @@ from sdn_netpol.lab.state import OFP_PORT, LabState, NodeState
 from sdn_netpol.lab.store import LabError
 
 REALIZE_TIMEOUT = 60.0
+STATS_INTERVAL = 2.0  # the lab's controllers refresh /metrics' rule counters this often
 # More controller flags for every node, e.g. "--datapath-purge never" to watch the OVS
 # megaflow bug of docs/reliability.md happen; read when a controller starts.
 EXTRA_ARGS_ENV = "SDN_NETPOL_LAB_CONTROLLER_ARGS"
@@ -41,7 +42,7 @@ def controller_argv(state: LabState, node: NodeState) -> list[str]:
         sys.executable, "-m", "sdn_netpol.cli.controller", "--source", f"dir:{state.manifests}",
         "--node", node.name, "--bridge", "br-int", "--ovsdb", f"unix:{node.rundir}/db.sock",
         "--ofp-listen", f"127.0.0.1:{OFP_PORT}", "--status-listen", f"unix:{status_socket(node)}",
-        *shlex.split(os.environ.get(EXTRA_ARGS_ENV, "")),
+        "--stats-interval", str(STATS_INTERVAL), *shlex.split(os.environ.get(EXTRA_ARGS_ENV, "")),
     ]
 
 
@@ -65,20 +66,26 @@ def restart(state: LabState, node: NodeState) -> None:
     start(state, node)
 
 
-def status(node: NodeState, timeout: float = STATUS_TIMEOUT) -> dict[str, Any]:
-    """GET /status from the node's controller: its entry for this node (raises
-    OSError/ValueError when it does not answer)."""
+def get(node: NodeState, path: str, timeout: float = STATUS_TIMEOUT) -> bytes:
+    """GET `path` from the node's controller over its status socket (raises OSError or
+    ValueError when it does not answer 200)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
         sock.connect(str(status_socket(node)))
-        sock.sendall(b"GET /status HTTP/1.0\r\nHost: localhost\r\nAccept: application/json\r\n\r\n")
+        sock.sendall(f"GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n".encode())
         chunks = []
         while data := sock.recv(65536):
             chunks.append(data)
     head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
     if not head.startswith(b"HTTP/1.") or b" 200 " not in head.split(b"\r\n")[0] + b" ":
-        raise ValueError(f"/status answered {head.splitlines()[0] if head else b'nothing'!r}")
-    doc = json.loads(body)
+        raise ValueError(f"{path} answered {head.splitlines()[0] if head else b'nothing'!r}")
+    return body
+
+
+def status(node: NodeState, timeout: float = STATUS_TIMEOUT) -> dict[str, Any]:
+    """GET /status from the node's controller: its entry for this node (raises
+    OSError/ValueError when it does not answer)."""
+    doc = json.loads(get(node, "/status", timeout))
     entry = doc.get("nodes", {}).get(node.name) if isinstance(doc, dict) else None
     if not isinstance(entry, dict):
         raise ValueError(f"/status has no entry for node {node.name}")
