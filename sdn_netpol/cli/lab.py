@@ -164,9 +164,14 @@ def status(ctx: click.Context, output: str) -> None:
     for node in doc["nodes"]:
         ctl = node.get("controller") or {}
         state = "running" if node["controller_running"] else "not running"
-        console.print(f"{node['name']} {node['address']} pods {node['pod_cidr']}: controller {state}; "
-                      f"realized_generation={ctl.get('realized_generation')} ports={len(ctl.get('ports') or {})} "
-                      f"last_error={ctl.get('last_error') or node.get('controller_error')}")
+        error = ctl.get("last_error") or node.get("controller_error")
+        console.print(f"{node['name']} {node['address']} pods {node['pod_cidr']}: "
+                      f"controller {state}; realized_generation={ctl.get('realized_generation')} "
+                      f"ports={len(ctl.get('ports') or {})} last_error={error}")
+        for ref, policy in (ctl.get("policies") or {}).items():
+            how = "invalid (last valid version enforced)" if policy["invalid"] else (
+                "realized" if policy["realized"] else "not realized yet")
+            console.print(f"    policy {ref}: {how} (generation {policy['generation']})")
     for key, pod in doc["pods"].items():
         server = "serving" if pod["server_running"] else "server down"
         console.print(f"  {key:24} {pod['node']:8} {pod['ip']:15} {server}: {' '.join(pod['ports'])}")
