@@ -43,14 +43,11 @@ import realize
 
 from sdn_netpol.compiler.pipeline import GATEWAY_MAC
 from sdn_netpol.compiler.topology import mac_for_ip
-from sdn_netpol.controller import app
 from sdn_netpol.controller.config import Config, DatapathOptions
-from sdn_netpol.controller.portmap import InterfaceMonitor
-from sdn_netpol.controller.runtime import Parts, build
 from sdn_netpol.lab import netns
 from sdn_netpol.ovs import datapath
 from sdn_netpol.ovs.trace import Tracer
-from tests.controller_fixtures import BRIDGE, Switch, switch, wait_for
+from tests.controller_fixtures import Switch, switch
 
 SAMPLES = 9  # relabels per mode and size
 _DPCTL = re.compile(r"lookups: hit:(\d+) missed:(\d+) lost:(\d+)\s+flows: (\d+)")
@@ -135,21 +132,11 @@ def measure(n_pods: int, flow_targets: list[int]) -> dict[str, Any]:
     others = [p for p in state.pods if p.node_name != realize.NODE] + local
     out: dict[str, Any] = {"pods": n_pods, "policies": realize.N_POLICIES, "local_pods": len(local), "runs": []}
     with tempfile.TemporaryDirectory(prefix="datapath-bench-") as tmp, switch(Path(tmp)) as sw:
-        sw.set_controller(6653)
-        realize.attach_ports(sw, local)
-        parts: Parts = build(Config(node=realize.NODE, source="bench", ofp_listen=f"{sw.root_ip}:6653",
-                                    ovsdb=f"unix:{sw.ovs.db_sock}", datapath=DatapathOptions(mode="purge")))
-        probe = realize.Probe(parts)
-        settle = parts.realizer._settle
-        probe_settle = probe._timed("settle", settle)
-        parts.realizer._settle = probe_settle  # type: ignore[method-assign]
-        parts.realizer.start()
-        InterfaceMonitor(f"unix:{sw.ovs.db_sock}", BRIDGE, parts.ports).start()
-        app.start(f"{sw.root_ip}:6653", app.Link(parts.switch, parts.ports))
-        wait_for(lambda: len(parts.ports.view().switch_ports) >= len(local), 60, "ports")
-        parts.store.replace(("Namespace", "Pod", "NetworkPolicy", "Node"), realize.objects_of(state, nodes), {},
-                            "0", synced=True)
-        _at, flows = probe.wait_generation(parts.store.generation)
+        config = Config(node=realize.NODE, source="bench", ofp_listen=f"{sw.root_ip}:6653",
+                        ovsdb=f"unix:{sw.ovs.db_sock}", datapath=DatapathOptions(mode="purge"))
+        parts, probe = realize.start_controller(sw, local, config)
+        parts.realizer._settle = probe._timed("settle", parts.realizer._settle)  # type: ignore[method-assign]
+        _at, flows = realize.install(parts, probe, state, nodes)
         out["openflow_flows"] = flows
         traffic = Traffic(sw, [f"q{i}" for i in range(len(local))])
         relabels = realize.relabels(state, 2 * len(flow_targets) * SAMPLES)

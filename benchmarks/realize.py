@@ -213,25 +213,36 @@ def spare_pods(n_pods: int, count: int) -> list[Pod]:
     return fresh[:count]
 
 
+def start_controller(sw: Switch, pods: list[Pod], config: Config | None = None) -> tuple[Parts, Probe]:
+    """The controller's parts in this process, connected to `sw`, its pods' ports attached
+    (the source is left out: changes go to the store as a source would hand them over)."""
+    sw.set_controller(6653)
+    attach_ports(sw, pods)
+    parts = build(config or Config(node=NODE, source="bench", ofp_listen=f"{sw.root_ip}:6653",
+                                   ovsdb=f"unix:{sw.ovs.db_sock}"))
+    probe = Probe(parts)
+    parts.realizer.start()
+    InterfaceMonitor(f"unix:{sw.ovs.db_sock}", BRIDGE, parts.ports).start()
+    app.start(f"{sw.root_ip}:6653", app.Link(parts.switch, parts.ports))
+    wait_for(lambda: len(parts.ports.view().switch_ports) >= len(pods), 60, "ports")
+    return parts, probe
+
+
+def install(parts: Parts, probe: Probe, state: ClusterState, nodes: list[NodeInfo]) -> tuple[float, int]:
+    """The whole cluster handed to the store at once; (when realized, flow mods sent)."""
+    parts.store.replace(("Namespace", "Pod", "NetworkPolicy", "Node"), objects_of(state, nodes), {}, "0",
+                        synced=True)
+    return probe.wait_generation(parts.store.generation)
+
+
 def measure(n_pods: int, samples: int) -> dict[str, Any]:
     state, nodes = cluster(n_pods)
     local = [p for p in state.pods if p.node_name == NODE]
     spare = spare_pods(n_pods, samples)
     with tempfile.TemporaryDirectory(prefix="realize-bench-") as tmp, switch(Path(tmp)) as sw:
-        sw.set_controller(6653)
-        attach_ports(sw, local + spare)
-        parts = build(Config(node=NODE, source="bench", ofp_listen=f"{sw.root_ip}:6653",
-                             ovsdb=f"unix:{sw.ovs.db_sock}"))
-        probe = Probe(parts)
-        parts.realizer.start()
-        InterfaceMonitor(f"unix:{sw.ovs.db_sock}", BRIDGE, parts.ports).start()
-        app.start(f"{sw.root_ip}:6653", app.Link(parts.switch, parts.ports))
-        wait_for(lambda: len(parts.ports.view().switch_ports) >= len(local) + len(spare), 60, "ports")
-
+        parts, probe = start_controller(sw, local + spare)
         start = time.monotonic()
-        parts.store.replace(("Namespace", "Pod", "NetworkPolicy", "Node"), objects_of(state, nodes), {}, "0",
-                            synced=True)
-        at, flows = probe.wait_generation(parts.store.generation)
+        at, flows = install(parts, probe, state, nodes)
         first = {"seconds": round(at - start, 3), "flows": flows, "compile_s": round(probe.phases["compile"], 3),
                  "send_s": round(probe.phases["send"], 3)}
         print(f"  first install: {first}", file=sys.stderr)

@@ -25,30 +25,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import realize
 
-from sdn_netpol.controller import app
-from sdn_netpol.controller.config import Config
-from sdn_netpol.controller.portmap import InterfaceMonitor
 from sdn_netpol.controller.rulestats import RuleStatsSampler
-from sdn_netpol.controller.runtime import build
-from tests.controller_fixtures import BRIDGE, switch, wait_for
+from tests.controller_fixtures import BRIDGE, switch
 
 
 def measure(n_pods: int, samples: int) -> dict[str, object]:
     state, nodes = realize.cluster(n_pods)
     local = [p for p in state.pods if p.node_name == realize.NODE]
     with tempfile.TemporaryDirectory(prefix="stats-bench-") as tmp, switch(Path(tmp)) as sw:
-        sw.set_controller(6653)
-        realize.attach_ports(sw, local)
-        parts = build(Config(node=realize.NODE, source="bench", ofp_listen=f"{sw.root_ip}:6653",
-                             ovsdb=f"unix:{sw.ovs.db_sock}"))
-        probe = realize.Probe(parts)
-        parts.realizer.start()
-        InterfaceMonitor(f"unix:{sw.ovs.db_sock}", BRIDGE, parts.ports).start()
-        app.start(f"{sw.root_ip}:6653", app.Link(parts.switch, parts.ports))
-        wait_for(lambda: len(parts.ports.view().switch_ports) >= len(local), 60, "ports")
-        parts.store.replace(("Namespace", "Pod", "NetworkPolicy", "Node"), realize.objects_of(state, nodes), {},
-                            "0", synced=True)
-        _at, flows = probe.wait_generation(parts.store.generation)
+        parts, probe = realize.start_controller(sw, local)
+        _at, flows = realize.install(parts, probe, state, nodes)
         sampler = RuleStatsSampler(sw.ovs.rundir, BRIDGE, realize.NODE, lambda: parts.realizer.realized_state)
         began = time.monotonic()
         first = sampler.sample()

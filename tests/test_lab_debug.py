@@ -9,9 +9,13 @@ rule's flows and show the counted packets on its conj_id flow.
 
 from __future__ import annotations
 
+import json
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import yaml
@@ -153,3 +157,40 @@ def test_the_controller_serves_the_same_counters_on_metrics(lab: Lab) -> None:
         time.sleep(0.2)
     assert scraped() == (float(want[0]), float(want[1]))
     assert want[0] > 0 and want[1] > 0
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "sdn_netpol.cli", *args], capture_output=True, text=True,
+                          timeout=60, check=False)
+
+
+def test_the_commands_answer_bad_input_with_one_line_and_exit_2(lab: Lab, tmp_path: Path) -> None:
+    workdir = str(lab.workdir)
+    cases = [
+        ("lab", "--workdir", str(tmp_path / "no-lab"), "trace", "--from", "x/a", "--to", "y/a", "--port", "80"),
+        ("lab", "--workdir", workdir, "trace", "--from", "x/nope", "--to", "y/a", "--port", "80"),
+        ("lab", "--workdir", workdir, "trace", "--from", "x/a", "--to", "203.0.113.9", "--port", "80"),
+        ("lab", "--workdir", workdir, "flows", "--policy", "x/nope"),
+        ("lab", "--workdir", workdir, "flows", "--node", "node9"),
+        ("trace", "--from", "x/a", "--to", "y/a", "--port", "80", "--ovs-rundir", str(tmp_path),
+         "--node", "node1", "--source", f"dir:{lab.workdir / 'manifests'}"),
+        ("flows", "--pod", "x/a", "--bridge", "br-nope", "--ovs-rundir", str(lab.workdir / "nodes" / "node1"),
+         "--node", "node1", "--source", f"dir:{lab.workdir / 'manifests'}"),
+    ]
+    for args in cases:
+        done = _run(*args)
+        assert done.returncode == 2, (args, done.stdout, done.stderr)
+        assert done.stderr.startswith("Error: ") and done.stderr.count("\n") == 1, (args, done.stderr)
+        assert "Traceback" not in done.stderr
+
+
+def test_trace_json_follows_the_contract(lab: Lab) -> None:
+    done = _run("lab", "--workdir", str(lab.workdir), "trace", "--from", "z/a", "--to", "x/a", "--port", "80",
+                "-o", "json")
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)
+    assert {"verdict", "reason", "nodes", "steps", "decided_by", "isolated_by"} <= set(doc)
+    assert doc["verdict"] == "denied" and doc["isolated_by"] == ["x/allow-y"] and doc["decided_by"] is None
+    step_keys = {"node", "table", "table_name", "priority", "match", "actions", "cookie", "category", "policy",
+                 "direction", "rule"}
+    assert all(step_keys <= set(step) for step in doc["steps"])

@@ -19,7 +19,6 @@ from sdn_netpol.compiler.pipeline import (
     RULE_EGRESS_BIT,
     CookieCategory,
     cookie,
-    decode_cookie,
     pod_object_id,
     policy_object_id,
     rule_bits,
@@ -88,13 +87,8 @@ class FlowView:
 
 
 def describe(node: str, flow: DumpedFlow, names: Names) -> FlowView:
-    info = decode_cookie(flow.cookie)
-    category = info.category
-    policy = names.policy(info.object_id) if category == CookieCategory.RULE else None
-    pod = names.pod(info.object_id) if category in (CookieCategory.POD, CookieCategory.REMOTE,
-                                                    CookieCategory.ISOLATION) else None
-    return FlowView(node, flow, category.name.lower() if category else None, policy, info.direction,
-                    info.rule_index, pod)
+    owner = names.owner(flow.cookie)
+    return FlowView(node, flow, owner.category, owner.policy, owner.direction, owner.rule, owner.pod)
 
 
 def select(node: str, dump: Callable[[str | None], Sequence[DumpedFlow]], selection: Selection,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sdn_netpol.compiler.pipeline import Table, pod_object_id, policy_object_id
+from sdn_netpol.compiler.pipeline import CookieCategory, Table, decode_cookie, pod_object_id, policy_object_id
 from sdn_netpol.policy.state import ClusterState
 
 
@@ -19,6 +19,20 @@ def table_name(table: int) -> str:
         return f"table{table}"
     words = Table(table).name.split("_")
     return "".join("L3" if w == "L3" else w.capitalize() for w in words)
+
+
+_POD_CATEGORIES = (CookieCategory.POD, CookieCategory.ISOLATION, CookieCategory.REMOTE)
+
+
+@dataclass(frozen=True)
+class Owner:
+    """What a flow's cookie says about who owns it, with names."""
+
+    category: str | None  # "rule", "pod", "isolation", …; None: not an sdn-netpol cookie
+    policy: str | None  # NS/NAME of a rule's flow
+    direction: str | None
+    rule: int | None
+    pod: str | None  # NS/NAME of a pod's, route's or isolation flow
 
 
 @dataclass(frozen=True)
@@ -36,3 +50,12 @@ class Names:
 
     def pod(self, object_id: int) -> str | None:
         return self.pods.get(object_id)
+
+    def owner(self, value: int | None) -> Owner:
+        if value is None:
+            return Owner(None, None, None, None, None)
+        info = decode_cookie(value)
+        category = info.category
+        policy = self.policy(info.object_id) if category == CookieCategory.RULE else None
+        pod = self.pod(info.object_id) if category in _POD_CATEGORIES else None
+        return Owner(category.name.lower() if category else None, policy, info.direction, info.rule_index, pod)

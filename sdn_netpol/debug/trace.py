@@ -18,7 +18,7 @@ from typing import Any
 
 from netaddr import IPAddress, IPNetwork
 
-from sdn_netpol.compiler.pipeline import GATEWAY_MAC, TUNNEL_VNI, CookieCategory, Table, decode_cookie
+from sdn_netpol.compiler.pipeline import GATEWAY_MAC, TUNNEL_VNI, Table
 from sdn_netpol.debug.names import Names, table_name
 from sdn_netpol.model.objects import Protocol
 from sdn_netpol.ovs.steps import Step, parse_steps
@@ -137,15 +137,10 @@ class Packet:
 
 
 def view(node: str, step: Step, names: Names) -> StepView:
-    info = decode_cookie(step.cookie) if step.cookie is not None else None
-    category = info.category if info else None
-    policy = names.policy(info.object_id) if info and category == CookieCategory.RULE else None
-    pod = names.pod(info.object_id) if info and category in (CookieCategory.POD, CookieCategory.ISOLATION,
-                                                               CookieCategory.REMOTE) else None
+    owner = names.owner(step.cookie)
     return StepView(node, step.table, table_name(step.table), step.priority, step.match, step.actions,
                     f"{step.cookie:#018x}" if step.cookie is not None else None,
-                    category.name.lower() if category else None, policy,
-                    info.direction if info else None, info.rule_index if info else None, pod)
+                    owner.category, owner.policy, owner.direction, owner.rule, owner.pod)
 
 
 def flow_text(packet: Packet, in_port: int, tunnel: tuple[str, str] | None = None) -> str:
