@@ -124,3 +124,36 @@ def test_trace_agrees_with_explain_on_every_seed_example(ovs: OvsInstance, trace
 def test_trace_agrees_with_explain_on_generated_clusters(ovs: OvsInstance, tracer: Tracer, state: ClusterState) -> None:
     problems = check_cluster(ovs, tracer, state, tuple(sorted(probes(state)))[:4])
     assert problems == [], "\n".join(problems[:10])
+
+
+def test_an_allow_shared_by_two_rules_names_one_of_them(ovs: OvsInstance, tracer: Tracer, tmp_path: Path) -> None:
+    """Two rules that both allow everything for a pod compile to one flow with the SHARED
+    cookie; the trace still names a rule `explain` lists."""
+    manifest = tmp_path / "shared.yaml"
+    manifest.write_text("""
+apiVersion: v1
+kind: Namespace
+metadata: {name: ns-a}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: ns-a, labels: {app: a}}
+spec: {nodeName: node-1, containers: [{name: c, image: i}]}
+status: {podIP: 10.0.0.1, phase: Running}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b, namespace: ns-a}
+spec: {nodeName: node-2, containers: [{name: c, image: i}]}
+status: {podIP: 10.0.0.2, phase: Running}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: twice, namespace: ns-a}
+spec:
+  podSelector: {matchLabels: {app: a}}
+  ingress: [{}, {}]
+""")
+    state = ClusterState.from_parse(load_paths([manifest]))
+    problems = check_cluster(ovs, tracer, state, (("TCP", 80),))
+    assert problems == [], "\n".join(problems)

@@ -251,9 +251,22 @@ def _finish(cluster: ClusterState, packet: Packet, steps: list[StepView], nodes:
             reason: str, continues_on: str | None = None) -> TraceReport:
     decided = None
     if verdict == "allowed":
-        rules = [s for s in steps if s.category == "rule" and s.table in (Table.EGRESS_RULE, Table.INGRESS_RULE)]
-        ingress = [s for s in rules if s.direction == "Ingress"]
-        chosen = ingress or rules
+        tables = {Table.EGRESS_RULE: "Egress", Table.INGRESS_RULE: "Ingress"}
+        allowing = [s for s in steps if s.table in tables and s.category in ("rule", "shared")]
+        ingress = [s for s in allowing if tables[Table(s.table)] == "Ingress"]
+        chosen = (ingress or allowing)[-1:]
         if chosen:
-            decided = {"policy": chosen[-1].policy, "direction": chosen[-1].direction, "rule": chosen[-1].rule}
+            decided = _rule_of(cluster, packet, chosen[0], tables[Table(chosen[0].table)])
     return TraceReport(verdict, reason, tuple(nodes), tuple(steps), decided, continues_on=continues_on)
+
+
+def _rule_of(cluster: ClusterState, packet: Packet, step: StepView, direction: str) -> dict[str, Any] | None:
+    """The rule an allowing step stands for. A flow several rules need identically (two
+    rules that both allow everything for a pod) carries the SHARED cookie and names none:
+    then it stands for the rules the policy engine finds allowing in that direction."""
+    if step.category == "rule":
+        return {"policy": step.policy, "direction": step.direction, "rule": step.rule}
+    side = _engine(cluster, packet)
+    matches = (side.egress if direction == "Egress" else side.ingress).allowed_by
+    first = matches[0] if matches else None
+    return {"policy": first.policy, "direction": first.direction, "rule": first.rule_index} if first else None
