@@ -26,6 +26,7 @@ from netaddr import IPAddress, IPNetwork
 from sdn_netpol.compiler.flow import (
     Action,
     Conjunction,
+    Controller,
     Ct,
     DecTtl,
     Flow,
@@ -385,6 +386,7 @@ def flow_actions(draw: st.DrawFn, table: int, match: Match) -> tuple[Action, ...
             SetField, st.just(n), st.integers(0, 0xFF if n == "arp_op" else ACTION_FIELDS[n].full))),
         st.sampled_from([(a, b) for a in [*writable, "ct_mark"] for b in writable
                          if ACTION_FIELDS[a].bits == ACTION_FIELDS[b].bits]).map(lambda p: Move(*p)),
+        st.builds(Controller, st.binary(min_size=1, max_size=20)),
     ]
     if dl_type in (0x0800, 0x86DD):
         may_commit = not (match.value("ct_state") or 0) & CT_STATE_FLAGS["inv"]  # OVS: no commit on +inv

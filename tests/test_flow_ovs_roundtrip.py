@@ -29,6 +29,7 @@ from sdn_netpol.compiler.diff import diff
 from sdn_netpol.compiler.flow import (
     OFPP_LOCAL,
     Conjunction,
+    Controller,
     Ct,
     DecTtl,
     Flow,
@@ -199,6 +200,10 @@ def varied_flows() -> FlowSet:
              (Ct(commit=True, zone=7), LearnReply(3, 200, 300, 0x5E05 << 48, 4, "reg3", 2), GotoTable(5))),
         Flow(4, 180, Match.build("sctp6", ct_state=ct_state(trk=True, new=True)),
              (LearnReply(3, 200, 0, 0, 6, "reg5", 31), GotoTable(5))),
+        Flow(4, 170, Match.build("ip", ct_state=ct_state(trk=True, new=True)),
+             (Ct(commit=True, zone=7), Controller(b"\x5e\x11"), Resubmit(6), GotoTable(5))),
+        Flow(4, 170, Match.build(ct_state=ct_state(trk=True, new=True), in_port=3),
+             (Controller(bytes(range(1, 14))),)),
         Flow(5, 100, Match.build("arp", arp_op=1, arp_tpa="10.244.1.1"), (
             Move("eth_src", "eth_dst"), SetField.of("eth_src", gw_mac), SetField("arp_op", 2),
             Move("arp_sha", "arp_tha"), SetField.of("arp_sha", gw_mac),

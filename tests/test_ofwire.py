@@ -18,6 +18,7 @@ from sdn_netpol.compiler.base_flows import local_pod_flows, node_route_flows, pi
 from sdn_netpol.compiler.flow import (
     OFPP_LOCAL,
     Conjunction,
+    Controller,
     Ct,
     DecTtl,
     Flow,
@@ -192,3 +193,12 @@ def test_an_action_without_an_encoding_raises() -> None:
 def test_an_unknown_command_raises() -> None:
     with pytest.raises(EncodeError, match="modify"):
         encode_flow_mod(Flow(0, 1, Match(), (Conjunction(1, 1, 2),)), "modify")  # type: ignore[arg-type]
+
+
+def test_controller_userdata_of_every_length_encodes_as_os_ken_pads_it() -> None:
+    """os-ken pads the userdata property by its own rule (4-byte steps, plus 4 when that
+    reaches a multiple of 8): every length up to 64 must come out byte for byte the same."""
+    for n in range(1, 65):
+        tag = Controller(bytes(range(n)))
+        assert_same_bytes([Flow(41, 110, Match.build(None, in_port=3), (tag,), 9),
+                           Flow(70, 205, Match.build("ip"), (Ct(commit=True, zone=1), tag, GotoTable(80)))])

@@ -15,7 +15,7 @@ import socket
 
 import click
 
-from sdn_netpol.controller.config import Config, DatapathOptions, KubeOptions, Timing
+from sdn_netpol.controller.config import AuditOptions, Config, DatapathOptions, KubeOptions, Timing
 
 
 def _check_source(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
@@ -67,12 +67,19 @@ def _check_listen(_ctx: click.Context, param: click.Parameter, value: str) -> st
               help="Megaflows re-translated per verification.")
 @click.option("--stats-interval", type=click.FloatRange(0), default=10.0, show_default=True,
               help="Seconds between reads of the per-rule counters for /metrics; 0: off.")
+@click.option("--audit-log", type=click.Path(dir_okay=False), default=None,
+              help="Write audited connections (Namespace annotation sdn-netpol.io/audit) as JSON lines here.")
+@click.option("--audit-rate", type=click.IntRange(1), default=100, show_default=True,
+              help="Packets/s the switch may copy to the controller (its controller meter), for the whole node.")
+@click.option("--audit-log-max-bytes", type=click.IntRange(1024), default=10 * 1024 * 1024, show_default=True,
+              help="Rotate the audit log past this size (one .1 backup).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True)
 def controller(source: str, node: str, bridge: str, ofp_listen: str, status_listen: str, ovsdb: str,
                kubeconfig: str | None, watch_timeout: float, watch_read_timeout: float, coalesce_ms: float,
                dir_poll_ms: float, ovs_rundir: str | None, datapath_purge: str, datapath_verify_interval: float,
-               datapath_verify_max: int, stats_interval: float, log_level: str) -> None:
+               datapath_verify_max: int, stats_interval: float, audit_log: str | None, audit_rate: int,
+               audit_log_max_bytes: int, log_level: str) -> None:
     """Enforce NetworkPolicy on this node's bridge: watch the cluster (or a folder), keep the
     pod-to-port map, compile, and install each change as one atomic OpenFlow bundle."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -83,6 +90,7 @@ def controller(source: str, node: str, bridge: str, ofp_listen: str, status_list
         kube=KubeOptions(kubeconfig=kubeconfig, watch_timeout=watch_timeout, read_timeout=watch_read_timeout),
         datapath=DatapathOptions(ovs_rundir, datapath_purge, datapath_verify_interval, datapath_verify_max),
         stats_interval=stats_interval,
+        audit=AuditOptions(audit_log, audit_rate, audit_log_max_bytes),
     )
     from sdn_netpol.controller.runtime import run  # imports os-ken and OVS: not needed for --help
 

@@ -21,6 +21,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from sdn_netpol.compiler.audit_flows import audit_allow_flows
 from sdn_netpol.compiler.base_flows import local_pod_flows, node_route_flows, pipeline_flows, remote_pod_flows
 from sdn_netpol.compiler.diff import FlowDiff, diff, diff_ids
 from sdn_netpol.compiler.flow import Flow, FlowId
@@ -69,14 +70,17 @@ def compile_node_incremental(
 
 def _build(node: NodeContext, resolution: Resolution) -> NodeCompilation:
     flows: list[Flow] = [*pipeline_flows(node), *node_route_flows(node)]
+    audited = resolution.state.audited_namespaces
     for binding in node.bindings:
         flows.extend(local_pod_flows(binding))
+        flows.extend(audit_allow_flows(binding, audited.get(binding.pod.namespace)))
     local = node.local_pods
     for pod in resolution.state.pods:
         flows.extend(_remote_flows(pod, node, local))
     ports = _ports(node)
     memo: dict[Any, Any] = {}
-    tables = PolicyTables.build({p.ref: place(p, ports, memo) for p in resolution.policies})
+    denied = _audit_denied(resolution.state)
+    tables = PolicyTables.build({p.ref: place(p, ports, memo, denied) for p in resolution.policies})
     flows.extend(tables.flows())
     counts: dict[Flow, int] = {}
     for flow in flows:
@@ -88,8 +92,9 @@ def _update(previous: NodeCompilation, node: NodeContext, resolution: Resolution
     if resolution.changed is None or replace(node, bindings=()) != replace(previous.node, bindings=()):
         return None
     gone, new = _binding_changes(previous.node.bindings, node.bindings)
-    removed = [f for b in gone for f in local_pod_flows(b)]
-    added = [f for b in new for f in local_pod_flows(b)]
+    old_audit, new_audit = previous.resolution.state.audited_namespaces, resolution.state.audited_namespaces
+    removed = [f for b in gone for f in (*local_pod_flows(b), *audit_allow_flows(b, old_audit.get(b.pod.namespace)))]
+    added = [f for b in new for f in (*local_pod_flows(b), *audit_allow_flows(b, new_audit.get(b.pod.namespace)))]
     moved = {b.pod for b in (*gone, *new)}
     old_state, old_local, new_local = previous.resolution.state, previous.node.local_pods, node.local_pods
     for key in moved | {pod.key for pair in resolution.changed for pod in pair if pod is not None}:
@@ -121,9 +126,10 @@ def _placement_changes(old: Resolution, new: Resolution, ports: Mapping[PodKey, 
     before = {p.ref: p for p in old.policies}
     changes: dict[str, Placement | None] = {}
     memo: dict[Any, Any] = {}
+    denied = _audit_denied(new.state)
     for policy in new.policies:
         if before.pop(policy.ref, None) is not policy or not moved.isdisjoint(policy.applied_to):
-            changes[policy.ref] = place(policy, ports, memo)
+            changes[policy.ref] = place(policy, ports, memo, denied)
     changes.update(dict.fromkeys(before))  # policies that are gone
     return changes
 
@@ -154,6 +160,10 @@ def _apply(previous: NodeCompilation, removed: Iterable[Flow],
         by_id[flow.id] = flow
         changed.add(flow.id)
     return counts, FlowSet.trusted(by_id), changed
+
+
+def _audit_denied(state: ClusterState) -> frozenset[str]:
+    return frozenset(name for name, ns in state.audited_namespaces.items() if ns.audits_denied)
 
 
 def _ports(node: NodeContext) -> dict[PodKey, int]:

@@ -53,6 +53,7 @@ __all__ = [
     "PROTOCOLS",
     "Action",
     "Conjunction",
+    "Controller",
     "Ct",
     "DecTtl",
     "Flow",
@@ -364,8 +365,23 @@ class LearnReply:
             raise ValueError("learn: priority, idle_timeout or cookie out of range")
 
 
+@dataclass(frozen=True)
+class Controller:
+    """`controller(userdata=XX.XX)`: a copy of the packet to the controller as a packet-in
+    (reason `action`, whole packet), tagged with `userdata`. An output, not a verdict: the
+    packet goes on with the next action. No `meter_id=`: os-ken 4.2 can neither encode nor
+    parse that property, and the bridge's `controller` meter limits every packet-in anyway."""
+
+    userdata: bytes
+
+    def __post_init__(self) -> None:
+        if not 1 <= len(self.userdata) <= 64:
+            raise ValueError(f"controller userdata must be 1..64 bytes, got {len(self.userdata)}")
+
+
 Action = (
     Output | OutputInPort | Resubmit | GotoTable | Conjunction | Ct | SetField | Move | DecTtl | LearnReply
+    | Controller
 )
 
 

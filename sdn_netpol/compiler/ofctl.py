@@ -25,6 +25,7 @@ from sdn_netpol.compiler.diff import FlowDiff
 from sdn_netpol.compiler.flow import (
     Action,
     Conjunction,
+    Controller,
     Ct,
     DecTtl,
     Flow,
@@ -179,6 +180,8 @@ def _render_action(a: Action) -> str:
         return f"move:{_NXM[a.src_field]}[]->{_NXM[a.dst_field]}[]"
     if isinstance(a, LearnReply):
         return _render_learn(a)
+    if isinstance(a, Controller):
+        return f"controller(userdata={'.'.join(f'{b:02x}' for b in a.userdata)})"
     return "dec_ttl"
 
 
@@ -345,6 +348,8 @@ _ACTION_RE: list[tuple[re.Pattern[str], Callable[[re.Match[str]], Action]]] = [
     (re.compile(r"dec_ttl"), lambda m: DecTtl()),
     (re.compile(r"ct\((.*)\)"), lambda m: _parse_ct(m[1])),
     (_LEARN_RE, _parse_learn),
+    (re.compile(r"controller\(userdata=([0-9a-f]{2}(?:\.[0-9a-f]{2})*)\)"),
+     lambda m: Controller(bytes.fromhex(m[1].replace(".", "")))),
 ]
 
 

@@ -36,6 +36,7 @@ from typing import Any, Literal
 from sdn_netpol.compiler.flow import (
     Action,
     Conjunction,
+    Controller,
     Ct,
     DecTtl,
     Flow,
@@ -82,6 +83,7 @@ OFPIT_GOTO_TABLE, OFPIT_APPLY_ACTIONS = 1, 4
 OFPAT_OUTPUT, OFPAT_DEC_NW_TTL, OFPAT_SET_FIELD, OFPAT_EXPERIMENTER = 0, 24, 25, 0xFFFF
 NX_EXPERIMENTER_ID = 0x00002320
 NXAST_REG_MOVE, NXAST_RESUBMIT_TABLE, NXAST_LEARN, NXAST_CONJUNCTION, NXAST_CT = 6, 14, 16, 34, 35
+NXAST_CONTROLLER2, NXAC2PT_USERDATA = 37, 3
 NX_CT_F_COMMIT, NX_CT_RECIRC_NONE = 1, 0xFF
 RESUBMIT_KEEP_IN_PORT = 0xFFF8
 OXM_NXM_0, OXM_NXM_1, OXM_OPENFLOW_BASIC = 0x0000, 0x0001, 0x8000
@@ -309,6 +311,19 @@ def _learn(a: LearnReply) -> bytes:
                           a.idle_timeout, 0, a.priority, a.cookie, 0, a.table, 0, 0) + specs + _pad(length)
 
 
+def _controller(a: Controller) -> bytes:
+    """NXAST_CONTROLLER2 with one userdata property, padded as os-ken pads it
+    (NXActionController2PropUserData: up to 4 bytes to 4; more to a multiple of 4, plus 4
+    when that is a multiple of 8, so the property always ends on an 8-byte boundary)."""
+    n = len(a.userdata)
+    rounded = -(-n // 4) * 4
+    pad = rounded - n + (4 if n > 4 and rounded % 8 == 0 else 0)
+    prop = _ACTION_HEADER.pack(NXAC2PT_USERDATA, 4 + n) + a.userdata + bytes(pad)
+    length = 16 + len(prop)
+    return (struct.pack("!HHIH6x", OFPAT_EXPERIMENTER, length + (-length & 7), NX_EXPERIMENTER_ID,
+                        NXAST_CONTROLLER2) + prop + _pad(length))
+
+
 #: encoder per action type (Any: each takes its own member of the Action union)
 _ACTIONS: Mapping[type, Callable[[Any], bytes]] = {
     Output: _output,
@@ -320,6 +335,7 @@ _ACTIONS: Mapping[type, Callable[[Any], bytes]] = {
     Move: _move,
     DecTtl: lambda a: _DEC_NW_TTL,
     LearnReply: _learn,
+    Controller: _controller,
 }
 
 

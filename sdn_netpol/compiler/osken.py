@@ -31,6 +31,7 @@ from sdn_netpol.compiler.diff import FlowDiff
 from sdn_netpol.compiler.flow import (
     Action,
     Conjunction,
+    Controller,
     Ct,
     DecTtl,
     Flow,
@@ -161,6 +162,8 @@ def _to_action(a: Action) -> Any:
         return parser.OFPActionDecNwTtl()
     if isinstance(a, LearnReply):
         return _to_learn(a)
+    if isinstance(a, Controller):
+        return parser.NXActionController2(userdata=list(a.userdata))
     raise TypeError(f"not an action: {a!r}")  # GotoTable is an instruction
 
 
@@ -230,6 +233,15 @@ def _from_ct(a: Any) -> Action:
     return Ct(bool(a.flags & _NX_CT_F_COMMIT), None if a.recirc_table == _RECIRC_NONE
               else a.recirc_table, a.zone_ofs_nbits,
               tuple(e for e in exec_actions if isinstance(e, SetField)))
+
+
+def _from_controller(a: Any) -> Action:
+    """Only the form Controller writes: userdata and nothing else (OVS leaves out every
+    property at its default: reason=action, max_len=65535, controller_id=0, no pause)."""
+    extra = set(vars(a)) & {"max_len", "controller_id", "reason", "pause"}
+    if extra or not getattr(a, "userdata", None):
+        raise ValueError(f"unsupported controller() form: {a}")
+    return Controller(bytes(a.userdata))
 
 
 def _from_set_field(a: Any) -> Action:
@@ -313,6 +325,7 @@ _FROM_ACTION: Mapping[type, Callable[[Any], Action]] = {
     parser.OFPActionSetField: _from_set_field,
     parser.NXActionRegMove: _from_move,
     parser.OFPActionDecNwTtl: lambda a: DecTtl(),
+    parser.NXActionController2: _from_controller,
     parser.OFPActionExperimenterUnknown: _from_experimenter,
 }
 

@@ -33,12 +33,17 @@ class Table(IntEnum):
     INGRESS_RULE = 60
     INGRESS_DEFAULT = 61
     COMMIT = 70
+    AUDIT_EGRESS = 71  # resubmitted from Commit: copies of allowed new connections to the controller
+    AUDIT_INGRESS = 72
     OUTPUT = 80
 
 
 class Priority(IntEnum):
     MISS = 0
     DEFAULT = 100
+    AUDIT_DENY = 110  # above the isolation drop: a new connection's packet goes to the controller
+    AUDIT_COMMIT = 205  # above the plain +new commit, only for packets of audited pods
+    AUDIT_COMMIT_SCTP = 215  # above the SCTP commit (210)
     NORMAL = 200
     NODE_ROUTE = 150  # a remote node's pod CIDR, below every exact pod route
     CONJUNCTION = 200  # clause flows and their conj_id flows share one priority (OVS rule)
@@ -92,6 +97,26 @@ class CookieCategory(IntEnum):
     RULE = 0x10  # one policy rule's flows (object = policy, rule = direction + index)
     LEARNED = 0x05  # SCTP reply flows the switch learns itself: never reconciled away
     SHARED = 0x11  # a match flow carrying conjunctions of several rules
+    AUDIT = 0x06  # audit-log flows (object = pod, or 0 for the Commit flows)
+
+
+# Audit log: controller(userdata=5e.XX) tags, verdict and direction of the copied packet.
+AUDIT_MAGIC = 0x5E
+AUDIT_TAGS: dict[tuple[str, str], int] = {
+    ("denied", "egress"): 0x01, ("denied", "ingress"): 0x02,
+    ("allowed", "egress"): 0x11, ("allowed", "ingress"): 0x12,
+}
+
+
+def audit_tag(verdict: str, direction: str) -> bytes:
+    return bytes((AUDIT_MAGIC, AUDIT_TAGS[(verdict, direction)]))
+
+
+def decode_audit_tag(userdata: bytes) -> tuple[str, str] | None:
+    """(verdict, direction) of a packet-in's userdata, None if it is no audit tag."""
+    if len(userdata) != 2 or userdata[0] != AUDIT_MAGIC:
+        return None
+    return next((key for key, code in AUDIT_TAGS.items() if code == userdata[1]), None)
 
 
 def stable_id(text: str, bits: int = 32) -> int:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from bisect import bisect_left, insort
 from collections import Counter, defaultdict
-from collections.abc import Hashable, Iterable, Iterator, Mapping
+from collections.abc import Container, Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from operator import attrgetter
@@ -20,6 +20,7 @@ from typing import Any, cast
 
 from netaddr import IPNetwork
 
+from sdn_netpol.compiler.audit_flows import audit_deny_flow
 from sdn_netpol.compiler.flow import Action, Conjunction, Flow, GotoTable, Match
 from sdn_netpol.compiler.pipeline import (
     REG_OUT_PORT,
@@ -71,6 +72,7 @@ class Placement:
     conjs: tuple[_Conj, ...] = ()
     direct: tuple[tuple[Direction, Match, int], ...] = ()  # one-dimension grants: (direction, match, cookie)
     isolated: tuple[tuple[Direction, str, int], ...] = ()  # (direction, pod, ofport)
+    audited: tuple[tuple[Direction, str, int], ...] = ()  # the isolated ones whose namespace audits denied
 
 
 # A merged flow's key and one contribution to it. Kinds: "direct" (direction, match) ← rule
@@ -85,9 +87,11 @@ def policy_flows(policies: Iterable[ResolvedPolicy], node: NodeContext) -> Itera
     return PolicyTables.build({p.ref: place(p, ports) for p in policies}).flows()
 
 
-def place(policy: ResolvedPolicy, ports: Mapping[PodKey, int], memo: dict[Any, Any] | None = None) -> Placement:
+def place(policy: ResolvedPolicy, ports: Mapping[PodKey, int], memo: dict[Any, Any] | None = None,
+          audit_denied: Container[str] = ()) -> Placement:
     """`memo`: shared by the placements of one compile, so a peer set many policies share
-    (the resolver hands them one Peers object) is turned into matches once."""
+    (the resolver hands them one Peers object) is turned into matches once. `audit_denied`:
+    namespaces whose isolated pods also get the denied-connection audit flow."""
     memo = {} if memo is None else memo
     conjs: list[_Conj] = []
     direct: list[tuple[Direction, Match, int]] = []
@@ -104,7 +108,8 @@ def place(policy: ResolvedPolicy, ports: Mapping[PodKey, int], memo: dict[Any, A
                 direct.extend((rule.direction, match, rcookie) for match in placed.dimensions[0])
             else:
                 conjs.append(placed)
-    return Placement(tuple(conjs), tuple(direct), tuple(isolated))
+    audited = tuple(i for i in isolated if i[1].partition("/")[0] in audit_denied)
+    return Placement(tuple(conjs), tuple(direct), tuple(isolated), audited)
 
 
 def _contributions(placement: Placement) -> Iterator[tuple[TableKey, Hashable]]:
@@ -114,6 +119,8 @@ def _contributions(placement: Placement) -> Iterator[tuple[TableKey, Hashable]]:
         yield ("direct", direction, match), rcookie
     for direction, pod, ofport in placement.isolated:
         yield ("isolate", direction, (pod, ofport)), None
+    for direction, pod, ofport in placement.audited:
+        yield ("audit", direction, (pod, ofport)), None
 
 
 def _conj_contributions(conj: _Conj) -> Iterator[tuple[TableKey, Hashable]]:
@@ -142,7 +149,7 @@ def _delta(old: Placement | None, new: Placement | None) -> Iterator[tuple[Table
             yield from _clause_delta(was, conj)
     for was in before.values():
         yield from ((key, item, -1) for key, item in _conj_contributions(was))
-    if old.direct != new.direct or old.isolated != new.isolated:
+    if old.direct != new.direct or old.isolated != new.isolated or old.audited != new.audited:
         yield from _difference(_contributions(replace(old, conjs=())), _contributions(replace(new, conjs=())))
 
 
@@ -297,6 +304,8 @@ def _render(key: TableKey, items: Multiset, ids: Mapping[str, int]) -> Flow:
         (conj_cookie,) = cast("Iterable[int]", items)
         return _allow_flow(direction, Priority.CONJUNCTION, _conj_id_match(ids[cast(str, subject)]), conj_cookie)
     pod, ofport = cast("tuple[str, int]", subject)
+    if kind == "audit":
+        return audit_deny_flow(direction, ofport, pod)
     return _isolation_flow(direction, "in_port" if direction == "Egress" else REG_OUT_PORT, ofport, pod)
 
 

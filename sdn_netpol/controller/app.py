@@ -23,6 +23,7 @@ from os_ken.controller import ofp_event
 from os_ken.controller.handler import CONFIG_DISPATCHER, DEAD_DISPATCHER, MAIN_DISPATCHER, set_ev_cls
 from os_ken.ofproto import ofproto_v1_3 as ofp
 
+from sdn_netpol.controller.audit import AuditLog
 from sdn_netpol.controller.portmap import PortMap
 from sdn_netpol.controller.switch import Switch
 
@@ -36,6 +37,7 @@ class Link:
 
     switch: Switch
     ports: PortMap
+    audit: AuditLog
 
 
 def _port_name(port: Any) -> str:
@@ -56,6 +58,7 @@ class ControllerApp(app_manager.OSKenApp):  # type: ignore[misc]
         if ev.state == MAIN_DISPATCHER:
             # os-ken read the port description before entering MAIN; port-status events follow.
             self.link.ports.set_switch_ports({_port_name(p): no for no, p in (dp.ports or {}).items()})
+            self.link.audit.configure_switch(dp)  # the controller meter, before any flow
             self.link.switch.connected(dp)
         elif ev.state == DEAD_DISPATCHER and self.link.switch.disconnected(dp):
             self.link.ports.switch_gone()
@@ -77,6 +80,10 @@ class ControllerApp(app_manager.OSKenApp):  # type: ignore[misc]
     @set_ev_cls(ofp_event.EventONFBundleCtrlMsg, MAIN_DISPATCHER)
     def bundle_reply(self, ev: Any) -> None:
         self.link.switch.bundle_reply(ev.msg.datapath, ev.msg.bundle_id, ev.msg.type)
+
+    @set_ev_cls(ofp_event.EventNXTPacketIn2, MAIN_DISPATCHER)
+    def packet_in(self, ev: Any) -> None:
+        self.link.audit.packet_in(ev.msg.userdata, ev.msg.data)
 
     @set_ev_cls(ofp_event.EventOFPErrorMsg, [CONFIG_DISPATCHER, MAIN_DISPATCHER])
     def error(self, ev: Any) -> None:

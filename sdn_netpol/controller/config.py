@@ -30,6 +30,13 @@ class DatapathOptions:
 
 
 @dataclass(frozen=True)
+class AuditOptions:
+    log: str | None = None  # JSON-lines file of audited connections; None: packet-ins ignored
+    rate: int = 100  # packets/s of the bridge's controller meter (every packet-in of the node)
+    max_bytes: int = 10 * 1024 * 1024  # then PATH becomes PATH.1 and a new file starts
+
+
+@dataclass(frozen=True)
 class Config:
     node: str
     source: str  # "kube" or "dir:PATH"
@@ -42,6 +49,7 @@ class Config:
     kube: KubeOptions = field(default_factory=KubeOptions)
     datapath: DatapathOptions = DatapathOptions()
     stats_interval: float = 10.0  # seconds between reads of the rule counters; 0: never
+    audit: AuditOptions = AuditOptions()
 
     def ovs_rundir(self) -> str:
         if self.datapath.rundir:

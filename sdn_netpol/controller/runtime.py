@@ -21,6 +21,7 @@ from pathlib import Path
 from types import FrameType
 
 from sdn_netpol.controller import app, status
+from sdn_netpol.controller.audit import AuditLog
 from sdn_netpol.controller.config import Config
 from sdn_netpol.controller.datapath import DatapathGuard, DatapathVerifier
 from sdn_netpol.controller.metrics import Metrics
@@ -106,7 +107,11 @@ def start(config: Config) -> Parts:
         verifier = DatapathVerifier(parts.datapath, lambda: parts.store.generation,
                                     config.datapath.verify_interval, config.datapath.verify_limit)
         parts.threads.append(verifier.start())
-    parts.threads.extend(app.start(config.ofp_listen, app.Link(parts.switch, parts.ports)))
+    audit = AuditLog(config.node, Path(config.audit.log) if config.audit.log else None,
+                     lambda: parts.realizer.realized_state, config.audit.rate, config.audit.max_bytes)
+    if audit.path is not None:
+        parts.threads.append(audit.start())
+    parts.threads.extend(app.start(config.ofp_listen, app.Link(parts.switch, parts.ports, audit)))
     return parts
 
 

@@ -18,7 +18,9 @@ from sdn_netpol.compiler.pipeline import MASK_CATEGORY, CookieCategory, Table, c
 from sdn_netpol.debug.names import Names
 from sdn_netpol.ovs.dumpflows import DumpedFlow
 
-FILTERS = tuple(f"cookie={cookie(c):#x}/{MASK_CATEGORY:#x}" for c in (CookieCategory.RULE, CookieCategory.ISOLATION))
+FILTERS = tuple(f"cookie={cookie(c):#x}/{MASK_CATEGORY:#x}"
+                for c in (CookieCategory.RULE, CookieCategory.ISOLATION, CookieCategory.AUDIT))
+_DEFAULT_TABLES = (Table.EGRESS_DEFAULT, Table.INGRESS_DEFAULT)
 
 
 @dataclass(frozen=True)
@@ -76,7 +78,9 @@ def aggregate(node: str, flows: Iterable[DumpedFlow], names: Names) -> Stats:
                 total = rules[(policy, info.direction, info.rule_index)]
                 total[0] += flow.n_packets
                 total[1] += flow.n_bytes
-        elif info.category == CookieCategory.ISOLATION:
+        elif info.category == CookieCategory.ISOLATION or (
+                info.category == CookieCategory.AUDIT and flow.table in _DEFAULT_TABLES):
+            # an audited pod's new connections are dropped by its audit copy flow (above the drop)
             pod = names.pod(info.object_id)
             direction = "Egress" if flow.table == Table.EGRESS_DEFAULT else "Ingress"
             if pod is not None:

@@ -42,8 +42,14 @@ def controller_argv(state: LabState, node: NodeState) -> list[str]:
         sys.executable, "-m", "sdn_netpol.cli.controller", "--source", f"dir:{state.manifests}",
         "--node", node.name, "--bridge", "br-int", "--ovsdb", f"unix:{node.rundir}/db.sock",
         "--ofp-listen", f"127.0.0.1:{OFP_PORT}", "--status-listen", f"unix:{status_socket(node)}",
-        "--stats-interval", str(STATS_INTERVAL), *shlex.split(os.environ.get(EXTRA_ARGS_ENV, "")),
+        "--stats-interval", str(STATS_INTERVAL), "--audit-log", str(audit_log(node)),
+        *shlex.split(os.environ.get(EXTRA_ARGS_ENV, "")),
     ]
+
+
+def audit_log(node: NodeState) -> Path:
+    """Where the node's controller logs audited connections (Namespace sdn-netpol.io/audit)."""
+    return Path(node.rundir) / "audit.jsonl"
 
 
 def status_socket(node: NodeState) -> Path:

@@ -20,6 +20,9 @@ Direction = Literal["Ingress", "Egress"]
 DIRECTIONS: tuple[Direction, ...] = ("Ingress", "Egress")
 
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+AUDIT_ANNOTATION = "sdn-netpol.io/audit"
+AuditMode = Literal["deny", "allow", "all"]
+AUDIT_MODES: tuple[AuditMode, ...] = ("deny", "allow", "all")
 
 
 class PodKey(NamedTuple):
@@ -35,14 +38,26 @@ class PodKey(NamedTuple):
 
 @dataclass(frozen=True)
 class Namespace:
+    """`audit`: the `sdn-netpol.io/audit` annotation, which verdicts on this namespace's pods
+    are logged (never part of a verdict; only the audit flows and the audit log read it)."""
+
     name: str
     labels: Labels
+    audit: AuditMode | None = None
 
     @staticmethod
-    def implied(name: str, labels: Labels | None = None) -> Namespace:
+    def implied(name: str, labels: Labels | None = None, audit: AuditMode | None = None) -> Namespace:
         """The API server always sets kubernetes.io/metadata.name to the namespace's name."""
         base = labels or Labels()
-        return Namespace(name, base.with_label(NAMESPACE_NAME_LABEL, name))
+        return Namespace(name, base.with_label(NAMESPACE_NAME_LABEL, name), audit)
+
+    @property
+    def audits_denied(self) -> bool:
+        return self.audit in ("deny", "all")
+
+    @property
+    def audits_allowed(self) -> bool:
+        return self.audit in ("allow", "all")
 
 
 @dataclass(frozen=True)

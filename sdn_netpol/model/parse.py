@@ -15,7 +15,16 @@ from netaddr import AddrFormatError, IPAddress
 
 from sdn_netpol.model.errors import FieldErrors, ValidationError
 from sdn_netpol.model.labels import Labels, is_dns_label, is_dns_subdomain
-from sdn_netpol.model.objects import PROTOCOLS, ContainerPort, Namespace, NetworkPolicy, Pod
+from sdn_netpol.model.objects import (
+    AUDIT_ANNOTATION,
+    AUDIT_MODES,
+    PROTOCOLS,
+    AuditMode,
+    ContainerPort,
+    Namespace,
+    NetworkPolicy,
+    Pod,
+)
 from sdn_netpol.model.policy_parse import check_port_name, parse_labels, parse_network_policy
 
 KINDS = ("Namespace", "Pod", "NetworkPolicy")
@@ -131,12 +140,26 @@ def parse_object(body: Mapping[str, Any]) -> tuple[Namespace | Pod | NetworkPoli
         return None, errors.items
     obj: Namespace | Pod | NetworkPolicy | None
     if kind == "Namespace":
-        obj = Namespace.implied(name, labels)
+        obj = Namespace.implied(name, labels, _audit_mode(metadata.get("annotations"), errors))
     elif kind == "Pod":
         obj = _parse_pod(dict(body), namespace, name, labels, errors)
     else:
         obj = parse_network_policy(dict(body), namespace, name, errors)
     return (obj if not errors else None), errors.items
+
+
+def _audit_mode(annotations: Any, errors: FieldErrors) -> AuditMode | None:
+    """`sdn-netpol.io/audit`. Any other value is an error (the object is rejected like any
+    invalid one: the last valid version stays), never a silent "not audited"."""
+    if not isinstance(annotations, dict) or AUDIT_ANNOTATION not in annotations:
+        return None
+    value = annotations[AUDIT_ANNOTATION]
+    for mode in AUDIT_MODES:
+        if value == mode:
+            return mode
+    errors.add(f'metadata.annotations["{AUDIT_ANNOTATION}"]',
+               f"{value!r}: must be one of {', '.join(AUDIT_MODES)}")
+    return None
 
 
 def _object_label(kind: str, namespace: str, name: object) -> str:

@@ -176,7 +176,7 @@ class SelectorIndex:
 def _with_name_label(ns: Namespace) -> Namespace:
     if ns.labels.get(NAMESPACE_NAME_LABEL) == ns.name:
         return ns
-    return Namespace.implied(ns.name, ns.labels)
+    return Namespace.implied(ns.name, ns.labels, ns.audit)
 
 
 def peer_scope(policy_namespace: str, peer: Peer) -> str:

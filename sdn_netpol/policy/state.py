@@ -70,7 +70,7 @@ class ClusterState:
     ) -> ClusterState:
         pod_list = sorted(pods, key=_KEY)  # C-level key: the controller builds one per change
         policy_list = sorted(policies, key=lambda p: (p.namespace, p.name))
-        declared = {ns.name: Namespace.implied(ns.name, ns.labels) for ns in namespaces}
+        declared = {ns.name: Namespace.implied(ns.name, ns.labels, ns.audit) for ns in namespaces}
         for name in set(map(_NAMESPACE, pod_list)) | {p.namespace for p in policy_list}:
             declared.setdefault(name, Namespace.implied(name))
         ns_list = sorted(declared.values(), key=lambda n: n.name)
@@ -154,6 +154,11 @@ class ClusterState:
 
     def namespace(self, name: str) -> Namespace:
         return self.index.namespace(name)
+
+    @cached_property
+    def audited_namespaces(self) -> dict[str, Namespace]:
+        """Namespaces with an `sdn-netpol.io/audit` mode: what the audit flows are made of."""
+        return {ns.name: ns for ns in self.namespaces if ns.audit is not None}
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, ClusterState):
