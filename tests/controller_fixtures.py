@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pytest
 import yaml
 from netaddr import EUI, IPAddress, mac_unix_expanded
 
@@ -495,3 +496,21 @@ class CutProxy:
             with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
             s.close()
+
+
+# ---- fixtures shared by the controller test modules ---------------------------------------
+
+
+@pytest.fixture
+def sw(tmp_path: Path) -> Iterator[Switch]:
+    """A private OVS whose bridge points at a controller on port 6653 (set before any flow)."""
+    with switch(tmp_path) as s:
+        s.set_controller(6653)
+        yield s
+
+
+@pytest.fixture
+def folder_cluster(tmp_path: Path) -> FolderCluster:
+    folder = tmp_path / "manifests"
+    folder.mkdir()
+    return FolderCluster(folder)

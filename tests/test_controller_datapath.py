@@ -6,7 +6,6 @@ on a bounded interval."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,23 +19,13 @@ from tests.controller_fixtures import (
     controller,
     policy_manifest,
     seed,
-    switch,
     wait_for,
 )
 
 
 @pytest.fixture
-def sw(tmp_path: Path) -> Iterator[Switch]:
-    with switch(tmp_path) as s:
-        s.set_controller(6653)
-        yield s
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> FolderCluster:
-    folder = tmp_path / "manifests"
-    folder.mkdir()
-    return FolderCluster(folder)
+def cluster(folder_cluster: FolderCluster) -> FolderCluster:
+    return folder_cluster
 
 
 def _start(sw: Switch, cluster: FolderCluster, tmp_path: Path, *extra: str) -> Controller:

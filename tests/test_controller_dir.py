@@ -21,23 +21,13 @@ from tests.controller_fixtures import (
     pod_manifest,
     policy_manifest,
     seed,
-    switch,
     wait_for,
 )
 
 
 @pytest.fixture
-def sw(tmp_path: Path) -> Iterator[Switch]:
-    with switch(tmp_path) as s:
-        s.set_controller(6653)
-        yield s
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> FolderCluster:
-    folder = tmp_path / "manifests"
-    folder.mkdir()
-    return FolderCluster(folder)
+def cluster(folder_cluster: FolderCluster) -> FolderCluster:
+    return folder_cluster
 
 
 @pytest.fixture

@@ -21,7 +21,6 @@ from tests.controller_fixtures import (
     pod_manifest,
     policy_manifest,
     seed,
-    switch,
     wait_for,
 )
 from tests.fakekube import FakeKube
@@ -34,13 +33,6 @@ def fake() -> Iterator[FakeKube]:
     """The fake serves Namespaces, Pods, NetworkPolicies and Nodes, as the controller watches."""
     with FakeKube() as fk:
         yield fk
-
-
-@pytest.fixture
-def sw(tmp_path: Path) -> Iterator[Switch]:
-    with switch(tmp_path) as s:
-        s.set_controller(6653)
-        yield s
 
 
 @pytest.fixture

@@ -25,7 +25,8 @@ from sdn_netpol.compiler.pipeline import (
 )
 from sdn_netpol.debug.names import Names, table_name
 from sdn_netpol.debug.trace import DebugError
-from sdn_netpol.ovs.dumpflows import DumpedFlow
+from sdn_netpol.ovs.dumpflows import DumpedFlow, parse_dump_flows
+from sdn_netpol.ovs.instance import OvsError, OvsInstance
 from sdn_netpol.policy.state import ClusterState
 
 _CONJ_ID = re.compile(r"(?:^|,)conj_id=(\d+)")
@@ -89,6 +90,18 @@ class FlowView:
 def describe(node: str, flow: DumpedFlow, names: Names) -> FlowView:
     owner = names.owner(flow.cookie)
     return FlowView(node, flow, owner.category, owner.policy, owner.direction, owner.rule, owner.pod)
+
+
+def dumper(ovs: OvsInstance, bridge: str) -> Callable[[str | None], list[DumpedFlow]]:
+    """``dump-flows BRIDGE [cookie=C/M]`` on one switch; a failure is one DebugError line."""
+    def dump(cookie_filter: str | None) -> list[DumpedFlow]:
+        try:
+            text = ovs.ofctl("--no-names", "dump-flows", bridge, *([cookie_filter] if cookie_filter else []))
+        except OvsError as exc:
+            raise DebugError(f"dump-flows {bridge} on {ovs.rundir.name}: {exc.stderr.strip() or exc}") from exc
+        return parse_dump_flows(text)
+
+    return dump
 
 
 def select(node: str, dump: Callable[[str | None], Sequence[DumpedFlow]], selection: Selection,

@@ -18,7 +18,7 @@ from typing import Any, cast
 from sdn_netpol.compiler.topology import mac_for_ip
 from sdn_netpol.controller.nodes import NodeInfo, place_pods
 from sdn_netpol.controller.sources.objects import convert, is_wanted
-from sdn_netpol.debug.flows import FlowView, Selection, select
+from sdn_netpol.debug.flows import FlowView, Selection, dumper, select
 from sdn_netpol.debug.names import Names
 from sdn_netpol.debug.trace import (
     CT_STATES,
@@ -31,7 +31,6 @@ from sdn_netpol.debug.trace import (
     trace_packet,
 )
 from sdn_netpol.model.objects import PROTOCOLS, Namespace, NetworkPolicy, Pod, Protocol
-from sdn_netpol.ovs.dumpflows import DumpedFlow, parse_dump_flows
 from sdn_netpol.ovs.instance import OvsError, OvsInstance
 from sdn_netpol.ovs.trace import Tracer
 from sdn_netpol.policy.state import ClusterState
@@ -191,11 +190,4 @@ def _pod(topo: Topology, text: str, option: str) -> PodPlace:
 def flows(ovs: OvsInstance, bridge: str, node: str, cluster: ClusterState, selection: Selection) -> list[FlowView]:
     selection.check(cluster)
 
-    def dump(cookie_filter: str | None) -> list[DumpedFlow]:
-        try:
-            text = ovs.ofctl("--no-names", "dump-flows", bridge, *([cookie_filter] if cookie_filter else []))
-        except OvsError as exc:
-            raise DebugError(f"dump-flows {bridge}: {exc.stderr.strip() or exc}") from exc
-        return parse_dump_flows(text)
-
-    return select(node, dump, selection, Names.of(cluster))
+    return select(node, dumper(ovs, bridge), selection, Names.of(cluster))

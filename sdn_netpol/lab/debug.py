@@ -13,7 +13,7 @@ from typing import cast
 from netaddr import AddrFormatError, IPAddress
 
 from sdn_netpol.debug import stats
-from sdn_netpol.debug.flows import FlowView, Selection, select
+from sdn_netpol.debug.flows import FlowView, Selection, dumper, select
 from sdn_netpol.debug.names import Names
 from sdn_netpol.debug.trace import (
     CT_STATES,
@@ -28,7 +28,6 @@ from sdn_netpol.debug.trace import (
 from sdn_netpol.lab import controllers
 from sdn_netpol.lab.state import LabState
 from sdn_netpol.model.objects import PROTOCOLS, Protocol
-from sdn_netpol.ovs.dumpflows import DumpedFlow, parse_dump_flows
 from sdn_netpol.ovs.instance import OvsError, OvsInstance
 from sdn_netpol.ovs.trace import Tracer
 from sdn_netpol.policy.state import ClusterState
@@ -113,14 +112,7 @@ def flows(state: LabState, cluster: ClusterState, node: str | None, selection: S
     for name in [node] if node else sorted(names):
         instance = _settled(OvsInstance(Path(names[name].rundir)))
 
-        def dump(cookie_filter: str | None, instance: OvsInstance = instance) -> list[DumpedFlow]:
-            try:
-                text = instance.ofctl("--no-names", "dump-flows", BRIDGE, *([cookie_filter] if cookie_filter else []))
-            except OvsError as exc:
-                raise DebugError(f"dump-flows on {instance.rundir.name}: {exc.stderr.strip() or exc}") from exc
-            return parse_dump_flows(text)
-
-        shown += select(name, dump, selection, Names.of(cluster))
+        shown += select(name, dumper(instance, BRIDGE), selection, Names.of(cluster))
     return shown
 
 
@@ -131,13 +123,7 @@ def rule_stats(state: LabState, cluster: ClusterState) -> stats.Stats:
     for node in state.nodes:
         instance = _settled(OvsInstance(Path(node.rundir)))
 
-        def dump(cookie_filter: str, instance: OvsInstance = instance) -> list[DumpedFlow]:
-            try:
-                return parse_dump_flows(instance.ofctl("--no-names", "dump-flows", BRIDGE, cookie_filter))
-            except OvsError as exc:
-                raise DebugError(f"dump-flows on {instance.rundir.name}: {exc.stderr.strip() or exc}") from exc
-
-        parts.append(stats.read(node.name, dump, names))
+        parts.append(stats.read(node.name, dumper(instance, BRIDGE), names))
     return stats.merge(parts)
 
 
