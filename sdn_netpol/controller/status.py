@@ -19,7 +19,7 @@ merge the answers of all its controllers):
                              "last_valid_enforced": true, "errors": [{"object", "path",
                              "message", "text"}]}],
         "policies": {"x/deny": {"generation": 5, "invalid": false, "realized": true}},
-        "datapath": {"mode": "auto", "purge_after_change": true, "ovs_version": "3.1.0",
+        "datapath": {"mode": "auto", "purge_after_change": true, "ovs_version": "3.1.0", "datapath_type": "netdev",
                      "purges": 12, "last_purge_seconds": 0.002, "repairs": 0, "error": null,
                      "last_verify": {"at": …, "seconds": …, "checked": 40, "unverifiable": 0,
                                      "stale": 0, "examples": []}}}}}
