@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from sdn_netpol.lab import cleanup
+from sdn_netpol.lab import cleanup, hostlimits
 from sdn_netpol.lab.lab import Lab
 from sdn_netpol.lab.state import LabState
 from tests.lab_fixtures import namespace, netpol, pod_manifest
@@ -72,6 +72,8 @@ def test_up_places_pods_and_serves_them(workdir: Path, model_file: Path) -> None
     assert placed["web/pinned"][0] == "node1"
     assert {placed["db/main"][0], placed["db/replica"][0]} == {"node1", "node2"}
     assert all(ip.startswith(f"10.244.{node[-1]}.") for node, ip in placed.values())
+    rmem = hostlimits.read([hostlimits.RMEM_DEFAULT])[hostlimits.RMEM_DEFAULT]
+    assert rmem >= hostlimits.RECEIVE_BUFFER, "the nodes' OVS sockets absorb bursts"
 
 
 def test_probe_json_contract_across_geneve(workdir: Path) -> None:
@@ -147,7 +149,11 @@ def test_up_after_a_crash_cleans_up_first(workdir: Path, model_file: Path) -> No
 
 
 def test_down_leaves_nothing(workdir: Path) -> None:
+    state = LabState.load(workdir)
+    assert state is not None
+    raised = state.host_sysctls or {}
     out = lab_cli(workdir, "down")
+    assert hostlimits.read(raised) == raised, "the host settings as they were before the lab"
     assert "lab down" in out.stdout
     assert cleanup.leftovers(workdir) == {"netns": [], "processes": []}
     assert lab_cli(workdir, "probe", "--port", "80", check=False).returncode == 1

@@ -80,10 +80,18 @@ def test_arp_table_need_counts_same_node_peers() -> None:
 
 
 def test_a_small_lab_leaves_the_host_arp_limits_alone() -> None:
-    before = {k: (hostlimits.NEIGH / k).read_text() for k in hostlimits.KEYS}
-    assert int(before["gc_thresh3"]) >= 108, "the kernel default is 1024"
+    before = hostlimits.read(hostlimits.NEIGH_KEYS)
+    assert before["net/ipv4/neigh/default/gc_thresh3"] >= 108, "the kernel default is 1024"
     assert hostlimits.ensure_capacity(["node1", "node2", "node3"] * 3) is None
-    assert before == {k: (hostlimits.NEIGH / k).read_text() for k in hostlimits.KEYS}
+    assert before == hostlimits.read(hostlimits.NEIGH_KEYS)
+
+
+def test_the_first_recorded_host_value_is_the_one_restored() -> None:
+    assert hostlimits.remember(None, {"net/core/rmem_default": 212992}) == {"net/core/rmem_default": 212992}
+    assert hostlimits.remember({"net/core/rmem_default": 212992}, {"net/core/rmem_default": 4 << 20}) == {
+        "net/core/rmem_default": 212992}
+    assert hostlimits.remember({"a": 1}, None) == {"a": 1}
+    assert hostlimits.remember({"a": 1}, {"b": 2}) == {"a": 1, "b": 2}
 
 
 # ------------------------------------------------------------------ names and state
