@@ -144,8 +144,10 @@ class Node:
 
     def cni(self, command: str, conf: dict[str, Any] | bytes, container_id: str = "",
             netns: str = "", ifname: str = "eth0", args: str = "",
-            env: dict[str, str] | None = None, in_node: bool = True) -> CniRun:
-        """Run the plugin like a runtime: env vars + config on stdin, inside the node."""
+            env: dict[str, str] | None = None, in_node: bool = True,
+            plugin: list[str] | None = None) -> CniRun:
+        """Run the plugin like a runtime: env vars + config on stdin, inside the node.
+        `plugin`: the command, if not the project's console script."""
         full = {k: v for k, v in os.environ.items() if not k.startswith("CNI_")}
         full.update({"CNI_COMMAND": command, "CNI_CONTAINERID": container_id,
                      "CNI_NETNS": f"/var/run/netns/{netns}" if netns else "",
@@ -153,7 +155,7 @@ class Node:
         full.update(env or {})
         full = {k: v for k, v in full.items() if v != "" or not k.startswith("CNI_")}
         stdin = conf if isinstance(conf, bytes) else json.dumps(conf).encode()
-        cmd = (["ip", "netns", "exec", self.name] if in_node else []) + plugin_cmd()
+        cmd = (["ip", "netns", "exec", self.name] if in_node else []) + (plugin or plugin_cmd())
         start = time.monotonic()
         proc = subprocess.run(cmd, input=stdin, capture_output=True, env=full, timeout=120,
                               check=False)

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from tests.controller_fixtures import (
+    NODE,
     Controller,
     KubeCluster,
     StaticCluster,
@@ -18,6 +19,7 @@ from tests.controller_fixtures import (
     assert_flows_converge,
     controller,
     namespace_manifest,
+    node_manifest,
     pod_manifest,
     policy_manifest,
     seed,
@@ -212,3 +214,38 @@ def test_an_invalid_policy_gets_an_invalid_policy_event_with_the_field_path(
     converged_once_more = ctl.status()
     assert converged_once_more["policies"]["x/db"]["invalid"] is True
     assert len(fake.events) == 1, "one Event per invalid version, not one per relist or change"
+
+
+def test_a_node_without_a_pod_cidr_is_reported_and_still_enforced(sw: Switch, cluster: KubeCluster,
+                                                                   ctl: Controller) -> None:
+    seed(sw, cluster)
+    ctl.start()
+    converged(sw, cluster)
+    bare = node_manifest(NODE, "192.168.50.1", "10.244.1.0/24")
+    del bare["spec"]["podCIDR"]
+    cluster.apply(bare)
+    message = wait_for(lambda: ctl.status()["errors"]["node"], what="the node error in /status")
+    assert "spec.podCIDR is empty" in message and NODE in message
+    cluster.apply(policy_manifest("x", "other", "web", {"app": "db"}))
+    converged(sw, cluster)  # pods name their node: enforcement goes on
+
+
+def test_a_controller_for_a_node_the_cluster_does_not_know_keeps_its_flows(
+        sw: Switch, cluster: KubeCluster, ctl: Controller) -> None:
+    """A DaemonSet without NODE_NAME falls back to the hostname: the controller must hold,
+    not compute an empty node and delete every pod's flows."""
+    seed(sw, cluster)
+    ctl.start()
+    converged(sw, cluster)
+    before = sw.flows()
+    cluster.delete("Node", "", NODE)
+    message = wait_for(lambda: ctl.status()["errors"]["node"], what="the node error in /status")
+    assert f"node {NODE!r} is not a valid Node of the cluster" in message and "NODE_NAME" in message
+    assert ctl.status()["last_error"].startswith("node: ")
+    cluster.apply(policy_manifest("x", "other", "web", {"app": "db"}))
+    wait_for(lambda: ctl.status()["desired_generation"] > ctl.status()["realized_generation"],
+             what="the change to be held back")
+    assert sw.flows() == before
+    cluster.apply(node_manifest(NODE, "192.168.50.1", "10.244.1.0/24"))
+    converged(sw, cluster)
+    wait_for(lambda: ctl.status()["errors"]["node"] is None, what="the node error to clear")

@@ -7,6 +7,7 @@ One module per command group, each importing only what its commands need:
     controller.py  controller                       the per-node OpenFlow controller
     live.py        trace, flows                     a live node's switch, mapped to policies and rules
     lab.py         lab …, demo                      a cluster on this machine (lab trace/flows/stats too)
+    node.py        node setup, node install-cni     a real node's bridge and CNI plugin (deploy/)
     debugview.py   text of the debugging commands (trace steps, flows by table, stats tables)
     render.py      rich rendering shared by the groups (the reachability matrix)
     options.py     click options shared by the groups
@@ -37,6 +38,7 @@ COMMANDS: Mapping[str, str] = {
     "flows": "sdn_netpol.cli.live:flows_cmd",
     "lab": "sdn_netpol.cli.lab:lab",
     "demo": "sdn_netpol.cli.lab:demo",
+    "node": "sdn_netpol.cli.node:node",
 }
 
 

@@ -103,3 +103,30 @@ def place_pods(pods: Iterable[Pod], nodes: Iterable[NodeInfo]) -> list[Pod]:
                 pod = dataclasses.replace(pod, node_name=owners.pop())
         placed.append(pod)
     return placed
+
+
+@dataclass(frozen=True)
+class NodeProblem:
+    """What is wrong with the controller's own Node, and whether to hold realization."""
+
+    message: str
+    hold: bool
+
+
+def own_node_problem(node: str, nodes: Iterable[NodeInfo]) -> NodeProblem | None:
+    """A controller serving a node the cluster does not know (a DaemonSet without
+    NODE_NAME falls back to the hostname) would compute an empty node and delete every
+    pod's flows: it holds instead, keeping what the switch enforces. A source without any
+    Node (a folder of manifests) has nothing to check against."""
+    known = {n.name: n for n in nodes}
+    if not known:
+        return None
+    if node not in known:
+        names = ", ".join(sorted(known)[:5]) + (", …" if len(known) > 5 else "")
+        return NodeProblem(f"node {node!r} is not a valid Node of the cluster (known: {names}): set --node or "
+                           "NODE_NAME from the downward API (spec.nodeName); flows kept as they are", hold=True)
+    if not known[node].pod_cidrs:
+        return NodeProblem(f"node {node}: spec.podCIDR is empty: pods without spec.nodeName cannot be placed "
+                           "and the CNI plugin has no range (kube-controller-manager --allocate-node-cidrs)",
+                           hold=False)
+    return None

@@ -12,7 +12,7 @@ merge the answers of all its controllers):
         "source_version": "sha256:…",          # of the realized state (kube: resourceVersion)
         "realized_at": 1732630000.1,             # unix time of the last realization
         "last_error": null,
-        "errors": {"source": null, "ovsdb": null, "switch": null, "realize": null, "datapath": null},
+        "errors": {"source": null, "node": null, "ovsdb": null, "switch": null, "realize": null, "datapath": null},
         "flows": {"total": 42, "by_table": {"0": 5, …}}, "flow_mods_sent": 42,
         "ports": {"ns/pod": 3},                  # pods this node enforces, realized
         "invalid_objects": [{"kind": …, "namespace": …, "name": …,
@@ -41,7 +41,7 @@ from typing import Any
 from sdn_netpol.controller.metrics import Metrics
 from sdn_netpol.controller.store import Invalid
 
-ERROR_PLACES = ("source", "ovsdb", "switch", "realize", "datapath")
+ERROR_PLACES = ("source", "node", "ovsdb", "switch", "realize", "datapath")
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from sdn_netpol.controller.config import Timing
 from sdn_netpol.controller.datapath import DatapathGuard, DatapathUnsettled
 from sdn_netpol.controller.gcpolicy import GcPolicy
 from sdn_netpol.controller.metrics import Metrics
+from sdn_netpol.controller.nodes import NodeInfo, own_node_problem
 from sdn_netpol.controller.portmap import PortMap, node_context, realized_ports
 from sdn_netpol.controller.status import Realized, StatusBoard
 from sdn_netpol.controller.store import Snapshot, Store
@@ -142,6 +143,8 @@ class Realizer:
         self.board.observe(snap.synced)
         if not snap.synced or not view.complete or session is None or session.installed is None:
             return
+        if self._node_problem(snap.nodes):
+            return
         previous = self._compilation
         with self.gc.realizing():  # not around the send: it waits for the switch
             context = node_context(self.node, view, snap.state, snap.nodes)
@@ -156,6 +159,15 @@ class Realizer:
         self.cache.retain(desired)
         self._settle(bool(sent))
         self._publish(snap, context, desired, sent, since)
+
+    def _node_problem(self, nodes: tuple[NodeInfo, ...]) -> bool:
+        """Report what is wrong with this controller's Node; True: hold the switch as it is."""
+        problem = own_node_problem(self.node, nodes)
+        message = problem.message if problem else None
+        if message and message != self.board.errors.get("node"):
+            LOG.error("%s", message)
+        self.board.report("node", message)
+        return problem is not None and problem.hold
 
     def _settle(self, changed: bool) -> None:
         """The barrier says the tables changed; the datapath may still forward by the old

@@ -21,13 +21,13 @@ from pathlib import Path
 
 from sdn_netpol.lab import netns
 from sdn_netpol.lab.state import OFP_PORT, LabState, NodeState
-from sdn_netpol.ovs.instance import BRIDGE_PROTOCOLS, OvsInstance
+from sdn_netpol.node.bridge import BridgeSpec, bridge_args, controller_args
+from sdn_netpol.ovs.instance import OvsInstance
 
 UNDERLAY_BRIDGE = "br0"
 TUNNEL_PORT = "tun0"
 GATEWAY_PORT = "gw0"
 UNDERLAY_PLEN = 24
-CONTROLLER_BACKOFF_MS = 1000  # reconnect within a second when a controller restarts
 
 
 def bridge_mac(node: NodeState) -> str:
@@ -62,15 +62,10 @@ def node_up(state: LabState, node: NodeState, with_controller: bool) -> None:
         "--", "add-br", "br-phy", "--", "set", "Bridge", "br-phy", "datapath_type=netdev",
         "fail_mode=standalone", f"other_config:hwaddr={node.bridge_mac}",
         "--", "add-port", "br-phy", "eth1",
-        "--", "add-br", "br-int", "--", "set", "Bridge", "br-int", "datapath_type=netdev", "fail_mode=secure",
-        f"protocols={BRIDGE_PROTOCOLS}", "other_config:disable-in-band=true",
-        f"other_config:datapath-id={node.index:016x}",
-        "--", "add-port", "br-int", TUNNEL_PORT, "--", "set", "Interface", TUNNEL_PORT, f"type={state.tunnel}",
-        "options:remote_ip=flow", "options:key=flow",
     ]
+    args += bridge_args(BridgeSpec("br-int", state.tunnel, TUNNEL_PORT, "netdev", node.index))
     if with_controller:
-        args += ["--", "set-controller", "br-int", f"tcp:127.0.0.1:{OFP_PORT}",
-                 "--", "set", "Controller", "br-int", f"max_backoff={CONTROLLER_BACKOFF_MS}"]
+        args += controller_args("br-int", f"tcp:127.0.0.1:{OFP_PORT}", ())
     inst.vsctl(*args)
     netns.add_address(node.netns, "br-phy", f"{node.address}/{UNDERLAY_PLEN}")
     netns.set_up(node.netns, "br-phy")

@@ -40,11 +40,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from sdn_netpol.node.bridge import PROTOCOLS
 from sdn_netpol.ovs.dumpflows import DumpedFlow, parse_dump_flows
 
 SCHEMA = Path("/usr/share/openvswitch/vswitch.ovsschema")
 OF_VERSION = "OpenFlow15"
-BRIDGE_PROTOCOLS = "OpenFlow10,OpenFlow13,OpenFlow14,OpenFlow15"
+BRIDGE_PROTOCOLS = PROTOCOLS  # one definition: node/bridge.py
 TOOL_TIMEOUT = 30.0  # seconds for any one ovs-* client call
 READY_TIMEOUT = 10.0  # seconds for a daemon to open its sockets
 DAEMONS = ("ovs-vswitchd", "ovsdb-server")  # stop order: the switch before its database
