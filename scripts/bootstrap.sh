@@ -4,17 +4,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
-APT_PKGS="openvswitch-switch containernetworking-plugins iproute2 ethtool iperf3 procps"
+# vagrant and shellcheck: `make test` validates the Vagrant testbed offline (tests/test_vagrant.py)
+APT_PKGS=(openvswitch-switch containernetworking-plugins iproute2 ethtool iperf3 procps vagrant shellcheck)
 
-missing=""
-for p in $APT_PKGS; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+missing=()
+for p in "${APT_PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
-if [ -n "$missing" ]; then
-  echo "bootstrap: installing Debian packages:$missing"
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "bootstrap: installing Debian packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends $missing >/dev/null
+  apt-get -o DPkg::Lock::Timeout=900 update -qq
+  apt-get -o DPkg::Lock::Timeout=900 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 # The Debian service would start a system-wide OVS in the root netns; the project runs
 # private instances only, so keep the packaged one stopped if systemd started it.
