@@ -242,6 +242,7 @@ def test_a_controller_for_a_node_the_cluster_does_not_know_keeps_its_flows(
     message = wait_for(lambda: ctl.status()["errors"]["node"], what="the node error in /status")
     assert f"node {NODE!r} is not a valid Node of the cluster" in message and "NODE_NAME" in message
     assert ctl.status()["last_error"].startswith("node: ")
+    assert ctl.metrics()['sdn_netpol_error{place="node"}'] == 1  # alertable
     cluster.apply(policy_manifest("x", "other", "web", {"app": "db"}))
     wait_for(lambda: ctl.status()["desired_generation"] > ctl.status()["realized_generation"],
              what="the change to be held back")
@@ -249,3 +250,5 @@ def test_a_controller_for_a_node_the_cluster_does_not_know_keeps_its_flows(
     cluster.apply(node_manifest(NODE, "192.168.50.1", "10.244.1.0/24"))
     converged(sw, cluster)
     wait_for(lambda: ctl.status()["errors"]["node"] is None, what="the node error to clear")
+    assert ctl.metrics()['sdn_netpol_error{place="node"}'] == 0
+    assert ctl.metrics()["sdn_netpol_desired_generation"] == ctl.status()["realized_generation"]

@@ -94,6 +94,7 @@ def start(config: Config) -> Parts:
     def ovsdb_report(message: str | None) -> None:
         parts.board.report("ovsdb", message)
 
+    parts.metrics.registry.register(status.StatusCollector(parts.board))
     status.serve(config.status_listen, parts.board, parts.metrics, lambda: all(t.is_alive() for t in parts.threads))
     parts.threads.append(parts.realizer.start())
     parts.threads.append(InterfaceMonitor(config.ovsdb, config.bridge, parts.ports, ovsdb_report).start())

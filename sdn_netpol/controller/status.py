@@ -32,11 +32,13 @@ import json
 import os
 import socketserver
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 from sdn_netpol.controller.metrics import Metrics
 from sdn_netpol.controller.store import Invalid
@@ -120,6 +122,28 @@ class StatusBoard:
                              for ref, (generation, invalid) in policies.items()},
             }
         return {"node": self.node, "nodes": {self.node: entry}}
+
+
+class StatusCollector:
+    """/status as alertable series, read from the board at scrape time (no second copy):
+    `sdn_netpol_desired_generation` beside `sdn_netpol_realized_generation` (a gap that lasts
+    means a change is not enforced), `sdn_netpol_error{place}` 1 while that place fails, and
+    `sdn_netpol_source_synced`."""
+
+    def __init__(self, board: StatusBoard) -> None:
+        self.board = board
+
+    def collect(self) -> Iterator[Metric]:
+        entry = self.board.to_json()["nodes"][self.board.node]
+        desired = GaugeMetricFamily("sdn_netpol_desired_generation", "Source generation the controller has read")
+        desired.add_metric([], entry["desired_generation"])
+        errors = GaugeMetricFamily("sdn_netpol_error", "1 while this place reports an error (see /status)",
+                                   labels=["place"])
+        for place, message in entry["errors"].items():
+            errors.add_metric([place], 1 if message else 0)
+        synced = GaugeMetricFamily("sdn_netpol_source_synced", "1 once the source has listed everything")
+        synced.add_metric([], 1 if entry["source_synced"] else 0)
+        yield from (desired, errors, synced)
 
 
 class _Handler(BaseHTTPRequestHandler):
