@@ -25,7 +25,7 @@ LOCK=$CACHE_ROOT/kube-apiserver-$VERSION.lock
 BUILD_PACKAGES=(golang-1.19-go golang-github-modern-go-reflect2-dev make rsync dpkg-dev)
 RUNTIME_PACKAGES=(etcd-server etcd-client openssl)
 
-WORK=  # the temporary build tree, removed at exit whatever happens (~2 GB once built)
+WORK=  # the temporary build tree, removed at exit whatever happens
 
 log() { echo "kube-apiserver.sh: $*" >&2; }
 
