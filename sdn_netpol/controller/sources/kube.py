@@ -78,9 +78,25 @@ def api_client(kubeconfig: str | None) -> client.ApiClient:
 
 def _check(resp: Any) -> None:
     if not 200 <= resp.status <= 299:
-        body = resp.data.decode(errors="replace")[:300]
+        body = resp.data.decode(errors="replace")
         resp.release_conn()
-        raise ApiException(status=resp.status, reason=f"{resp.reason}: {body}")
+        raise ApiException(status=resp.status, reason=resp.reason, body=body)
+
+
+def explain(exc: ApiException) -> str:
+    """The HTTP reason and the server's own message from the Status body: for a 403 it says
+    which verb on which resource was refused to which user ("Forbidden" alone does not)."""
+    text = str(exc.reason or "").strip()
+    body = exc.body.decode(errors="replace") if isinstance(exc.body, bytes) else exc.body
+    if not body:
+        return text
+    try:
+        status = json.loads(body)
+    except ValueError:
+        status = None
+    message = status.get("message") if isinstance(status, dict) else body
+    message = " ".join(str(message or "").split())[:500]
+    return f"{text}: {message}" if message and message not in text else text
 
 
 def _rv_key(version: str) -> tuple[int, str]:
@@ -139,10 +155,10 @@ class Reflector:
                 self.backoff.reset()
             except ApiException as exc:
                 if exc.status == GONE:
-                    self.restart("expired", f"410 Gone: {exc.reason}")
+                    self.restart("expired", f"410 Gone: {explain(exc)}")
                     rv = None
                     continue
-                self.restart(f"http_{exc.status}", f"API error {exc.status}: {exc.reason}", pause=True)
+                self.restart(f"http_{exc.status}", f"API error {exc.status}: {explain(exc)}", pause=True)
             except urllib3.exceptions.ReadTimeoutError:
                 self.restart("stalled", f"no data for {self.options.read_timeout:g} s")
             except (urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
