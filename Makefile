@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 CORE := sdn_netpol/model sdn_netpol/policy sdn_netpol/compiler
 PYTEST_ARGS ?=
 
-.PHONY: bootstrap demo test lint typecheck unit flows bench clean
+.PHONY: bootstrap prebuild image kube-apiserver demo test lint typecheck unit flows bench clean
 
 bootstrap:
 	@bash scripts/bootstrap.sh
@@ -18,10 +18,22 @@ lint: bootstrap
 typecheck: bootstrap
 	$(VENV)/bin/mypy --strict $(CORE)
 
+# The real kube-apiserver and the image, built once per machine into /var/cache/sdn-netpol:
+# started in the background first, so they build while the fast tiers run (tests/conftest.py
+# runs the tiers needing them last; they wait for the builds).
+prebuild: bootstrap
+	@bash scripts/prebuild.sh
+
+kube-apiserver: bootstrap
+	bash scripts/kube-apiserver.sh build
+
+image: bootstrap
+	bash scripts/build-image.sh
+
 unit: bootstrap
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests
 
-test: lint typecheck unit
+test: prebuild lint typecheck unit
 
 # Regenerate the golden flow tables in flows/ from their manifests (review the diff!).
 flows: bootstrap

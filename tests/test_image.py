@@ -124,3 +124,24 @@ def test_image_labels_and_size(podman_env: dict[str, str]) -> None:
     assert labels["org.opencontainers.image.version"] == version.group(1)
     assert re.fullmatch(r"[0-9a-f]{16}", labels["io.sdn-netpol.inputs"])
     assert image["Size"] < SIZE_BUDGET, f"image is {image['Size'] / 1e6:.0f} MB, budget {SIZE_BUDGET / 1e6:.0f} MB"
+
+
+def test_install_cni_from_the_image_gives_the_host_a_plugin_its_own_python_runs(
+        podman_env: dict[str, str], tmp_path: Path) -> None:
+    """What the DaemonSet's install-cni init container does: the plugin it writes through
+    the hostPath runs on the host's python3, not the image's venv."""
+    proc = subprocess.run(
+        ["podman", "run", "--rm", "--runtime=runc", "--network=none", "--read-only", f"--volume={tmp_path}:/host",
+         IMAGE, "sdn-netpol", "node", "install-cni", "--pod-cidr=10.244.9.0/24", "--no-check-bridge",
+         "--cni-bin-dir=/host/opt/cni/bin", "--cni-conf-dir=/host/etc/cni/net.d"],
+        env=podman_env, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    plugin = tmp_path / "opt/cni/bin/sdn-netpol-cni"
+    conflist = json.loads((tmp_path / "etc/cni/net.d/10-sdn-netpol.conflist").read_text())
+    assert conflist["plugins"][0]["ipam"]["ranges"] == [
+        [{"subnet": "10.244.9.0/24", "rangeEnd": "10.244.9.253", "gateway": "10.244.9.254"}]]
+    host_env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "CNI_COMMAND": "VERSION"}
+    version = subprocess.run(["/usr/bin/python3", str(plugin)], env=host_env, input="", capture_output=True,
+                             text=True, timeout=60, check=False)
+    assert version.returncode == 0, version.stderr
+    assert json.loads(version.stdout)["cniVersion"] == SPEC_VERSION

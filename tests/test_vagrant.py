@@ -51,3 +51,11 @@ def test_the_testbed_installs_sdn_netpol_from_deploy() -> None:
     control_plane = (VAGRANT / "provision" / "control-plane.sh").read_text()
     assert "kubectl apply -k /sdn-netpol/deploy" in control_plane
     assert not (VAGRANT / "manifests").exists(), "RBAC lives in deploy/ only"
+
+
+def test_every_shell_script_of_the_project_passes_shellcheck() -> None:
+    scripts = [*sorted((ROOT / "scripts").glob("*.sh")), ROOT / ".ci" / "run"]
+    assert len(scripts) >= 4
+    out = subprocess.run(["shellcheck", "--severity=style", *map(str, scripts)], capture_output=True, text=True,
+                         check=False)
+    assert out.returncode == 0, out.stdout
