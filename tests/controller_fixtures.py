@@ -412,13 +412,15 @@ class KubeCluster(Cluster):
 
 
 class CutProxy:
-    """A TCP relay between the bridge and the controller that can cut the connection after
-    the controller has sent `n` more bytes (i.e. in the middle of a bundle), then refuse
-    reconnections until released. Real sockets, real OVS; only the wire is interrupted."""
+    """A TCP relay (bridge → controller, or client → API server) that can cut the connection
+    after the target has sent `n` more bytes (`arm`: in the middle of a bundle), or at once
+    (`drop`), then refuse reconnections until released. Real sockets; only the wire is
+    interrupted (TLS passes through untouched)."""
 
     def __init__(self, listen: tuple[str, int], target: tuple[str, int]) -> None:
         self.target = target
         self.server = socket.create_server(listen, reuse_port=False)
+        self.port = int(self.server.getsockname()[1])
         self.budget: int | None = None
         self.refusing = False
         self.cut = threading.Event()
@@ -430,6 +432,11 @@ class CutProxy:
         with self._lock:
             self.budget = after_bytes
             self.cut.clear()
+
+    def drop(self) -> None:
+        """Close every relayed connection now and refuse new ones until `release`."""
+        self.refusing = True
+        self._close_all()
 
     def release(self) -> None:
         self.refusing = False

@@ -33,7 +33,6 @@ import signal
 import socket
 import subprocess
 import tempfile
-import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -501,69 +500,3 @@ def wait_established(rest: Rest, crd_name: str, timeout: float = 20.0) -> dict[s
         if time.monotonic() > deadline:
             raise AssertionError(f"CRD {crd_name} not Established: {conditions}")
         time.sleep(0.1)
-
-
-# ---- a cuttable TCP relay in front of the apiserver --------------------------------------
-
-
-class Relay:
-    """Forwards 127.0.0.1:port to the apiserver. `cut()` closes every relayed connection and
-    refuses new ones (accepted and closed at once) until `resume()`: for the client, the API
-    server is gone for a while; TLS passes through untouched."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target = ("127.0.0.1", target_port)
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.port = int(self.server.getsockname()[1])
-        self.refusing = False
-        self._lock = threading.Lock()
-        self._socks: list[socket.socket] = []
-        threading.Thread(target=self._accept, name="relay", daemon=True).start()
-
-    def cut(self) -> None:
-        self.refusing = True
-        with self._lock:
-            socks, self._socks = self._socks, []
-        for s in socks:
-            with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
-            s.close()
-
-    def resume(self) -> None:
-        self.refusing = False
-
-    def close(self) -> None:
-        self.server.close()
-        self.cut()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.server.accept()
-            except OSError:
-                return
-            if self.refusing:
-                client.close()
-                continue
-            try:
-                upstream = socket.create_connection(self.target, timeout=5)
-            except OSError:
-                client.close()
-                continue
-            upstream.settimeout(None)
-            with self._lock:
-                self._socks += [client, upstream]
-            for src, dst in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
-
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)

@@ -27,6 +27,17 @@ PODS = [f"{ns}/{p}" for ns in "xyz" for p in "abc"]
 PACKET_OUTGOING = 4  # sll_pkttype of a frame the socket's own host sent
 
 
+@contextlib.contextmanager
+def lab_up(workdir: Path, nodes: int) -> Iterator[Lab]:
+    """A lab of `nodes` nodes over the conformance model, taken down whatever happens."""
+    made = Lab(workdir)
+    try:
+        made.up([MODEL], nodes=nodes)
+        yield made
+    finally:
+        made.down()
+
+
 def netpol(name: str, namespace: str, spec: dict[str, Any]) -> dict[str, Any]:
     return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
             "metadata": {"name": name, "namespace": namespace}, "spec": spec}

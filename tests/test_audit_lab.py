@@ -20,7 +20,7 @@ import pytest
 from sdn_netpol.lab import netns
 from sdn_netpol.lab.controllers import audit_log
 from sdn_netpol.lab.lab import Lab
-from tests.lab_fixtures import MODEL, Cluster, namespace, netpol
+from tests.lab_fixtures import Cluster, lab_up, namespace, netpol
 
 RATE = 100  # the controller's default --audit-rate
 FLOOD = 10_000
@@ -29,12 +29,8 @@ SINK_PORT = 9999
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    made = Lab(tmp_path_factory.mktemp("lab"))
-    try:
-        made.up([MODEL], nodes=2)
+    with lab_up(tmp_path_factory.mktemp("lab"), 2) as made:
         yield made
-    finally:
-        made.down()
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,7 @@ from tests.controller_fixtures import (
     NODE,
     Cluster,
     Controller,
+    CutProxy,
     StaticCluster,
     Switch,
     assert_flows_converge,
@@ -40,7 +41,6 @@ from tests.kubeapi import (
     SA,
     SA_USER,
     KubeAPI,
-    Relay,
     apply,
     delete,
     install_deploy,
@@ -338,21 +338,21 @@ def test_a_watch_expired_by_an_etcd_compaction_relists_and_converges(sw: Switch,
     """The controller loses the server (a relay cut), changes are made and etcd's history is
     compacted past them: Pods and NetworkPolicies (watched straight from etcd) answer 410 Gone
     and are listed again; Namespaces resume from the apiserver's watch cache."""
-    relay = Relay(int(kube.url.rsplit(":", 1)[1]))
+    relay = CutProxy(("127.0.0.1", 0), ("127.0.0.1", int(kube.url.rsplit(":", 1)[1])))
     kubeconfig = kube.kubeconfig(SA, tmp_path / "relayed.kubeconfig", port=relay.port)
     ctl = controller(sw, tmp_path, "kube", "--kubeconfig", str(kubeconfig))
     try:
         x, y = seed(sw, cluster, "e")
         ctl.start()
         converged(sw, cluster)
-        relay.cut()
+        relay.drop()
         wait_for(lambda: restarts(ctl, "dropped") >= 4, what="every watch to lose the server")
         cluster.delete("Pod", x, "b")
         sw.remove_pod(x, "b")
         cluster.delete("NetworkPolicy", x, "db")
         cluster.apply(policy_manifest(x, "deny", "web", None), namespace_manifest(y, team="c"))
         kube.compact()
-        relay.resume()
+        relay.release()
         wait_for(lambda: restarts(ctl, "expired", "pods") >= 1 and restarts(ctl, "expired", "networkpolicies") >= 1,
                  what="410 Gone on the uncached watches")
         converged(sw, cluster)

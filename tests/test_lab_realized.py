@@ -34,7 +34,7 @@ import yaml
 from sdn_netpol.lab import netns
 from sdn_netpol.lab.lab import Lab
 from sdn_netpol.lab.state import PodState
-from tests.lab_fixtures import MODEL, Stream, connect, netpol, pod_manifest
+from tests.lab_fixtures import Stream, connect, lab_up, netpol, pod_manifest
 
 LOOPS = 20
 CONNECT_TIMEOUT = 0.3
@@ -102,12 +102,8 @@ def y_a(**labels: str) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    made = Lab(tmp_path_factory.mktemp("realized"))
-    try:
-        made.up([MODEL], nodes=3)
+    with lab_up(tmp_path_factory.mktemp("realized"), 3) as made:
         yield made
-    finally:
-        made.down()
 
 
 class Phases:

@@ -22,7 +22,7 @@ from sdn_netpol.lab.lab import Lab
 from sdn_netpol.lab.state import NodeState
 from tests import runtimes
 from tests.cri import SANDBOX_READY
-from tests.lab_fixtures import MODEL, Cluster, netpol
+from tests.lab_fixtures import Cluster, lab_up, netpol
 from tests.runtimes import Containerd, RuntimePod
 
 NODE = "node1"
@@ -31,12 +31,8 @@ TIMINGS: dict[str, float] = {}
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    made = Lab(tmp_path_factory.mktemp("lab"))
-    try:
-        made.up([MODEL], nodes=2)
+    with lab_up(tmp_path_factory.mktemp("lab"), 2) as made:
         yield made
-    finally:
-        made.down()
 
 
 @pytest.fixture(scope="module")
