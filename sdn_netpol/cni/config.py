@@ -30,6 +30,8 @@ DEFAULT_OVS_TIMEOUT = 10.0
 # The spec's container-id grammar, and Linux interface names (IFNAMSIZ 16 incl. NUL).
 _CONTAINER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 _IFNAME = re.compile(r"^[^\s/:]{1,15}$")
+_IFNAME_BYTES = 15
+_KERNEL_SPACE = frozenset(b"\t\n\v\f\r \xa0")  # the kernel's isspace(): 0xa0 too (a UTF-8 byte of 'à')
 _PLUGIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 _REQUIRED = {
     "ADD": ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_PATH"),
@@ -115,10 +117,19 @@ def parse_env(environ: Mapping[str, str]) -> CniEnv:
     if not _CONTAINER_ID.match(env.container_id):
         raise CniError(INVALID_ENV, "CNI_CONTAINERID is invalid",
                        f"{env.container_id!r}: alphanumerics, '_', '.', '-' only")
-    if not _IFNAME.match(env.ifname):
+    if not valid_ifname(env.ifname):
         raise CniError(INVALID_ENV, "CNI_IFNAME is invalid",
-                       f"{env.ifname!r}: 1-15 characters, no whitespace, '/' or ':'")
+                       f"{env.ifname!r}: 1-15 bytes, not '.' or '..', no whitespace, '/' or ':'")
     return env
+
+
+def valid_ifname(name: str) -> bool:
+    """A name Linux accepts for an interface (dev_valid_name): 1-15 *bytes*, not '.' or
+    '..', no '/', ':' or whitespace. Checked here, before IPAM or any link exists, so that a
+    bad name is refused by us rather than halfway through an ADD."""
+    raw = name.encode("utf-8", "surrogateescape")
+    return (bool(_IFNAME.match(name)) and len(raw) <= _IFNAME_BYTES and name not in (".", "..")
+            and not _KERNEL_SPACE.intersection(raw))
 
 
 def _decode(raw: bytes) -> dict[str, Any]:
@@ -174,7 +185,7 @@ def parse_netconf(raw: bytes) -> NetConf:
     if not 576 <= mtu <= 65535:
         raise CniError(INVALID_CONFIG, "config field 'mtu' out of range", f"{mtu}")
     bridge = _get(doc, "bridge", str, DEFAULT_BRIDGE)
-    if not _IFNAME.match(bridge):
+    if not valid_ifname(bridge):
         raise CniError(INVALID_CONFIG, "config field 'bridge' is not a bridge name",
                        f"{bridge!r}")
     timeout = doc.get("ovsTimeout", DEFAULT_OVS_TIMEOUT)

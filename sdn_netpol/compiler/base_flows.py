@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from functools import lru_cache
 
-from netaddr import EUI, IPAddress
+from netaddr import EUI, IPAddress, IPNetwork
 
 from sdn_netpol.compiler.flow import (
     Action,
@@ -48,6 +48,8 @@ from sdn_netpol.compiler.topology import NodeContext, PortBinding
 from sdn_netpol.model.objects import Pod
 
 PIPELINE_COOKIE = cookie(CookieCategory.PIPELINE)
+LOOPBACK = (IPNetwork("127.0.0.0/8"), IPNetwork("::1/128"))
+TUNNEL_UDP_PORTS = (4789, 6081)  # VXLAN and Geneve (IANA): what a node's tunnel endpoint decapsulates
 _SCRATCH_REG = "reg4"
 _IP_FAMILIES = ("ip", "ipv6")
 
@@ -67,6 +69,7 @@ def pipeline_flows(node: NodeContext) -> Iterator[Flow]:
                 (GotoTable(Table.COMMIT),))
     yield from _edge_port_flows(node)
     yield from _node_local_flows(node)
+    yield from _forbidden_destination_flows(node)
 
 
 def _node_local_flows(node: NodeContext) -> Iterator[Flow]:
@@ -81,6 +84,26 @@ def _node_local_flows(node: NodeContext) -> Iterator[Flow]:
                 (GotoTable(Table.L3_FORWARDING),))
     yield _flow(Table.INGRESS_RULE, Priority.BYPASS - 1, Match.build(family, **{src_field: address}),
                 (GotoTable(Table.COMMIT),))
+
+
+def _forbidden_destination_flows(node: NodeContext) -> Iterator[Flow]:
+    """Destinations no packet is routed to, whoever sends it (docs/reliability.md, "Security
+    review"): SpoofGuard drops them above every port's own flows, before conntrack, so the
+    policy tables keep holding allows only:
+    - loopback: behind a gateway to the host stack with route_localnet=1 (kube-proxy sets it),
+      a pod's packet to 127.0.0.1 would reach the node's loopback listeners, the controller's
+      OpenFlow port among them (the shape of CVE-2020-8558);
+    - any node's tunnel endpoint on the VXLAN and Geneve ports: the endpoint decapsulates
+      whatever arrives, so a pod could hand a node an inner packet with a forged source, which
+      the receiving node trusts (tunnel traffic is not spoof-checked). Calico drops the same."""
+    for net in LOOPBACK:
+        family, _, dst_field = _family_fields(net.ip)
+        yield _flow(Table.SPOOF_GUARD, Priority.FORBIDDEN, Match.build(family, **{dst_field: net}), ())
+    for address in sorted({address for _, address in node.node_addresses}):
+        _, _, dst_field = _family_fields(address)
+        for port in TUNNEL_UDP_PORTS:
+            match = Match.build("udp" if address.version == 4 else "udp6", tp_dst=port, **{dst_field: address})
+            yield _flow(Table.SPOOF_GUARD, Priority.FORBIDDEN, match, ())
 
 
 def _misses() -> Iterator[Flow]:

@@ -49,6 +49,7 @@ class Priority(IntEnum):
     CONJUNCTION = 200  # clause flows and their conj_id flows share one priority (OVS rule)
     DIRECT_ALLOW = 300  # single-dimension allows: above every conjunction, all mean "allow"
     BYPASS = 400
+    FORBIDDEN = 410  # SpoofGuard: destinations nothing may be routed to (loopback, tunnel endpoints)
     SCTP_REPLY = 450  # above the generic reply bypass: SCTP replies must prove their ports
     INVALID = 500
 

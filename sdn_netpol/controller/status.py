@@ -44,6 +44,10 @@ from sdn_netpol.controller.metrics import Metrics
 from sdn_netpol.controller.store import Invalid
 
 ERROR_PLACES = ("source", "node", "ovsdb", "switch", "realize", "datapath")
+# How long a client may take to send its request, and each write of the answer may block.
+# Without it an idle connection held a handler thread forever: anyone who can reach the
+# port (deploy/ listens on 0.0.0.0:9180) could pile up threads until the controller died.
+REQUEST_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True)
@@ -147,6 +151,8 @@ class StatusCollector:
 
 
 class _Handler(BaseHTTPRequestHandler):
+    timeout = REQUEST_TIMEOUT  # socket timeout of every connection (StreamRequestHandler)
+
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
         server: _StatusServer = self.server  # type: ignore[assignment]
