@@ -4,6 +4,7 @@ exactly, and every API fault (dropped, stalled, compacted, failing) converges ag
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 
 from tests.controller_fixtures import (
+    BRIDGE,
     NODE,
     Controller,
     KubeCluster,
@@ -252,3 +254,36 @@ def test_a_controller_for_a_node_the_cluster_does_not_know_keeps_its_flows(
     wait_for(lambda: ctl.status()["errors"]["node"] is None, what="the node error to clear")
     assert ctl.metrics()['sdn_netpol_error{place="node"}'] == 0
     assert ctl.metrics()["sdn_netpol_desired_generation"] == ctl.status()["realized_generation"]
+
+
+def test_a_bridge_missing_from_ovsdb_is_reported_and_the_existing_bridge_untouched(
+        sw: Switch, cluster: KubeCluster, fake: FakeKube, tmp_path: Path) -> None:
+    """A controller configured for a bridge OVSDB lacks (a conflist or flag naming the wrong
+    one) says so, and when the real bridge connects to its address it programs nothing: the
+    pods' flows stay as the last correct controller left them."""
+    seed(sw, cluster)
+    kubeconfig = fake.write_kubeconfig(tmp_path / "kubeconfig")
+    (tmp_path / "good").mkdir()
+    (tmp_path / "wrong").mkdir()
+    good = controller(sw, tmp_path / "good", "kube", "--kubeconfig", str(kubeconfig))
+    good.start()
+    converged(sw, cluster)
+    good.stop()
+    before = sw.flows()
+    wrong = controller(sw, tmp_path / "wrong", "kube", "--kubeconfig", str(kubeconfig), "--bridge", "br-missing")
+    wrong.start()
+    try:
+        message = wait_for(lambda: wrong.status()["errors"]["ovsdb"], what="the missing bridge in /status")
+        assert "bridge 'br-missing' does not exist in OVSDB" in message
+        generation = wrong.status()["desired_generation"]
+        cluster.apply(policy_manifest("x", "other", "web", {"app": "db"}))
+        wait_for(lambda: wrong.status()["desired_generation"] > generation, what="the change to be seen")
+        refused = wait_for(lambda: wrong.status()["errors"]["switch"], what="the other bridge refused in /status")
+        assert f"(bridge {BRIDGE!r}) connected, but this controller serves 'br-missing': left untouched" in refused
+        time.sleep(1.0)  # ample for a realization (tens of ms here) that must not happen
+        assert wrong.status()["realized_generation"] is None and not wrong.status()["switch_connected"]
+        after = sw.flows()
+        assert after == before, (sorted(map(str, set(before.unordered()) - set(after.unordered())))[:5],
+                                 sorted(map(str, set(after.unordered()) - set(before.unordered())))[:5])
+    finally:
+        wrong.stop()

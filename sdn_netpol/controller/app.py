@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -38,6 +39,8 @@ class Link:
     switch: Switch
     ports: PortMap
     audit: AuditLog
+    bridge: str = ""  # the bridge this controller serves ("": any that connects)
+    report: Callable[[str | None], None] = lambda _message: None  # the status board's "switch"
 
 
 def _port_name(port: Any) -> str:
@@ -56,12 +59,28 @@ class ControllerApp(app_manager.OSKenApp):  # type: ignore[misc]
     def state_change(self, ev: Any) -> None:
         dp = ev.datapath
         if ev.state == MAIN_DISPATCHER:
+            if not self._is_our_bridge(dp):
+                return
             # os-ken read the port description before entering MAIN; port-status events follow.
             self.link.ports.set_switch_ports({_port_name(p): no for no, p in (dp.ports or {}).items()})
             self.link.audit.configure_switch(dp)  # the controller meter, before any flow
             self.link.switch.connected(dp)
         elif ev.state == DEAD_DISPATCHER and self.link.switch.disconnected(dp):
             self.link.ports.switch_gone()
+
+    def _is_our_bridge(self, dp: Any) -> bool:
+        """The bridge's LOCAL port carries its name. Another bridge pointed at this
+        controller's address must never be programmed with this bridge's pods: it is left
+        connected and untouched, and /status says so."""
+        local = (dp.ports or {}).get(ofp.OFPP_LOCAL)
+        name = _port_name(local) if local is not None else None
+        if not self.link.bridge or name == self.link.bridge:
+            return True
+        message = (f"switch {dp.id:016x} (bridge {name!r}) connected, but this controller serves "
+                   f"{self.link.bridge!r}: left untouched")
+        LOG.error("%s", message)
+        self.link.report(message)
+        return False
 
     @set_ev_cls(ofp_event.EventOFPPortStatus, MAIN_DISPATCHER)
     def port_status(self, ev: Any) -> None:

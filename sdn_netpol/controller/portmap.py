@@ -104,10 +104,13 @@ class PortMap:
     def switch_gone(self) -> None:
         self._update(switch_ports={}, switch_known=False)
 
-    def set_interfaces(self, interfaces: Mapping[str, Interface]) -> None:
-        if self.view().interfaces_known and self.view().interfaces == interfaces:
+    def set_interfaces(self, interfaces: Mapping[str, Interface], bridge_exists: bool = True) -> None:
+        """Without the bridge in OVSDB nothing is known: an empty picture would read as
+        "no pods here" and delete every pod's flows."""
+        known = bridge_exists
+        if self.view().interfaces_known == known and self.view().interfaces == interfaces:
             return
-        self._update(interfaces=dict(interfaces), interfaces_known=True)
+        self._update(interfaces=dict(interfaces), interfaces_known=known)
 
 
 # ---- OVSDB ------------------------------------------------------------------------------
@@ -165,11 +168,23 @@ class InterfaceMonitor(Worker):
             idl.run()
             if idl.has_ever_connected() and idl.change_seqno != seen:
                 seen = idl.change_seqno
-                self.ports.set_interfaces(self._interfaces(idl))
+                self.ports.set_interfaces(self._interfaces(idl), self._report_bridge(idl))
             poller = ovs.poller.Poller()
             idl.wait(poller)
             poller.timer_wait(500)  # wake up now and then to notice stop()
             poller.block()
+
+    def _report_bridge(self, idl: Any) -> bool:
+        """A bridge that OVSDB lacks (a conflist or --bridge naming another one, or a node
+        never set up) leaves pods unattached and the switch unconnected: say so."""
+        if any(bridge.name == self.bridge for bridge in idl.tables["Bridge"].rows.values()):
+            self.report(None)
+            return True
+        message = (f"bridge {self.bridge!r} does not exist in OVSDB {self.remote} "
+                   "(create it with `sdn-netpol node setup`, or fix --bridge)")
+        LOG.error("%s", message)
+        self.report(message)
+        return False
 
     def _interfaces(self, idl: Any) -> dict[str, Interface]:
         found: dict[str, Interface] = {}

@@ -112,7 +112,8 @@ def start(config: Config) -> Parts:
                      lambda: parts.realizer.realized_state, config.audit.rate, config.audit.max_bytes)
     if audit.path is not None:
         parts.threads.append(audit.start())
-    parts.threads.extend(app.start(config.ofp_listen, app.Link(parts.switch, parts.ports, audit)))
+    parts.threads.extend(app.start(config.ofp_listen, app.Link(parts.switch, parts.ports, audit, config.bridge,
+                                                                      lambda m: parts.board.report("switch", m))))
     return parts
 
 
