@@ -16,9 +16,10 @@ action type, nested ct exec actions, learn), for the OpenFlow encoders' byte-equ
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Literal
+from typing import Any, Literal, cast
 
 from hypothesis import strategies as st
 from netaddr import IPAddress, IPNetwork
@@ -412,3 +413,161 @@ def any_flows(draw: st.DrawFn) -> Flow:
     match = draw(flow_matches())
     return Flow(table, draw(st.integers(0, 0xFFFF)), match, draw(flow_actions(table, match)),
                 draw(st.one_of(st.just(0), st.integers(0, 2**64 - 2))))
+
+
+# --- hostile inputs, for the fuzz tests (tests/test_fuzz_*.py) --------------------------------
+#
+# `junk` is any JSON value; `mutated_manifests()` replaces 1-3 subtrees of a valid manifest
+# with junk (so most of a document stays meaningful and the parser goes deep); `hostile_text`
+# adds what a user's editor or a broken generator produces: control characters, escapes,
+# path traversal, over-long and non-ASCII names. `hostile_bytes()` turns a valid document's
+# bytes into what a disk, a pipe or a half-written file can hold: truncation, invalid UTF-8,
+# a BOM, NULs, nesting deeper than the parsers recurse, and a megabyte of it.
+
+HOSTILE_STRINGS = (
+    "", " ", "\n", "\t", "-", ".", "..", "../../../tmp/escape", "/", "a/b", "a:b", "0", "-1", "1e309", "NaN",
+    "\x00", "\x1b[2J\x1b[31mRED", "a\nb", "é" * 8, "☃", "\u202etxt.exe", "\udcff", "a" * 300, "%s%n", "{}", "[]",
+    "null", "~", "TCP", "In", "Ingress", "10.0.0.0/8", "::/0", "ffff::1", "52:54:00:00:01:01",
+)
+hostile_text = st.sampled_from(HOSTILE_STRINGS) | st.text(max_size=20)
+hostile_numbers = st.sampled_from([0, -1, 1, 65535, 65536, 2**31, 2**63, 2**64, -(2**63), 10**30]) \
+    | st.floats(allow_nan=False, allow_infinity=False) | st.integers(-(2**40), 2**40)
+
+junk = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.floats(allow_nan=False)
+    | st.text(max_size=20) | st.sampled_from(["TCP", "In", "10.0.0.0/8", "Ingress", "a/b", "-", "", "0"]),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=12), children, max_size=3),
+    max_leaves=8,
+)
+hostile_junk = st.recursive(
+    st.none() | st.booleans() | hostile_numbers | hostile_text,
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(hostile_text, children, max_size=3),
+    max_leaves=8,
+)
+
+VALID_MANIFESTS: tuple[dict[str, object], ...] = (
+    {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x", "labels": {"ns": "x"}}},
+    {"apiVersion": "v1", "kind": "Pod",
+     "metadata": {"name": "a", "namespace": "x", "labels": {"pod": "a"}},
+     "spec": {"nodeName": "n1", "containers": [{"name": "c", "ports": [
+         {"containerPort": 80, "name": "http", "protocol": "TCP"}]}]},
+     "status": {"podIP": "10.244.1.2", "podIPs": [{"ip": "10.244.1.2"}], "phase": "Running"}},
+    {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+     "metadata": {"name": "p", "namespace": "x"},
+     "spec": {"podSelector": {"matchLabels": {"pod": "a"},
+                              "matchExpressions": [{"key": "pod", "operator": "In", "values": ["a"]}]},
+              "policyTypes": ["Ingress", "Egress"],
+              "ingress": [{"from": [{"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.1.0.0/16"]}},
+                                    {"namespaceSelector": {}, "podSelector": {"matchLabels": {"a": "b"}}}],
+                           "ports": [{"protocol": "TCP", "port": 80, "endPort": 90}, {"port": "http"}]}],
+              "egress": [{"to": [{"podSelector": {}}], "ports": [{"protocol": "UDP"}]}]}},
+    {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"},
+     "spec": {"podCIDR": "10.244.1.0/24", "podCIDRs": ["10.244.1.0/24"]},
+     "status": {"addresses": [{"type": "InternalIP", "address": "192.168.0.1"},
+                              {"type": "Hostname", "address": "n1"}]}},
+)
+
+
+def tree_paths(node: object, prefix: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+    """Every path (keys and indexes) into a JSON value, the root `()` first."""
+    found = [prefix]
+    if isinstance(node, dict):
+        for key, value in node.items():
+            found += tree_paths(value, (*prefix, key))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            found += tree_paths(value, (*prefix, i))
+    return found
+
+
+@st.composite
+def mutated_tree(draw: st.DrawFn, base: object, values: st.SearchStrategy[object] = junk,
+                 min_changes: int = 1, max_changes: int = 3) -> object:
+    """`base` (deep-copied) with 1-3 subtrees replaced by `values`, or a key deleted."""
+    doc = copy.deepcopy(base)
+    for _ in range(draw(st.integers(min_changes, max_changes))):
+        paths = [p for p in tree_paths(doc) if p]
+        if not paths:
+            break
+        path = draw(st.sampled_from(paths))
+        parent: Any = doc
+        for step in path[:-1]:
+            parent = parent[step]
+        if isinstance(parent, dict) and draw(st.integers(0, 4)) == 0:
+            del parent[path[-1]]
+        else:
+            parent[path[-1]] = draw(values)
+    return doc
+
+
+def mutated_manifests(values: st.SearchStrategy[object] = junk) -> st.SearchStrategy[dict[str, Any]]:
+    """One of VALID_MANIFESTS with 1-3 subtrees replaced by `values` (or deleted)."""
+    return st.sampled_from(VALID_MANIFESTS).flatmap(lambda base: mutated_tree(base, values)).map(
+        lambda doc: cast(dict[str, Any], doc))
+
+
+class Blob(bytes):
+    """Bytes whose repr stays short (hypothesis prints a failing example: not a megabyte)."""
+
+    def __repr__(self) -> str:
+        if len(self) <= 200:
+            return bytes.__repr__(self)
+        return f"Blob({bytes(self[:60])!r} ... {bytes(self[-20:])!r}, {len(self)} bytes)"
+
+
+class LongText(str):
+    """A string whose repr stays short (an environment variable of 100 kB, say)."""
+
+    def __repr__(self) -> str:
+        if len(self) <= 200:
+            return str.__repr__(self)
+        return f"LongText({str(self[:40])!r} ... {len(self)} characters)"
+
+
+def blob(data: bytes) -> bytes:
+    return Blob(data) if len(data) > 200 else data
+
+
+def deep_nesting(depth: int, json_style: bool = True) -> bytes:
+    """A value nested `depth` levels (deeper than Python's recursion limit parses)."""
+    if json_style:
+        return Blob(b'{"a": ' * depth + b"1" + b"}" * depth)
+    return Blob(b"# yaml\n" + b"[" * depth + b"]" * depth)
+
+
+@st.composite
+def _hostile_bytes(draw: st.DrawFn, text: bytes) -> bytes:
+    """`text` damaged the way files and pipes get damaged (or left alone, now and then).
+    Deep YAML and a megabyte cost PyYAML up to a second each: they are drawn less often."""
+    kind = draw(st.sampled_from(("same", "same", "same", "truncate", "truncate", "splice", "splice", "invalid-utf8",
+                                 "invalid-utf8", "bom", "nul", "binary", "empty", "deep-json", "deep-yaml", "huge")))
+    if kind == "same":
+        return text
+    if kind == "truncate":
+        return text[:draw(st.integers(0, max(0, len(text) - 1)))]
+    if kind == "splice":
+        at = draw(st.integers(0, len(text)))
+        return text[:at] + draw(st.binary(max_size=8)) + text[at:]
+    if kind == "invalid-utf8":
+        at = draw(st.integers(0, len(text)))
+        bad = draw(st.sampled_from([b"\xff", b"\xc3", b"\xed\xa0\x80", b"\xf8\x88\x80\x80\x80"]))
+        return text[:at] + bad + text[at:]
+    if kind == "bom":
+        return b"\xef\xbb\xbf" + text
+    if kind == "nul":
+        return text.replace(b":", b":\x00", 1)
+    if kind == "deep-json":
+        return deep_nesting(draw(st.sampled_from([200, 5_000, 100_000])))
+    if kind == "deep-yaml":  # PyYAML's scanner is quadratic in the depth: past its recursion limit is enough
+        return deep_nesting(draw(st.sampled_from([200, 1_000])), json_style=False)
+    if kind == "huge":  # a megabyte: one long value (where the document has a "x"), and blank padding
+        long = b'"' + b"x" * draw(st.sampled_from([100_000, 1_000_000])) + b'"'
+        return text.replace(b'"x"', long, 1) + b" " * draw(st.sampled_from([0, 200_000]))
+    if kind == "binary":
+        return draw(st.binary(min_size=1, max_size=64))
+    return b""
+
+
+def hostile_bytes(text: bytes) -> st.SearchStrategy[bytes]:
+    """`text` damaged the way files and pipes get damaged (or left alone, now and then)."""
+    return _hostile_bytes(text).map(blob)

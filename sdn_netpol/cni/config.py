@@ -33,6 +33,7 @@ _IFNAME = re.compile(r"^[^\s/:]{1,15}$")
 _IFNAME_BYTES = 15
 _KERNEL_SPACE = frozenset(b"\t\n\v\f\r \xa0")  # the kernel's isspace(): 0xa0 too (a UTF-8 byte of 'à')
 _PLUGIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+_NETWORK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")  # the spec's grammar for `name`
 _REQUIRED = {
     "ADD": ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_PATH"),
     "CHECK": ("CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_PATH"),
@@ -81,7 +82,12 @@ class NetConf:
 
 
 def parse_cni_args(raw: str) -> dict[str, str]:
-    """`K=V;K=V` as the runtime sends it; pairs without `=` are malformed (code 4)."""
+    """`K=V;K=V` as the runtime sends it; pairs without `=` are malformed (code 4), and so is
+    text that is not UTF-8 (its values go to OVSDB, which takes UTF-8 only)."""
+    try:
+        raw.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise CniError(INVALID_ENV, "CNI_ARGS is not UTF-8 text", f"byte {exc.start}") from None
     out: dict[str, str] = {}
     for pair in raw.split(";"):
         if not pair.strip():
@@ -119,15 +125,19 @@ def parse_env(environ: Mapping[str, str]) -> CniEnv:
                        f"{env.container_id!r}: alphanumerics, '_', '.', '-' only")
     if not valid_ifname(env.ifname):
         raise CniError(INVALID_ENV, "CNI_IFNAME is invalid",
-                       f"{env.ifname!r}: 1-15 bytes, not '.' or '..', no whitespace, '/' or ':'")
+                       f"{env.ifname!r}: 1-15 bytes of UTF-8, not '.' or '..', no whitespace, '/' or ':'")
     return env
 
 
 def valid_ifname(name: str) -> bool:
     """A name Linux accepts for an interface (dev_valid_name): 1-15 *bytes*, not '.' or
     '..', no '/', ':' or whitespace. Checked here, before IPAM or any link exists, so that a
-    bad name is refused by us rather than halfway through an ADD."""
-    raw = name.encode("utf-8", "surrogateescape")
+    bad name is refused by us rather than halfway through an ADD. Bytes that are not UTF-8
+    are refused too: the kernel would take them, but netlink (pyroute2) and OVSDB take text."""
+    try:
+        raw = name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
     return (bool(_IFNAME.match(name)) and len(raw) <= _IFNAME_BYTES and name not in (".", "..")
             and not _KERNEL_SPACE.intersection(raw))
 
@@ -137,6 +147,8 @@ def _decode(raw: bytes) -> dict[str, Any]:
         doc = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CniError(DECODE_FAILURE, "network config is not valid JSON", str(exc)) from None
+    except RecursionError:
+        raise CniError(DECODE_FAILURE, "network config is not valid JSON", "nested too deeply") from None
     if not isinstance(doc, dict):
         raise CniError(DECODE_FAILURE, "network config must be a JSON object")
     return doc
@@ -181,6 +193,9 @@ def parse_netconf(raw: bytes) -> NetConf:
     name = _get(doc, "name", str, "")
     if not name:
         raise CniError(INVALID_CONFIG, "config field 'name' is required")
+    if not _NETWORK_NAME.match(name):  # the spec's grammar; host-local makes it a folder name
+        raise CniError(INVALID_CONFIG, "config field 'name' is not a network name",
+                       f"{name!r}: alphanumerics, '_', '.', '-', starting with an alphanumeric")
     mtu = _get(doc, "mtu", int, DEFAULT_MTU)
     if not 576 <= mtu <= 65535:
         raise CniError(INVALID_CONFIG, "config field 'mtu' out of range", f"{mtu}")
@@ -211,7 +226,7 @@ def version_of(raw: bytes) -> str:
     """Best-effort cniVersion for error replies, even when the config is unusable."""
     try:
         doc = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (ValueError, RecursionError):  # not UTF-8, not JSON, nested too deeply
         return SPEC_VERSION
     version = doc.get("cniVersion") if isinstance(doc, dict) else None
     return version if isinstance(version, str) and version in SUPPORTED_VERSIONS else SPEC_VERSION

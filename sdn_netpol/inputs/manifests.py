@@ -10,16 +10,22 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import yaml
 
+from sdn_netpol.model.errors import one_line
 from sdn_netpol.model.parse import Document, ParseResult, parse_documents
 
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
 
 
 class ManifestError(Exception):
-    """A path that cannot be read or decoded; names the file and the reason."""
+    """A path that cannot be read or decoded; names the file and the reason, on one line
+    (a file name may hold a line break or an escape sequence: they are shown escaped)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(one_line(message, 2000))
 
 
 def manifest_files(path: Path) -> list[Path]:
@@ -41,13 +47,18 @@ def read_documents(path: Path) -> Iterator[Document]:
 
 
 def decode_documents(source: str, text: str) -> Iterator[Document]:
-    """YAML (multi-document) or JSON: one value, a stream of values (as kubectl reads), or an array."""
+    """YAML (multi-document) or JSON: one value, a stream of values (as kubectl reads), or an array.
+
+    Every decoding problem is a ManifestError of one line naming the source: invalid JSON or
+    YAML (with the line and column), and nesting deeper than the parsers can recurse."""
     if source.endswith(".json") or text.lstrip().startswith(("{", "[")):
         try:
             values = _json_values(text)
         except json.JSONDecodeError as exc:
             if source.endswith(".json"):
                 raise ManifestError(f"{source}: invalid JSON: {exc}") from exc
+        except RecursionError:
+            raise ManifestError(f"{source}: invalid JSON: {TOO_DEEP}") from None
         else:
             if len(values) == 1 and isinstance(values[0], list):
                 for i, item in enumerate(values[0]):
@@ -56,13 +67,35 @@ def decode_documents(source: str, text: str) -> Iterator[Document]:
                 for i, body in enumerate(values):
                     yield Document(f"{source} document {i + 1}" if len(values) > 1 else source, body)
             return
-    try:
-        bodies = list(yaml.safe_load_all(text))
-    except yaml.YAMLError as exc:
-        raise ManifestError(f"{source}: invalid YAML: {exc}") from exc
+    bodies = load_yaml_all(source, text)
     for i, body in enumerate(bodies):
         if body is not None:
             yield Document(f"{source} document {i + 1}" if len(bodies) > 1 else source, body)
+
+
+TOO_DEEP = "nested too deeply"
+
+
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """A YAML error on one line: where (line, column) and what, without the source excerpt
+    PyYAML prints under it."""
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        what = ", ".join(str(part) for part in (exc.context, exc.problem) if part) or type(exc).__name__
+        text = f"line {mark.line + 1}, column {mark.column + 1}: {what}" if mark is not None else what
+    else:
+        text = str(exc)
+    return " ".join(text.split())
+
+
+def load_yaml_all(source: str, text: str) -> list[Any]:
+    """`yaml.safe_load_all`, every failure a one-line ManifestError naming `source`."""
+    try:
+        return list(yaml.safe_load_all(text))
+    except yaml.YAMLError as exc:
+        raise ManifestError(f"{source}: invalid YAML: {yaml_problem(exc)}") from exc
+    except RecursionError:
+        raise ManifestError(f"{source}: invalid YAML: {TOO_DEEP}") from None
 
 
 def _json_values(text: str) -> list[object]:

@@ -26,18 +26,21 @@ from netaddr import EUI, AddrFormatError, IPAddress, mac_unix_expanded
 
 from sdn_netpol.compiler.flowfields import OFPP_MAX
 from sdn_netpol.compiler.topology import NodeContext, assign_ports
-from sdn_netpol.inputs.manifests import ManifestError, read_paths
+from sdn_netpol.inputs.manifests import TOO_DEEP, ManifestError, read_paths, yaml_problem
+from sdn_netpol.model.errors import one_line
 from sdn_netpol.model.parse import Document, ParseResult, flatten, parse_documents
 from sdn_netpol.policy.state import ClusterState
 
 PORTS_KEYS = ("pods", "tunnel", "gateway", "gateway_peer_mac", "nodes")
+LINE = 1000  # characters of one ports-file error at most (a key or value may be megabytes)
 
 
 class InputError(Exception):
-    """Inputs that cannot be compiled; `errors` lists every reason."""
+    """Inputs that cannot be compiled; `errors` lists every reason, each one printable line
+    (names and keys from the files are shown escaped, and cut after LINE characters)."""
 
     def __init__(self, errors: Iterable[str]) -> None:
-        self.errors = list(errors)
+        self.errors = [one_line(e, LINE) for e in errors]
         super().__init__("\n".join(self.errors))
 
 
@@ -124,12 +127,19 @@ def _ip(value: object, where: str, errors: list[str]) -> IPAddress | None:
 # ---- the ports file ----------------------------------------------------------------------
 
 def read_ports_file(path: Path) -> PortsFile:
+    """Every problem is one line naming the file (read, decode and each invalid entry)."""
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_bytes().decode("utf-8-sig")
     except OSError as exc:
         raise InputError([f"{path}: {exc.strerror or exc}"]) from exc
+    except UnicodeDecodeError as exc:
+        raise InputError([f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})"]) from exc
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise InputError([f"{path}: invalid YAML/JSON: {exc}"]) from exc
+        raise InputError([f"{path}: invalid YAML/JSON: {yaml_problem(exc)}"]) from exc
+    except RecursionError:
+        raise InputError([f"{path}: invalid YAML/JSON: {TOO_DEEP}"]) from None
     errors: list[str] = []
     parsed = parse_ports(data if data is not None else {}, errors)
     if errors:

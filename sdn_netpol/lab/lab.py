@@ -113,14 +113,16 @@ class Lab:
            flows: str = "controller") -> LabState:
         if nodes < 1:
             raise LabError("--nodes must be at least 1")
-        objects = _unique(read_objects(paths))  # validate before touching anything
+        # Validate before touching anything (a previous lab is torn down next): the objects,
+        # and where each pod goes (a pod IP that no node's CIDR holds is refused here).
+        objects = _unique(read_objects(paths))
+        state = new_state(self.workdir, nodes, tunnel, list(external), flows)
+        model_pods = [_parsed_pod(b) for r, b in objects.items() if r.kind == "Pod"]
+        placements = pods.place(model_pods, state.nodes)
         with locked(self.workdir):
             t = start = time.monotonic()
             cleanup.teardown(self.workdir)  # a crashed or forgotten lab first
             t = self._phase("cleanup", t)
-            state = new_state(self.workdir, nodes, tunnel, list(external), flows)
-            model_pods = [_parsed_pod(b) for r, b in objects.items() if r.kind == "Pod"]
-            placements = pods.place(model_pods, state.nodes)
             state.save()
             try:
                 self._build(state, objects, placements, t)

@@ -17,7 +17,8 @@ from typing import Any
 import yaml
 
 from sdn_netpol.inputs.manifests import ManifestError, read_documents, read_paths
-from sdn_netpol.model.parse import Document, ParseResult, flatten, parse_documents
+from sdn_netpol.model.errors import one_line
+from sdn_netpol.model.parse import API_VERSIONS, Document, ParseResult, flatten, parse_documents
 
 NAMESPACED = ("Pod", "NetworkPolicy")
 KNOWN = ("Namespace", "Pod", "NetworkPolicy")
@@ -57,6 +58,7 @@ def read_objects(paths: Iterable[Path]) -> list[dict[str, Any]]:
     """The objects in files/folders, validated as the API server would (all or nothing).
 
     Kinds other than Namespace, Pod and NetworkPolicy are refused: the lab owns its nodes.
+    So are those kinds in another API (a Calico NetworkPolicy), which the model skips.
     """
     try:
         documents = read_paths(paths)
@@ -67,10 +69,15 @@ def read_objects(paths: Iterable[Path]) -> list[dict[str, Any]]:
     if result.errors:
         raise LabError("invalid objects, nothing changed:\n  " + "\n  ".join(str(e) for e in result.errors))
     objects = []
-    for body in bodies:
+    for i, body in enumerate(bodies):
         if not isinstance(body, dict) or body.get("kind") not in KNOWN:
             kind = body.get("kind") if isinstance(body, dict) else type(body).__name__
-            raise LabError(f"kind {kind!r} cannot be applied to the lab (Namespace, Pod, NetworkPolicy only)")
+            raise LabError(one_line(f"object {i + 1}: kind {kind!r} cannot be applied to the lab "
+                                    "(Namespace, Pod, NetworkPolicy only)", 1000))
+        api_version, expected = body.get("apiVersion"), API_VERSIONS[body["kind"]]
+        if api_version is not None and api_version != expected:
+            raise LabError(one_line(f"object {i + 1}: {api_version!r} {body['kind']} cannot be applied to the lab "
+                                    f"(only {expected} {body['kind']})", 1000))
         body = copy.deepcopy(body)
         ref = ref_of(body)
         body.setdefault("metadata", {})

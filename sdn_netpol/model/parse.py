@@ -13,7 +13,7 @@ from typing import Any
 
 from netaddr import AddrFormatError, IPAddress
 
-from sdn_netpol.model.errors import FieldErrors, ValidationError
+from sdn_netpol.model.errors import FieldErrors, ValidationError, one_line
 from sdn_netpol.model.labels import Labels, is_dns_label, is_dns_subdomain
 from sdn_netpol.model.objects import (
     AUDIT_ANNOTATION,
@@ -30,6 +30,7 @@ from sdn_netpol.model.policy_parse import check_port_name, parse_labels, parse_n
 KINDS = ("Namespace", "Pod", "NetworkPolicy")
 API_VERSIONS = {"Namespace": "v1", "Pod": "v1", "NetworkPolicy": "networking.k8s.io/v1"}
 ObjectKey = tuple[str, str, str]
+NOTE_LIMIT = 1000  # a skipped document's note is one line of at most this many characters (+ the cut)
 
 
 @dataclass(frozen=True)
@@ -96,12 +97,13 @@ def _apply(acc: _Accumulator, source: str, body: Any) -> None:
         acc.errors.append(ValidationError(source, "kind", "Required value"))
         return
     if kind not in KINDS:
-        acc.skipped.append(f"{source}: kind {kind!r} is not used by NetworkPolicy; skipped")
+        acc.skipped.append(one_line(f"{source}: kind {kind!r} is not used by NetworkPolicy; skipped", NOTE_LIMIT))
         return
     api_version = body.get("apiVersion")
     if api_version is not None and api_version != API_VERSIONS[kind]:
         # e.g. Calico's crd.projectcalico.org/v1 NetworkPolicy: same kind, other semantics.
-        acc.skipped.append(f"{source}: {api_version} {kind} is not {API_VERSIONS[kind]} {kind}; skipped")
+        acc.skipped.append(one_line(f"{source}: {api_version} {kind} is not {API_VERSIONS[kind]} {kind}; skipped",
+                                    NOTE_LIMIT))
         return
     obj, errors = parse_object(body)
     acc.errors.extend(errors)

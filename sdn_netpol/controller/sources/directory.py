@@ -62,16 +62,17 @@ def read_folder(path: str | Path) -> FolderContents:
 
 def folder_version(path: str | Path) -> str:
     """"sha256:" + hex digest over the manifest files sorted by relative path (POSIX
-    separators): for each file, the UTF-8 path, a NUL, the decimal byte length of the
-    content, a NUL, then the content. Length-prefixing keeps (path, content) pairs
-    unambiguous; an empty folder hashes the empty input."""
+    separators): for each file, the UTF-8 path (a name that is not UTF-8: its bytes as on
+    disk), a NUL, the decimal byte length of the content, a NUL, then the content.
+    Length-prefixing keeps (path, content) pairs unambiguous; an empty folder hashes the
+    empty input."""
     return read_folder(path).version
 
 
 def _version(files: list[tuple[str, bytes]]) -> str:
     digest = hashlib.sha256()
     for rel, data in files:
-        digest.update(rel.encode() + b"\0" + str(len(data)).encode() + b"\0")
+        digest.update(os.fsencode(rel) + b"\0" + str(len(data)).encode() + b"\0")
         digest.update(data)
     return "sha256:" + digest.hexdigest()
 

@@ -8,6 +8,7 @@ One thread per resource, each the classic reflector loop:
     connection cut (dropped)              → watch again from there, after a short back-off
     410 Gone (history compacted)          → list again, then watch
     other API errors (500s), refused      → retry the same step with exponential back-off
+    anything else (a bug)                 → logged with its traceback, then as other errors
 The official client does the HTTP (auth, TLS, kubeconfig or in-cluster config). Bodies are
 read as raw JSON (`_preload_content=False`): the model parser wants dicts, and the
 client's typed models would refuse some objects an API server accepts (and cost ~1 ms per
@@ -163,6 +164,9 @@ class Reflector:
                 self.restart("stalled", f"no data for {self.options.read_timeout:g} s")
             except (urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
                 self.restart("dropped", f"{type(exc).__name__}: {exc}", pause=True)
+            except Exception as exc:  # a bug of ours: logged with its traceback, but the stream lives on
+                LOG.exception("%s watch: unexpected error", self.resource.plural)
+                self.restart("error", f"{type(exc).__name__}: {exc}", pause=True)
 
     def restart(self, reason: str, message: str, pause: bool = False) -> None:
         LOG.warning("%s watch: %s; re-opening", self.resource.plural, message)
@@ -180,9 +184,12 @@ class Reflector:
                                 _request_timeout=(CONNECT_TIMEOUT, LIST_READ_TIMEOUT))
             _check(resp)
             page = json.loads(resp.data)
+            if not isinstance(page, dict):
+                raise ValueError(f"a {self.resource.plural} list is not a JSON object")
             for item in page.get("items") or []:
-                self._take({**item, "kind": self.resource.kind, "apiVersion": page.get("apiVersion")},
-                           objects, invalid)
+                if isinstance(item, dict):  # anything else names no object: nothing to keep or reject
+                    self._take({**item, "kind": self.resource.kind, "apiVersion": page.get("apiVersion")},
+                               objects, invalid)
             token = page.get("metadata", {}).get("continue")
             if not token:
                 rv = str(page["metadata"]["resourceVersion"])
@@ -224,14 +231,24 @@ class Reflector:
             if not line.strip():
                 continue
             event = json.loads(line)
+            if not isinstance(event, dict):
+                raise ValueError(f"watch event is not a JSON object: {line[:100]!r}")
             if event.get("type") == "ERROR":
-                status = event.get("object") or {}
+                status = event.get("object")
+                status = status if isinstance(status, dict) else {"message": status}
                 raise ApiException(status=status.get("code"), reason=f"{status.get('reason')}: {status.get('message')}")
             yield event
 
     def apply(self, event: dict[str, Any], rv: str) -> str:
-        body = event.get("object") or {}
-        new_rv = str((body.get("metadata") or {}).get("resourceVersion") or rv)
+        """One event into the store. An object of any shape is taken as the model takes a
+        manifest: stored, rejected with its errors (the last valid version stays), or, when
+        it names no object (no metadata.name), skipped; it never ends the watch."""
+        body = event.get("object")
+        if not isinstance(body, dict):
+            LOG.warning("%s watch: %s event without an object skipped", self.resource.plural, event.get("type"))
+            return rv
+        metadata = body.get("metadata")
+        new_rv = str((metadata.get("resourceVersion") if isinstance(metadata, dict) else None) or rv)
         kind = event.get("type")
         if kind == "BOOKMARK":
             self.source.bookmark(self.resource.kind, new_rv)
