@@ -132,7 +132,7 @@ class Store:
         self.watches: set[_Watch] = set()
         self.closed = False
         self.drop_gen = 0
-        self.drop_clean = False
+        self.drop_clean: list[bool] = []  # how each drop ends a watch, by generation
         self.bookmark_gen = 0
         self.stall_until = 0.0
 
@@ -232,7 +232,10 @@ class Store:
         with self.cond:
             while True:
                 if self.closed or w.drop_gen != self.drop_gen:
-                    return [], "clean" if (self.drop_clean and not self.closed) else "abrupt"
+                    # the first drop since this watch opened decides, even if another
+                    # followed before this thread woke up (a busy machine)
+                    first_clean = w.drop_gen < self.drop_gen and self.drop_clean[w.drop_gen]
+                    return [], "clean" if (first_clean and not self.closed) else "abrupt"
                 now = time.monotonic()
                 if now >= self.stall_until:
                     if w.deadline is not None and now >= w.deadline:
@@ -589,7 +592,7 @@ class FakeKube(Store):
         the apiserver does when its own request timeout fires)."""
         with self.cond:
             self.drop_gen += 1
-            self.drop_clean = clean
+            self.drop_clean.append(clean)
             self.cond.notify_all()
 
     def stall_watches(self, seconds: float) -> None:
