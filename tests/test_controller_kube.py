@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from sdn_netpol.controller.sources.kube import RESOURCES
 from tests.controller_fixtures import (
     BRIDGE,
     NODE,
@@ -117,13 +118,16 @@ def test_dropped_watches_converge(sw: Switch, cluster: KubeCluster, fake: FakeKu
     ctl.start()
     converged(sw, cluster)
     listed = lists(fake)
+    # converged flows need every list, not every watch: a watch opened after the cut
+    # would never see it
+    assert fake.wait_for_watches(len(RESOURCES), timeout=15.0)
     fake.drop_watches()  # abrupt: truncated chunked bodies
     cluster.apply(pod_manifest("x", "b", "10.244.1.3", app="web"))
     converged(sw, cluster)
     fake.drop_watches(clean=True)  # the apiserver's own request timeout
     cluster.apply(policy_manifest("x", "db", "db", {"app": "db"}))
     converged(sw, cluster)
-    wait_for(lambda: restarts(ctl, "dropped") >= 4, what="every watch to notice the cut")
+    wait_for(lambda: restarts(ctl, "dropped") >= len(RESOURCES), what="every watch to notice the cut")
     assert lists(fake) == listed  # resumed from the last resourceVersion, no relist
 
 
