@@ -27,6 +27,7 @@ import pytest
 from sdn_netpol.ovs import datapath
 from sdn_netpol.ovs.instance import OvsInstance
 from sdn_netpol.ovs.trace import Tracer
+from tests.controller_fixtures import wait_for
 
 # ---------------------------------------------------------------- OVS 3.1 output samples
 
@@ -297,6 +298,7 @@ DUMMY_DATAPATH = "dummy"  # the datapath type of br0
 STALE_KEY = ("recirc_id(0),in_port(1),packet_type(ns=0,id=0),eth_type(0x0800),"
              "ipv4(dst=10.1.2.2/255.255.255.0,frag=no)")
 WAIT = 5.0  # seconds for a packet's megaflow to show up
+WIDE = "10.1.0.2/255.255.0.0"  # the /16 megaflow's destination match
 
 
 @pytest.fixture
@@ -333,49 +335,51 @@ def test_revalidator_leaves_a_stale_overlapping_megaflow_that_verify_finds_and_p
         unixctl.call("netdev-dummy/receive", "p1",
                      f"ipv4(src=10.0.0.1,dst={dst},proto=6),tcp(src=1,dst=2)")
 
-    def provoke() -> datapath.VerifyReport:
-        """The upstream sequence; returns what verify says after the final table change."""
-        datapath.purge(unixctl)
-        ovs.ofctl("del-flows", "br0")
-        # A /24 megaflow, then an overlapping /16 one, both ct(commit).
-        ovs.ofctl("add-flow", "br0", "table=0,in_port=p1,ip,nw_dst=10.1.2.0/24,actions=p2")
-        receive("10.1.2.2")
-        assert _wait_for(unixctl, lambda f: "10.1.2.2/255.255.255.0" in f) == {
-            "10.1.2.2/255.255.255.0": "2"}
-        receive("10.1.2.2")
-        ovs.replace_flows("br0", "table=0,in_port=p1,ip,nw_dst=10.1.0.0/16 actions=ct(commit)\n")
-        ovs.appctl("revalidator/wait")
-        receive("10.1.0.2")
-        assert _wait_for(unixctl, lambda f: "10.1.0.2/255.255.0.0" in f) == {
-            "10.1.2.2/255.255.255.0": "ct(commit)", "10.1.0.2/255.255.0.0": "ct(commit)"}
-        receive("10.1.2.2")
+    def packets() -> dict[str, int]:
+        return {f.key.split("ipv4(dst=")[1].split(",")[0]: f.packets
+                for f in datapath.dump(unixctl, DUMMY_DATAPATH)}
 
-        # Make the /16 subtable the busy one: the PMD re-sorts its subtables about once a
-        # second, so the /16 is looked up first from then on.
-        for _ in range(257):
+    def wide_subtable_first() -> bool:
+        """Whether the PMD now looks the /16 subtable up before the /24 one (it re-ranks its
+        subtables by hits about once a second): a packet both megaflows match is then
+        counted on the /16. Each call adds hits to the /16, so the ranking gets there."""
+        before = packets()
+        for _ in range(50):
             receive("10.1.0.2")
-        for _ in range(3):
-            time.sleep(1.2)
-            receive("10.1.0.2")
+        receive("10.1.2.2")
 
-        # The tables now say "output to p2" for both; the revalidator must rewrite both.
-        ovs.replace_flows("br0", "table=0,in_port=p1,ip,nw_dst=10.1.0.0/16 actions=p2\n")
-        ovs.appctl("revalidator/wait")
-        ovs.appctl("revalidator/wait")
+        def counted() -> dict[str, int] | None:
+            now = packets()
+            return now if sum(now.values()) == sum(before.values()) + 51 else None
 
-        return datapath.verify(unixctl, DUMMY_DATAPATH)
+        after = wait_for(counted, what="the 51 packets to be counted")
+        return after[WIDE] - before[WIDE] == 51
+
+    # The upstream sequence. A /24 megaflow, then an overlapping /16 one, both ct(commit).
+    ovs.vsctl("set", "Open_vSwitch", ".", "other_config:emc-insert-inv-prob=0")  # no exact-match cache
+    ovs.ofctl("add-flow", "br0", "table=0,in_port=p1,ip,nw_dst=10.1.2.0/24,actions=p2")
+    receive("10.1.2.2")
+    assert _wait_for(unixctl, lambda f: "10.1.2.2/255.255.255.0" in f) == {
+        "10.1.2.2/255.255.255.0": "2"}
+    receive("10.1.2.2")
+    ovs.replace_flows("br0", "table=0,in_port=p1,ip,nw_dst=10.1.0.0/16 actions=ct(commit)\n")
+    ovs.appctl("revalidator/wait")
+    receive("10.1.0.2")
+    assert _wait_for(unixctl, lambda f: WIDE in f) == {
+        "10.1.2.2/255.255.255.0": "ct(commit)", WIDE: "ct(commit)"}
+    # The bug needs the /16 subtable looked up first (then a modify of the /24 megaflow by
+    # its key lands on the /16): wait for the PMD's ranking, not for a lucky schedule.
+    wait_for(wide_subtable_first, timeout=60.0, what="the PMD to rank the /16 subtable first")
+
+    # The tables now say "output to p2" for both; the revalidator must rewrite both.
+    ovs.replace_flows("br0", "table=0,in_port=p1,ip,nw_dst=10.1.0.0/16 actions=p2\n")
+    ovs.appctl("revalidator/wait")
+    ovs.appctl("revalidator/wait")
+    report = datapath.verify(unixctl, DUMMY_DATAPATH)
 
     types = datapath.datapath_types(unixctl.call("dpif/show"))
     assert types == {"dummy"}  # dpif-netdev under another name: as affected as "netdev"
     affected = datapath.modifies_wrong_megaflow(datapath.version(unixctl), types)
-
-    # Whether the PMD has re-sorted its subtables by the time of the change is a matter of
-    # scheduling on a loaded machine: on an affected OVS, one of a few tries shows the bug.
-    for _ in range(4):
-        report = provoke()
-        if report.stale or not affected:
-            break
-
     assert (report.checked, report.unverifiable) == (2, 0)
     if not affected:
         assert report.stale == ()
