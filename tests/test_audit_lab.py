@@ -20,6 +20,7 @@ import pytest
 from sdn_netpol.lab import netns
 from sdn_netpol.lab.controllers import audit_log
 from sdn_netpol.lab.lab import Lab
+from tests.controller_fixtures import wait_for
 from tests.lab_fixtures import Cluster, lab_up, namespace, netpol
 
 RATE = 100  # the controller's default --audit-rate
@@ -70,7 +71,11 @@ def offsets(cluster: Cluster) -> dict[Path, int]:
             for n in cluster.lab.state().nodes}
 
 
-def new_lines(cluster: Cluster, before: dict[Path, int]) -> dict[Path, list[dict[str, Any]]]:
+def new_lines(cluster: Cluster, before: dict[Path, int], awaited: Path) -> dict[Path, list[dict[str, Any]]]:
+    """Every log's new lines, once `awaited` has grown (the line the test expects, however
+    slow the machine) and then every log has been still for a while (no extra lines)."""
+    wait_for(lambda: awaited.exists() and awaited.stat().st_size > before[awaited], timeout=30.0,
+             what=f"a new line in {awaited}")
     return {path: lines_after(path, offset) for path, offset in before.items()}
 
 
@@ -86,7 +91,7 @@ def test_an_allowed_connection_is_one_ingress_line_on_the_destination_node(clust
         sock.settimeout(3)
         sock.connect((dst.ip, 80))
         sock.sendall(b"hello")
-    lines = new_lines(cluster, before)
+    lines = new_lines(cluster, before, log_path(cluster, "x/a"))
     assert [without_time(e) for e in lines.pop(log_path(cluster, "x/a"))] == [{
         "node": dst.node, "verdict": "allowed", "direction": "ingress",
         "source": {"pod": "y/b", "ip": src.ip}, "destination": {"pod": "x/a", "ip": dst.ip},
@@ -101,7 +106,7 @@ def test_a_denied_connection_is_one_ingress_line_naming_the_isolating_policy(clu
     with sock, pytest.raises(OSError):
         sock.settimeout(0.5)  # one SYN: Linux retransmits only after 1 s
         sock.connect((dst.ip, 80))
-    lines = new_lines(cluster, before)
+    lines = new_lines(cluster, before, log_path(cluster, "x/a"))
     entries = lines.pop(log_path(cluster, "x/a"))
     assert [without_time(e) for e in entries] == [{
         "node": dst.node, "verdict": "denied", "direction": "ingress",
@@ -149,8 +154,11 @@ def flood(src_netns: str, dst_ip: str, received: list[int]) -> float:
                 s.bind(("0.0.0.0", 20000 + i))
                 s.sendto(b"flood", (dst_ip, SINK_PORT))
     elapsed = time.monotonic() - begin
-    deadline = time.monotonic() + 5
-    while received[0] < FLOOD and time.monotonic() < deadline:
+    # until all arrived, or none has for a second (the rest are lost), however slow the machine
+    deadline, count, still = time.monotonic() + 60, -1, time.monotonic()
+    while received[0] < FLOOD and time.monotonic() - still < 1.0 and time.monotonic() < deadline:
+        if received[0] != count:
+            count, still = received[0], time.monotonic()
         time.sleep(0.1)
     return elapsed
 
@@ -169,7 +177,7 @@ def test_a_flood_of_new_connections_logs_at_most_the_meter_rate_and_every_datagr
     before = offsets(cluster)
     with sink(dst.netns) as received:
         elapsed = flood(src.netns, dst.ip, received)
-    lines = new_lines(cluster, before)[log_path(cluster, "x/b")]
+    lines = new_lines(cluster, before, log_path(cluster, "x/b"))[log_path(cluster, "x/b")]
     logged = [e for e in lines if e["protocol"] == "UDP" and e["port"] == SINK_PORT]
     cap = RATE * (elapsed + 0.2) + RATE  # one second of burst, plus 0.2 s of slack on the clock
     print(f"\nunaudited: {baseline}/{FLOOD} arrived in {baseline_seconds:.2f} s; "

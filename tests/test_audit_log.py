@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 from netaddr import IPAddress
@@ -12,6 +11,7 @@ from os_ken.lib.packet import ethernet, icmp, ipv4, packet, udp
 from sdn_netpol.compiler.pipeline import audit_tag
 from sdn_netpol.controller.audit import AuditLog, Connection, RotatingFile, decode_packet, record
 from tests.builders import build, namespace, pod
+from tests.controller_fixtures import wait_for
 
 POLICY = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
           "metadata": {"name": "web", "namespace": "x"},
@@ -76,9 +76,8 @@ def test_packet_ins_become_lines_on_the_writer_thread(tmp_path: Path) -> None:
     log.start()
     log.packet_in(audit_tag("denied", "ingress"), frame(udp.udp(src_port=1, dst_port=99)))
     log.packet_in(b"\x00\x00", frame(udp.udp(src_port=1, dst_port=99)))  # not an audit tag: ignored
-    deadline = time.monotonic() + 5
-    while log.written < 1 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    time.sleep(0.1)
+    log.packet_in(audit_tag("denied", "ingress"), frame(udp.udp(src_port=1, dst_port=98)))
+    wait_for(lambda: log.written >= 2, what="the writer thread to write both lines")  # in order
     lines = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
-    assert [(e["verdict"], e["direction"], e["port"]) for e in lines] == [("denied", "ingress", 99)]
+    assert [(e["verdict"], e["direction"], e["port"]) for e in lines] == [
+        ("denied", "ingress", 99), ("denied", "ingress", 98)]

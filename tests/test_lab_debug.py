@@ -25,6 +25,7 @@ from sdn_netpol.debug.trace import DebugError
 from sdn_netpol.lab import controllers, debug, netns
 from sdn_netpol.lab.lab import Lab
 from sdn_netpol.lab.state import PodState
+from tests.controller_fixtures import wait_for
 from tests.lab_fixtures import MODEL, netpol
 
 ALLOW_Y = netpol("allow-y", "x", {"podSelector": {}, "policyTypes": ["Ingress"],
@@ -53,7 +54,6 @@ def send_datagrams(src: PodState, dst: PodState, count: int, port: int = 80) -> 
         for n in range(count):
             sock.sendto(f"datagram {n}".encode(), (dst.ip, port))
             time.sleep(0.01)
-    time.sleep(0.3)  # the last ones cross the tunnel
 
 
 def counters(lab: Lab) -> tuple[int, int]:
@@ -71,8 +71,9 @@ def test_the_admitting_rule_and_the_isolation_drop_count_exactly_the_packets_sen
     rule_before, drops_before = counters(lab)
     send_datagrams(pods["y/a"], pods["x/a"], 20)
     send_datagrams(pods["z/a"], pods["x/a"], 7)
-    rule_after, drops_after = counters(lab)
-    assert (rule_after - rule_before, drops_after - drops_before) == (20, 7)
+    want = (rule_before + 20, drops_before + 7)
+    wait_for(lambda: counters(lab) == want, timeout=30.0, what="the tunnelled datagrams to be counted")
+    assert counters(lab) == want
 
 
 def test_trace_names_the_rule_that_admits_and_the_policy_that_isolates(lab: Lab) -> None:
@@ -99,9 +100,14 @@ def test_flows_select_a_rule_and_show_its_counted_packets(lab: Lab) -> None:
     assert {f.to_json()["table_name"] for f in rule_flows} == {"IngressRule"}
     conj = [f for f in rule_flows if "conj_id=" in f.flow.match]
     send_datagrams(state.pods["y/a"], state.pods["x/a"], 5)
-    again = {f.flow.match: f.flow.n_packets for f in debug.flows(state, cluster, node,
-                                                                 Selection("x/allow-y", 0, "Ingress"))}
-    assert sum(again[f.flow.match] - f.flow.n_packets for f in conj) == 5
+
+    def counted() -> int:
+        again = {f.flow.match: f.flow.n_packets for f in debug.flows(state, cluster, node,
+                                                                     Selection("x/allow-y", 0, "Ingress"))}
+        return sum(again[f.flow.match] - f.flow.n_packets for f in conj)
+
+    wait_for(lambda: counted() >= 5, timeout=30.0, what="the 5 datagrams on the rule's flows")
+    assert counted() == 5
     pod_flows = debug.flows(state, cluster, node, Selection(pod="x/a"))
     assert {f.to_json()["table_name"] for f in pod_flows} >= {"Classifier", "SpoofGuard", "L3Forwarding",
                                                              "IngressDefault", "Output"}
@@ -149,13 +155,14 @@ def test_the_controller_serves_the_same_counters_on_metrics(lab: Lab) -> None:
         return (_metric(text, "sdn_netpol_rule_packets_total", rule),
                 _metric(text, "sdn_netpol_isolation_drops_total", drop))
 
+    before = counters(lab)
     send_datagrams(state.pods["y/a"], state.pods["x/a"], 3)
     send_datagrams(state.pods["z/a"], state.pods["x/a"], 2)
-    want = counters(lab)
-    deadline = time.monotonic() + 3 * controllers.STATS_INTERVAL + 2
-    while scraped() != (float(want[0]), float(want[1])) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert scraped() == (float(want[0]), float(want[1]))
+    want = (before[0] + 3, before[1] + 2)
+    wait_for(lambda: counters(lab) == want, timeout=30.0, what="the datagrams to be counted on the switch")
+    # the controller polls the switch every STATS_INTERVAL: generous, however busy the machine
+    wait_for(lambda: scraped() == (float(want[0]), float(want[1])), timeout=10 * controllers.STATS_INTERVAL + 30,
+             what="/metrics to serve the switch's counters")
     assert want[0] > 0 and want[1] > 0
 
 
