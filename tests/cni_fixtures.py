@@ -98,7 +98,7 @@ def run_ip(*args: str, check: bool = True) -> str:
     return proc.stdout
 
 
-def wait_gone(pred: Any, timeout: float = 5.0) -> bool:
+def wait_gone(pred: Any, timeout: float = 30.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if pred():

@@ -56,7 +56,7 @@ class WaitTimeout(AssertionError):
     """wait_for gave up (a distinct type, so that other assertion errors are never mistaken for it)."""
 
 
-def wait_for(predicate: Callable[[], T], timeout: float = 15.0, what: str = "condition") -> T:
+def wait_for(predicate: Callable[[], T], timeout: float = 60.0, what: str = "condition") -> T:
     """Poll with a short back-off until `predicate()` is truthy; its value is returned."""
     deadline = time.monotonic() + timeout
     delay = 0.01
@@ -310,7 +310,7 @@ def expected_flows(sw: Switch, state: ClusterState, nodes: tuple[NodeInfo, ...])
     return compile_node(placed, sw.context(placed, nodes))
 
 
-def assert_flows_converge(sw: Switch, expected: Callable[[], FlowSet], timeout: float = 15.0) -> None:
+def assert_flows_converge(sw: Switch, expected: Callable[[], FlowSet], timeout: float = 60.0) -> None:
     """The switch's dump-flows, parsed as Flow values, becomes exactly `expected()`."""
     last: list[FlowSet] = []
 

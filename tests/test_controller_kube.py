@@ -120,7 +120,7 @@ def test_dropped_watches_converge(sw: Switch, cluster: KubeCluster, fake: FakeKu
     listed = lists(fake)
     # converged flows need every list, not every watch: a watch opened after the cut
     # would never see it
-    assert fake.wait_for_watches(len(RESOURCES), timeout=15.0)
+    assert fake.wait_for_watches(len(RESOURCES), timeout=60.0)
     fake.drop_watches()  # abrupt: truncated chunked bodies
     cluster.apply(pod_manifest("x", "b", "10.244.1.3", app="web"))
     converged(sw, cluster)
