@@ -40,15 +40,16 @@ from sdn_netpol.compiler.flow import (
     OutputInPort,
     Resubmit,
     SetField,
+    writable_fields,
 )
 from sdn_netpol.compiler.flowfields import (
     ACTION_FIELDS,
-    ARP_ACTION_FIELDS,
     CT_STATE_ALL,
     CT_STATE_FLAGS,
     MATCH_FIELDS,
     OFPP_LOCAL,
     OFPP_MAX,
+    SET_ONLY_FIELDS,
 )
 from sdn_netpol.model.labels import OPERATORS, Labels, LabelSelector, Requirement
 from sdn_netpol.model.objects import (
@@ -379,14 +380,15 @@ def flow_actions(draw: st.DrawFn, table: int, match: Match) -> tuple[Action, ...
                          st.integers(0, 0xFFFFFFFF), st.integers(2, 64), st.integers(1, 64))
         return tuple(draw(st.lists(conj, min_size=1, max_size=3)))
     dl_type = match.value("dl_type")
-    writable = [n for n in ACTION_FIELDS if n != "ct_mark" and (dl_type == 0x0806 or n not in ARP_ACTION_FIELDS)]
+    writable = sorted(writable_fields(match))
     choices: list[st.SearchStrategy[Action]] = [
         st.builds(Output, st.one_of(st.integers(1, OFPP_MAX - 1), st.just(OFPP_LOCAL))),
         st.just(OutputInPort()), st.builds(Resubmit, st.integers(0, 253)),
         st.sampled_from(writable).flatmap(lambda n: st.builds(
             SetField, st.just(n), st.integers(0, 0xFF if n == "arp_op" else ACTION_FIELDS[n].full))),
         st.sampled_from([(a, b) for a in [*writable, "ct_mark"] for b in writable
-                         if ACTION_FIELDS[a].bits == ACTION_FIELDS[b].bits]).map(lambda p: Move(*p)),
+                         if ACTION_FIELDS[a].bits == ACTION_FIELDS[b].bits and not {a, b} & SET_ONLY_FIELDS]).map(
+            lambda p: Move(*p)),
         st.builds(Controller, st.binary(min_size=1, max_size=20)),
     ]
     if dl_type in (0x0800, 0x86DD):

@@ -220,6 +220,13 @@ def varied_flows() -> FlowSet:
                                 ct_mark=(0, 1), reg7=0xFFFFFFFF), (Output(3),)),
         Flow(7, 9, Match.build(dl_type=0x88CC, dl_dst="01:80:c2:00:00:00/ff:ff:ff:00:00:00"),
              ()),
+        # the NDP responder: OVS's ND extension fields, which os-ken 4.2 knows only by number
+        Flow(8, 100, Match.build("icmp6", icmpv6_type=135, icmpv6_code=0), (
+            Move("eth_src", "eth_dst"), Move("ipv6_src", "ipv6_dst"), Move("nd_target", "ipv6_src"),
+            SetField("icmpv6_type", 136), SetField("nd_reserved", 0xE0000000), SetField("nd_options_type", 2),
+            GotoTable(9))),
+        Flow(9, 100, Match.build("icmp6", icmpv6_type=136, icmpv6_code=0),
+             (SetField.of("nd_tll", gw_mac), OutputInPort())),
     ])
 
 

@@ -32,8 +32,9 @@ from sdn_netpol.compiler.flow import (
     Resubmit,
     SetField,
     ct_state,
+    writable_fields,
 )
-from sdn_netpol.compiler.flowfields import ACTION_FIELDS, MATCH_FIELDS
+from sdn_netpol.compiler.flowfields import ACTION_FIELDS, MATCH_FIELDS, SET_ONLY_FIELDS
 from sdn_netpol.compiler.flowset import DuplicateFlowError, FlowSet
 from sdn_netpol.compiler.ofctl import (
     parse_flow,
@@ -96,9 +97,8 @@ def matches(draw: st.DrawFn) -> Match:
     return Match(tuple(draw(st.permutations(fields))))
 
 
-def _writable(dl_type: int | None) -> list[str]:
-    arp_ok = dl_type == 0x0806
-    return [n for n in ACTION_FIELDS if n != "ct_mark" and (arp_ok or not n.startswith("arp"))]
+def _writable(match: Match) -> list[str]:
+    return sorted(writable_fields(match))
 
 
 @st.composite
@@ -108,14 +108,14 @@ def actions_for(draw: st.DrawFn, table: int, match: Match) -> tuple[Action, ...]
                          st.integers(0, 0xFFFFFFFF), st.integers(2, 64), st.integers(1, 64))
         return tuple(draw(st.lists(conj, min_size=1, max_size=3)))
     dl_type = match.value("dl_type")
-    writable = _writable(dl_type)
+    writable = _writable(match)
     choices: list[st.SearchStrategy[Action]] = [
         st.builds(Output, st.one_of(st.integers(1, 0xFEFF), st.just(OFPP_LOCAL))),
         st.just(OutputInPort()), st.builds(Resubmit, st.integers(0, 253)),
         st.sampled_from(writable).flatmap(lambda n: st.builds(
             SetField, st.just(n), st.integers(0, 0xFF if n == "arp_op" else ACTION_FIELDS[n].full))),
         st.sampled_from([(a, b) for a in [*writable, "ct_mark"] for b in writable
-                         if ACTION_FIELDS[a].bits == ACTION_FIELDS[b].bits]).map(
+                         if ACTION_FIELDS[a].bits == ACTION_FIELDS[b].bits and not {a, b} & SET_ONLY_FIELDS]).map(
             lambda p: Move(*p)),
     ]
     if dl_type in (0x0800, 0x86DD):

@@ -29,8 +29,9 @@ from sdn_netpol.compiler.flow import (
     Move,
     Output,
     SetField,
+    writable_fields,
 )
-from sdn_netpol.compiler.flowfields import ACTION_FIELDS, MATCH_FIELDS
+from sdn_netpol.compiler.flowfields import ACTION_FIELDS, ACTION_PREREQUISITES, MATCH_FIELDS, SET_ONLY_FIELDS
 from sdn_netpol.compiler.ofwire import Command, EncodeError, encode_flow_mod
 from sdn_netpol.compiler.osken import to_flow_mod
 from sdn_netpol.compiler.topology import NodeContext, assign_ports
@@ -123,13 +124,16 @@ def test_every_match_field_exact_and_masked_encodes_as_os_ken_does(name: str) ->
 
 @pytest.mark.parametrize("name", list(ACTION_FIELDS))
 def test_every_action_field_set_and_moved_encodes_as_os_ken_does(name: str) -> None:
-    match = Match.build("arp" if name.startswith("arp") else "ip")
+    match = Match.build("arp") if name.startswith("arp") else (
+        Match.build("icmp6", icmpv6_type=136, icmpv6_code=0) if name in ACTION_PREREQUISITES else Match.build("ip"))
     spec = ACTION_FIELDS[name]
     value = 0x1234 if name == "arp_op" else 0x8899AABBCCDDEEFF & spec.full
-    same_width = next((n for n in ACTION_FIELDS if n not in (name, "ct_mark") and ACTION_FIELDS[n].bits == spec.bits
+    movable = sorted(writable_fields(match) - SET_ONLY_FIELDS - {name})
+    same_width = next((n for n in movable if ACTION_FIELDS[n].bits == spec.bits
                        and n.startswith("arp") == name.startswith("arp")), name)
     actions = (Ct(commit=True, exec_actions=(SetField("ct_mark", value & 0xFFFFFFFF),)),) if name == "ct_mark" else (
-        SetField(name, value & (0xFF if name == "arp_op" else spec.full)), Move(name, same_width))
+        SetField(name, value & (0xFF if name == "arp_op" else spec.full)),
+        *(() if name in SET_ONLY_FIELDS else (Move(name, same_width),)))
     flows = [Flow(0, 1, match, actions)]
     if name == "ct_mark":
         flows.append(Flow(0, 1, match, (Move("ct_mark", "reg0"),)))

@@ -387,7 +387,8 @@ def drain(sock: socket.socket) -> list[bytes]:
 def test_neighbor_discovery_from_a_pod_reaches_no_pod_and_no_node(cluster: Cluster) -> None:
     """IPv6 is not forwarded for IPv4-only pods: Router and Neighbor Solicitations and
     Advertisements and Router Advertisements from a pod's link-local address (and any IPv6
-    packet) die in SpoofGuard, which admits IPv6 only from a pod's own global addresses."""
+    packet) die in SpoofGuard, which admits IPv6 only from a pod's own addresses, and
+    Neighbor Discovery other than a solicitation from them from nobody."""
     attacker = attackers(cluster)["same node"]
     others = [p for k, p in sorted(cluster.lab.state().pods.items()) if k != attacker.key]
     lladdr = "fe80::" + attacker.mac.replace(":", "")[-4:]
@@ -413,9 +414,13 @@ def test_neighbor_discovery_from_a_pod_reaches_no_pod_and_no_node(cluster: Clust
         frames = {key: drain(sock) for key, sock in socks.items()}
     leaked = {key: [m for m in markers if any(m in f for f in got)] for key, got in frames.items()}
     assert {k: v for k, v in leaked.items() if v} == {}
-    node = node_of(cluster, attacker.key)  # where they die: SpoofGuard's miss
+    node = node_of(cluster, attacker.key)  # where they die: SpoofGuard's ND guard, or its miss
     trace = ovs(node).appctl("ofproto/trace", "br-int", f"in_port={ofport(node, attacker)},dl_src={attacker.mac},"
                              f"icmp6,ipv6_src={lladdr},ipv6_dst=ff02::1,icmpv6_type=134,nw_ttl=255")
+    assert "\n10. icmp6,icmp_type=134,icmp_code=0, priority 420," in trace, trace
+    assert trace.rstrip().endswith("Datapath actions: drop"), trace
+    trace = ovs(node).appctl("ofproto/trace", "br-int", f"in_port={ofport(node, attacker)},dl_src={attacker.mac},"
+                             f"udp6,ipv6_src={lladdr},ipv6_dst=fd00::2,nw_ttl=64")
     assert "\n10. priority 0," in trace and trace.rstrip().endswith("Datapath actions: drop"), trace
 
 
@@ -441,36 +446,47 @@ def dual_stack_switch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tupl
         subprocess.run(["ip", "netns", "del", name], check=False)
 
 
-def test_neighbor_discovery_from_a_dual_stack_pod_arrives_with_a_hop_limit_receivers_discard(
+def test_neighbor_discovery_from_a_dual_stack_pod_is_answered_by_the_switch_or_dropped(
         dual_stack_switch: tuple[OvsInstance, NodeContext]) -> None:
-    """A dual-stack pod may send IPv6 from its own global address, ND included: it is routed
-    like any packet, through dec_ttl, so it arrives with hop limit 254 and every receiver
-    drops it (RFC 4861: ND messages must carry 255). From a link-local address (where an
-    RA must come from) and to ::1 it is dropped in SpoofGuard."""
+    """A dual-stack pod's Neighbor Solicitation from its own address (global or link-local),
+    whatever its target, is answered by the switch: it leaves back through the pod's own port
+    as an Advertisement from the gateway MAC, and reaches no one else. Every other ND message
+    is dropped in SpoofGuard, from its own address too: an Advertisement (for another pod's
+    address or its own), a Router Advertisement, a Redirect, a solicitation from an address
+    not its own; and so is anything to ::1. (tests/test_ipv6_ovs.py: the same with real packets.)"""
     inst, context = dual_stack_switch
     a, b = context.bindings
     (a6,), (b6,) = ([str(ip) for ip in x.ips if ip.version == 6] for x in (a, b))
+    a_ll = str(EUI(str(a.mac)).ipv6_link_local())
 
     def trace(dl_dst: str, src: str, dst: str, icmp: str) -> str:
         flow = (f"in_port={a.ofport},dl_src={a.mac},dl_dst={dl_dst},icmp6,ipv6_src={src},ipv6_dst={dst},"
                 f"{icmp},nw_ttl=255")
         return inst.appctl("ofproto/trace", "br-int", flow, "--ct-next", "trk,new")
 
-    def verdict(text: str) -> str:
-        return text.rstrip().splitlines()[-1]
+    def actions(text: str) -> str:
+        return next(line for line in text.splitlines() if line.startswith("Datapath actions: "))
 
-    solicit = trace("33:33:ff:00:00:02", a6, "ff02::1:ff00:2", f"icmpv6_type=135,nd_target={b6}")
-    assert verdict(solicit).startswith("Datapath actions: set(eth(src=0a:00:00:00:00:fe,dst=02:11:00:00:00:01)),"
-                                       "set(ipv6(hlimit=254)),ct(commit,zone=1),")  # to the gateway
-    assert f"output:{GATEWAY_OFPORT}" in solicit
-    advert = trace(GATEWAY_MAC, a6, b6, f"icmpv6_type=136,nd_target={b6}")
-    assert "set(ipv6(hlimit=254))" in verdict(advert) and f"output:{b.ofport}" in advert
+    in_port = inst.appctl("dpif/show").split(f"p{a.ofport} {a.ofport}/")[1].split(":")[0]
+    for src in (a6, a_ll):
+        solicit = trace("33:33:ff:00:00:02", src, "ff02::1:ff00:2", f"icmpv6_type=135,nd_target={b6},nd_sll={a.mac}")
+        assert actions(solicit) == (
+            f"Datapath actions: set(eth(src={GATEWAY_MAC},dst={a.mac})),set(ipv6(src={b6},dst={src})),"
+            "set(nd_ext(nd_reserved=0xe0000000,nd_options_type=2)),"
+            f"set(nd(tll={GATEWAY_MAC})),set(icmpv6(type=136,code=0)),{in_port}"), solicit
     for dl_dst, src, dst, icmp in (
-            ("33:33:00:00:00:01", "fe80::1", "ff02::1", "icmpv6_type=134"),
+            (GATEWAY_MAC, a6, b6, f"icmpv6_type=136,nd_target={b6}"),  # another pod's address
+            (GATEWAY_MAC, a6, b6, f"icmpv6_type=136,nd_target={a6}"),  # its own
+            ("33:33:00:00:00:01", a_ll, "ff02::1", f"icmpv6_type=136,nd_target={a6}"),
+            ("33:33:00:00:00:01", a_ll, "ff02::1", "icmpv6_type=134"),
+            ("33:33:00:00:00:01", a6, "ff02::1", "icmpv6_type=134"),
+            (GATEWAY_MAC, a_ll, b6, "icmpv6_type=137"),
             ("33:33:ff:00:00:02", "fe80::1", "ff02::1:ff00:2", f"icmpv6_type=135,nd_target={b6}"),
+            ("33:33:ff:00:00:02", b6, "ff02::1:ff00:2", f"icmpv6_type=135,nd_target={b6}"),
+            ("33:33:ff:00:00:02", "::", "ff02::1:ff00:2", f"icmpv6_type=135,nd_target={b6}"),
             (GATEWAY_MAC, a6, "::1", "icmpv6_type=128")):
         dropped = trace(dl_dst, src, dst, icmp)
-        assert "\n10. " in dropped and verdict(dropped) == "Datapath actions: drop", dropped
+        assert "\n10. " in dropped and actions(dropped) == "Datapath actions: drop", dropped
 
 
 def ofport(node: NodeState, pod: PodState) -> int:

@@ -24,6 +24,7 @@ from sdn_netpol.compiler.flow import (
     SetField,
     ct_state,
 )
+from sdn_netpol.compiler.flowfields import FieldInput
 from sdn_netpol.compiler.pipeline import (
     CT_ZONE,
     FLAG_BYPASS,
@@ -44,10 +45,17 @@ from sdn_netpol.compiler.pipeline import (
     pod_object_id,
     stable_id,
 )
-from sdn_netpol.compiler.topology import NodeContext, PortBinding
+from sdn_netpol.compiler.topology import NodeContext, PortBinding, neighbor_addresses
 from sdn_netpol.model.objects import Pod
 
 PIPELINE_COOKIE = cookie(CookieCategory.PIPELINE)
+# ICMPv6 Neighbor Discovery (RFC 4861): Router Solicitation/Advertisement, Neighbor
+# Solicitation/Advertisement, Redirect; an NA's flags (Router, Solicited, Override) and its
+# Target Link-Layer Address option.
+ND_ROUTER_SOLICIT, ND_ROUTER_ADVERT, ND_NEIGHBOR_SOLICIT, ND_NEIGHBOR_ADVERT, ND_REDIRECT = 133, 134, 135, 136, 137
+ND_TYPES = (ND_ROUTER_SOLICIT, ND_ROUTER_ADVERT, ND_NEIGHBOR_SOLICIT, ND_NEIGHBOR_ADVERT, ND_REDIRECT)
+NA_FLAGS_ROUTER_SOLICITED_OVERRIDE = 0xE0000000
+ND_OPT_TARGET_LINKADDR = 2
 LOOPBACK = (IPNetwork("127.0.0.0/8"), IPNetwork("::1/128"))
 TUNNEL_UDP_PORTS = (4789, 6081)  # VXLAN and Geneve (IANA): what a node's tunnel endpoint decapsulates
 _SCRATCH_REG = "reg4"
@@ -58,6 +66,7 @@ def pipeline_flows(node: NodeContext) -> Iterator[Flow]:
     """The fixed skeleton: table misses, ARP responder, conntrack, commit, policy bypass."""
     yield from _misses()
     yield _flow(Table.ARP_RESPONDER, Priority.NORMAL, Match.build("arp", arp_op=1), _arp_reply_actions())
+    yield from _ndp_flows()
     for family in _IP_FAMILIES:
         yield _flow(Table.CONNTRACK, Priority.NORMAL, Match.build(family),
                     (Ct(table=Table.CONNTRACK_STATE, zone=CT_ZONE),))
@@ -106,12 +115,51 @@ def _forbidden_destination_flows(node: NodeContext) -> Iterator[Flow]:
             yield _flow(Table.SPOOF_GUARD, Priority.FORBIDDEN, match, ())
 
 
+def _ndp_flows() -> Iterator[Flow]:
+    """Neighbor Discovery, the IPv6 twin of proxy ARP: every Neighbor Solicitation a port may
+    send (SpoofGuard: from the port's own address) is answered by the switch with the virtual
+    gateway's MAC, whatever its target, so pods never learn each other's MACs. Every other
+    ND message, from any port, is dropped in SpoofGuard: Router Solicitations and
+    Advertisements (routes are the CNI's, not announced), Advertisements (the switch is every
+    port's only neighbour, it never asks, so a pod's NA, for its own address or another's, has
+    no receiver), Redirects, and Duplicate Address Detection's solicitations from `::`
+    (unanswered, so DAD succeeds). The NA is built in two tables because OVS checks a
+    set_field against the flow's match, not against what earlier actions made of the packet:
+    only a flow matching an NA may write its Target Link-Layer Address (nd_tll)."""
+    for nd_type in ND_TYPES:
+        yield _flow(Table.SPOOF_GUARD, Priority.ND_GUARD, _nd_match(nd_type), ())
+    gateway = EUI(GATEWAY_MAC)
+    yield _flow(Table.NDP_RESPONDER, Priority.NORMAL, _nd_match(ND_NEIGHBOR_SOLICIT), (
+        Move("eth_src", "eth_dst"),
+        SetField.of("eth_src", gateway),
+        Move("ipv6_src", "ipv6_dst"),
+        Move("nd_target", "ipv6_src"),  # the advertised address answers (hop limit stays 255)
+        SetField("icmpv6_type", ND_NEIGHBOR_ADVERT),
+        SetField("nd_reserved", NA_FLAGS_ROUTER_SOLICITED_OVERRIDE),
+        SetField("nd_options_type", ND_OPT_TARGET_LINKADDR),  # the NS's source link-layer option
+        GotoTable(Table.NDP_ADVERTISEMENT),
+    ))
+    yield _flow(Table.NDP_ADVERTISEMENT, Priority.NORMAL, _nd_match(ND_NEIGHBOR_ADVERT),
+                (SetField.of("nd_tll", gateway), OutputInPort()))
+
+
+def _nd_match(nd_type: int, **fields: FieldInput) -> Match:
+    return Match.build("icmp6", icmpv6_type=nd_type, icmpv6_code=0, **fields)
+
+
+def _solicit_to_responder(**fields: FieldInput) -> tuple[Match, tuple[Action, ...]]:
+    """SpoofGuard's pass for a Neighbor Solicitation (above the ND drop)."""
+    return _nd_match(ND_NEIGHBOR_SOLICIT, **fields), (GotoTable(Table.NDP_RESPONDER),)
+
+
 def _misses() -> Iterator[Flow]:
     drop: tuple[Action, ...] = ()
     misses: dict[Table, tuple[Action, ...]] = {
         Table.CLASSIFIER: drop,
         Table.SPOOF_GUARD: drop,
         Table.ARP_RESPONDER: drop,
+        Table.NDP_RESPONDER: drop,
+        Table.NDP_ADVERTISEMENT: drop,
         Table.CONNTRACK: drop,
         Table.CONNTRACK_STATE: drop,
         Table.SCTP_REPLY: drop,  # reached by resubmit only: a miss just learns nothing
@@ -191,6 +239,7 @@ def _edge_port_flows(node: NodeContext) -> Iterator[Flow]:
         if port_class == PortClass.GATEWAY:
             yield _flow(Table.SPOOF_GUARD, Priority.NORMAL, Match.build("arp", in_port=port),
                         (GotoTable(Table.ARP_RESPONDER),))
+            yield _flow(Table.SPOOF_GUARD, Priority.ND_SOLICIT, *_solicit_to_responder(in_port=port))
             yield from _gateway_route(node, port)
         yield _flow(Table.OUTPUT, Priority.NORMAL, Match.build(None, **{REG_OUT_PORT: port}), (Output(port),))
 
@@ -221,6 +270,9 @@ def _local_pod_flows(binding: PortBinding) -> tuple[Flow, ...]:
     port = binding.ofport
     flows = [Flow(Table.CLASSIFIER, Priority.NORMAL, Match.build(in_port=port),
                   (SetField(REG_PORT_CLASS, PortClass.POD), GotoTable(Table.SPOOF_GUARD)), pod_cookie)]
+    for ip in neighbor_addresses(binding):  # its IPv6 addresses, link-local included
+        match, to_responder = _solicit_to_responder(in_port=port, dl_src=binding.mac, ipv6_src=ip)
+        flows.append(Flow(Table.SPOOF_GUARD, Priority.ND_SOLICIT, match, to_responder, pod_cookie))
     for ip in binding.ips:
         family, src_field, dst_field = _family_fields(ip)
         flows.append(Flow(Table.SPOOF_GUARD, Priority.NORMAL,

@@ -25,7 +25,7 @@ from itertools import repeat
 
 from sdn_netpol.compiler.flowfields import (
     ACTION_FIELDS,
-    ARP_ACTION_FIELDS,
+    ACTION_PREREQUISITES,
     CT_STATE_ALL,
     CT_STATE_FLAGS,
     ETH_TYPE_ARP,
@@ -41,6 +41,7 @@ from sdn_netpol.compiler.flowfields import (
     OFPP_LOCAL,
     OFPP_MAX,
     PROTOCOLS,
+    SET_ONLY_FIELDS,
     FieldInput,
     FieldSpec,
     ct_state,
@@ -68,6 +69,7 @@ __all__ = [
     "Resubmit",
     "SetField",
     "ct_state",
+    "writable_fields",
 ]
 
 _CS_INV = CT_STATE_FLAGS["inv"]
@@ -187,22 +189,34 @@ _IP_ANY = frozenset({ETH_TYPE_IP, ETH_TYPE_IPV6})
 _L4_PORTS = frozenset({IPPROTO_TCP, IPPROTO_UDP, IPPROTO_SCTP})
 
 
-def _check_prerequisites(m: Match) -> None:
-    """Refuse what OVS would reject or silently drop (so every Match round-trips)."""
+def _satisfied(m: Match) -> dict[str, bool]:
+    """Which prerequisites (the names _PREREQ and ACTION_PREREQUISITES use) `m` meets."""
     dl_type, proto = m.value("dl_type"), m.value("nw_proto")
-    needs = {
+    icmp6 = dl_type == ETH_TYPE_IPV6 and proto == IPPROTO_ICMPV6
+    nd_type = m.value("icmpv6_type") if icmp6 and not m.value("icmpv6_code") else None
+    return {
         "ipv6": dl_type == ETH_TYPE_IPV6, "ip": dl_type == ETH_TYPE_IP,
         "arp": dl_type == ETH_TYPE_ARP, "ip_any": dl_type in _IP_ANY,
         "l4": dl_type in _IP_ANY and proto in _L4_PORTS,
         "icmp": dl_type == ETH_TYPE_IP and proto == IPPROTO_ICMP,
-        "icmp6": dl_type == ETH_TYPE_IPV6 and proto == IPPROTO_ICMPV6,
-        "nd": dl_type == ETH_TYPE_IPV6 and proto == IPPROTO_ICMPV6
-        and m.value("icmpv6_type") in (135, 136) and not m.value("icmpv6_code"),
+        "icmp6": icmp6, "nd": nd_type in (135, 136), "nd_advert": nd_type == 136,
     }
+
+
+def _check_prerequisites(m: Match) -> None:
+    """Refuse what OVS would reject or silently drop (so every Match round-trips)."""
+    needs = _satisfied(m)
     for f in m.fields:
         need = _PREREQ.get(f.name)
         if need is not None and not needs[need]:
             raise ValueError(f"{f.name} needs a {need} match (OVS would reject or drop it)")
+
+
+def writable_fields(match: Match) -> frozenset[str]:
+    """The action fields a flow with `match` may write or move (ct_mark aside)."""
+    needs = _satisfied(match)
+    return frozenset(name for name in ACTION_FIELDS
+                     if name != "ct_mark" and needs.get(ACTION_PREREQUISITES.get(name, ""), True))
 
 
 _PREREQ: Mapping[str, str] = {
@@ -312,6 +326,8 @@ class Move:
             raise ValueError(f"move {src.name}->{dst.name}: widths {src.bits} != {dst.bits}")
         if dst.name == "ct_mark":
             raise ValueError("ct_mark can only be written inside ct(commit, exec(...))")
+        if {src.name, dst.name} & SET_ONLY_FIELDS:
+            raise ValueError(f"move {src.name}->{dst.name}: {sorted(SET_ONLY_FIELDS)} can only be set")
 
 
 @dataclass(frozen=True)
@@ -476,7 +492,8 @@ def _check_actions(flow: Flow) -> None:
             raise ValueError("ct(commit) on a +inv match is refused by OVS")
         written = {a.field} if isinstance(a, SetField) else (
             {a.src_field, a.dst_field} if isinstance(a, Move) else set())
-        if written & ARP_ACTION_FIELDS and dl_type != ETH_TYPE_ARP:
-            raise ValueError(f"{sorted(written)} needs an arp match")
+        unmet = sorted(n for n in written if n in ACTION_PREREQUISITES and n not in writable_fields(flow.match))
+        if unmet:
+            raise ValueError(f"{unmet} needs a {ACTION_PREREQUISITES[unmet[0]]} match")
         if isinstance(a, SetField) and a.field == "ct_mark":
             raise ValueError("ct_mark can only be written inside ct(commit, exec(...))")

@@ -88,8 +88,27 @@ ACTION_FIELDS: Mapping[str, FieldSpec] = _specs(
     ("arp_spa", 32, "ipv4", False), ("arp_tpa", 32, "ipv4", False),
     ("tun_id", 64, "int", False), ("tun_dst", 32, "ipv4", False), *_REGS,
     ("ct_mark", 32, "int", False),
+    # Neighbor Discovery: what turns a Neighbor Solicitation into an Advertisement
+    ("ipv6_src", 128, "ipv6", False), ("ipv6_dst", 128, "ipv6", False),
+    ("nd_target", 128, "ipv6", False), ("icmpv6_type", 8, "int", False),
+    ("nd_reserved", 32, "int", False), ("nd_options_type", 8, "int", False),
+    ("nd_tll", 48, "mac", False),
 )
 ARP_ACTION_FIELDS = frozenset({"arp_op", "arp_sha", "arp_tha", "arp_spa", "arp_tpa"})
+#: What the match must say before an action may write (or read) a field, as OVS checks it
+#: (OFPBAC_MATCH_INCONSISTENT otherwise): "nd" is an ICMPv6 Neighbor Solicitation or
+#: Advertisement (type 135/136, code 0), "nd_advert" an Advertisement only: OVS checks the
+#: match, not what earlier actions made of the packet.
+ACTION_PREREQUISITES: Mapping[str, str] = {
+    **{name: "arp" for name in ARP_ACTION_FIELDS},
+    "ipv6_src": "ipv6", "ipv6_dst": "ipv6", "icmpv6_type": "icmp6",
+    "nd_target": "nd", "nd_reserved": "nd", "nd_options_type": "nd", "nd_tll": "nd_advert",
+}
+#: Fields an action may set but not move: os-ken 4.2 has no name for OVS's ND extensions and
+#: writes a zero width into a move's header for them.
+SET_ONLY_FIELDS = frozenset({"nd_reserved", "nd_options_type"})
+#: set_field values OVS prints in decimal (the rest of the integers in hex)
+DECIMAL_ACTION_FIELDS = frozenset({"arp_op", "icmpv6_type", "nd_reserved", "nd_options_type"})
 
 FieldInput: TypeAlias = int | tuple[int, int] | str | IPNetwork | IPAddress | EUI
 

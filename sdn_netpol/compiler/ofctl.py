@@ -42,6 +42,7 @@ from sdn_netpol.compiler.flow import (
 from sdn_netpol.compiler.flowfields import (
     ACTION_FIELDS,
     CT_STATE_FLAGS,
+    DECIMAL_ACTION_FIELDS,
     ETH_TYPE_IPV6,
     MATCH_FIELDS,
     OFPP_LOCAL,
@@ -60,7 +61,10 @@ _NXM = {"eth_src": "NXM_OF_ETH_SRC", "eth_dst": "NXM_OF_ETH_DST", "arp_op": "NXM
         "arp_sha": "NXM_NX_ARP_SHA", "arp_tha": "NXM_NX_ARP_THA",
         "arp_spa": "NXM_OF_ARP_SPA", "arp_tpa": "NXM_OF_ARP_TPA",
         "tun_id": "NXM_NX_TUN_ID", "tun_dst": "NXM_NX_TUN_IPV4_DST",
-        "ct_mark": "NXM_NX_CT_MARK", **{f"reg{i}": f"NXM_NX_REG{i}" for i in range(8)}}
+        "ct_mark": "NXM_NX_CT_MARK", **{f"reg{i}": f"NXM_NX_REG{i}" for i in range(8)},
+        "ipv6_src": "NXM_NX_IPV6_SRC", "ipv6_dst": "NXM_NX_IPV6_DST", "nd_target": "NXM_NX_ND_TARGET",
+        "icmpv6_type": "NXM_NX_ICMPV6_TYPE", "nd_tll": "NXM_NX_ND_TLL",
+        "nd_reserved": "ERICOXM_OF_ICMPV6_ND_RESERVED", "nd_options_type": "ERICOXM_OF_ICMPV6_ND_OPTIONS_TYPE"}
 _FROM_NXM = {v: k for k, v in _NXM.items()}
 _PRINTED_AS = {"icmpv6_type": "icmp_type", "icmpv6_code": "icmp_code"}
 _BEFORE_SHORTHAND = ("conj_id", "ct_state", "ct_mark")
@@ -173,7 +177,7 @@ def _render_action(a: Action) -> str:
         return _render_ct(a)
     if isinstance(a, SetField):
         spec = ACTION_FIELDS[a.field]
-        value = _hex(a.value) if spec.kind == "int" and a.field != "arp_op" else (
+        value = _hex(a.value) if spec.kind == "int" and a.field not in DECIMAL_ACTION_FIELDS else (
             str(a.value) if spec.kind == "int" else _address(spec, a.value))
         return f"set_field:{value}->{a.field}"
     if isinstance(a, Move):

@@ -144,17 +144,23 @@ _REG_FIELDS = {f"reg{i}": _nxm1(i, 4) for i in range(8)}
 ETH_DST, ETH_SRC, ARP_OP = _basic(3, 6), _basic(4, 6), _basic(21, 2)
 ARP_SPA, ARP_TPA, ARP_SHA, ARP_THA = _basic(22, 4), _basic(23, 4), _basic(24, 6), _basic(25, 6)
 TUNNEL_ID, TUN_IPV4_SRC, TUN_IPV4_DST, CT_MARK = _basic(38, 8), _nxm1(31, 4), _nxm1(32, 4), _nxm1(107, 4)
+IPV6_SRC, IPV6_DST, ICMPV6_TYPE = _basic(26, 16), _basic(27, 16), _basic(29, 1)
+ND_TARGET, ND_TLL = _basic(31, 16), _basic(33, 6)
+#: OVS's ND extensions (ERICOXM_OF_ICMPV6_ND_RESERVED/_OPTIONS_TYPE, OXM class 0x1000), which
+#: os-ken 4.2 does not name: it writes and reads them as `field_<class << 7 | field>`.
+ERICOXM_OF = 0x1000
+ND_RESERVED, ND_OPTIONS_TYPE = OxmField(ERICOXM_OF, 1, 4), OxmField(ERICOXM_OF, 2, 1)
 
 #: Match field (flowfields.MATCH_FIELDS name) → its OXM/NXM field, as osken._MATCH_TO_OXM maps it.
 MATCH_OXM: Mapping[str, OxmField] = {
     "conj_id": _nxm1(37, 4), "ct_state": _nxm1(105, 4), "ct_mark": CT_MARK, **_REG_FIELDS,
     "tun_id": TUNNEL_ID, "tun_src": TUN_IPV4_SRC, "tun_dst": TUN_IPV4_DST,
     "in_port": _basic(0, 4), "dl_src": ETH_SRC, "dl_dst": ETH_DST, "dl_type": _basic(5, 2),
-    "ipv6_src": _basic(26, 16), "ipv6_dst": _basic(27, 16),
+    "ipv6_src": IPV6_SRC, "ipv6_dst": IPV6_DST,
     "arp_spa": ARP_SPA, "arp_tpa": ARP_TPA, "nw_src": _basic(11, 4), "nw_dst": _basic(12, 4),
     "nw_proto": _basic(10, 1), "arp_op": ARP_OP, "arp_sha": ARP_SHA, "arp_tha": ARP_THA,
     "icmp_type": _basic(19, 1), "icmp_code": _basic(20, 1),
-    "icmpv6_type": _basic(29, 1), "icmpv6_code": _basic(30, 1), "nd_target": _basic(31, 16),
+    "icmpv6_type": ICMPV6_TYPE, "icmpv6_code": _basic(30, 1), "nd_target": ND_TARGET,
 }
 #: tp_dst is whichever of tcp_dst/udp_dst/sctp_dst nw_proto says (OpenFlow has no generic one).
 TP_DST_OXM: Mapping[int, OxmField] = {IPPROTO_TCP: _basic(14, 2), IPPROTO_UDP: _basic(16, 2),
@@ -163,7 +169,8 @@ TP_DST_OXM: Mapping[int, OxmField] = {IPPROTO_TCP: _basic(14, 2), IPPROTO_UDP: _
 ACTION_OXM: Mapping[str, OxmField] = {
     "eth_src": ETH_SRC, "eth_dst": ETH_DST, "arp_op": ARP_OP, "arp_sha": ARP_SHA, "arp_tha": ARP_THA,
     "arp_spa": ARP_SPA, "arp_tpa": ARP_TPA, "tun_id": TUNNEL_ID, "tun_dst": TUN_IPV4_DST,
-    **_REG_FIELDS, "ct_mark": CT_MARK,
+    **_REG_FIELDS, "ct_mark": CT_MARK, "ipv6_src": IPV6_SRC, "ipv6_dst": IPV6_DST, "nd_target": ND_TARGET,
+    "icmpv6_type": ICMPV6_TYPE, "nd_reserved": ND_RESERVED, "nd_options_type": ND_OPTIONS_TYPE, "nd_tll": ND_TLL,
 }
 
 

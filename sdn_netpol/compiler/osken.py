@@ -18,6 +18,7 @@ No I/O: the caller owns the datapath and sends the messages. The datapath only l
 
 from __future__ import annotations
 
+import base64
 import socket
 import struct
 from collections.abc import Callable, Iterable, Mapping
@@ -54,7 +55,7 @@ from sdn_netpol.compiler.flowfields import (
     OFPP_LOCAL,
     FieldSpec,
 )
-from sdn_netpol.compiler.ofwire import Command
+from sdn_netpol.compiler.ofwire import ND_OPTIONS_TYPE, ND_RESERVED, Command, OxmField
 
 _COMMANDS: Mapping[Command, int] = {
     "add": ofp.OFPFC_ADD, "modify_strict": ofp.OFPFC_MODIFY_STRICT,
@@ -79,8 +80,11 @@ _TP_DST = {IPPROTO_TCP: "tcp_dst", IPPROTO_UDP: "udp_dst", IPPROTO_SCTP: "sctp_d
 _OXM_TO_MATCH = {
     **{v: k for k, v in _MATCH_TO_OXM.items()}, **{v: "tp_dst" for v in _TP_DST.values()},
 }
+_UNNAMED: Mapping[str, OxmField] = {"nd_reserved": ND_RESERVED, "nd_options_type": ND_OPTIONS_TYPE}
 _ACTION_TO_OXM: Mapping[str, str] = {
     **{n: n for n in ACTION_FIELDS}, "tun_id": "tunnel_id", "tun_dst": "tun_ipv4_dst",
+    "nd_target": "ipv6_nd_target", "nd_tll": "ipv6_nd_tll",
+    **{n: f"field_{oxm.oxm_type}" for n, oxm in _UNNAMED.items()},
 }
 _OXM_TO_ACTION = {v: k for k, v in _ACTION_TO_OXM.items()}
 
@@ -152,7 +156,8 @@ def _to_action(a: Action) -> Any:
             recirc_table=_RECIRC_NONE if a.table is None else a.table, alg=0,
             actions=[_to_action(e) for e in a.exec_actions])
     if isinstance(a, SetField):
-        value = _to_wire(ACTION_FIELDS[a.field], a.value)
+        value = _to_wire(ACTION_FIELDS[a.field], a.value) if a.field not in _UNNAMED else (
+            base64.b64encode(a.value.to_bytes(_UNNAMED[a.field].size, "big")).decode())
         return parser.OFPActionSetField(**{_ACTION_TO_OXM[a.field]: value})
     if isinstance(a, Move):
         return parser.NXActionRegMove(
@@ -248,6 +253,8 @@ def _from_set_field(a: Any) -> Action:
     name = _OXM_TO_ACTION.get(a.key.removesuffix("_nxm"))
     if name is None:
         raise ValueError(f"unsupported set_field target {a.key!r}")
+    if name in _UNNAMED:  # os-ken's UnknownType: the value bytes in base64
+        return SetField(name, int.from_bytes(base64.b64decode(a.value), "big"))
     return SetField(name, _from_wire(ACTION_FIELDS[name], a.value))
 
 

@@ -4,7 +4,8 @@ Everything another module needs to agree on lives here (docs/pipeline.md explain
 a real dump). Nothing here builds flows.
 
 Packet walk:
-  Classifier → SpoofGuard → (ARP: ArpResponder) → Conntrack → ConntrackState
+  Classifier → SpoofGuard → (ARP: ArpResponder; NS: NdpResponder → NdpAdvertisement)
+    → Conntrack → ConntrackState
     → EgressRule → EgressDefault → L3Forwarding → IngressRule → IngressDefault
     → Commit → Output
 Replies and related packets skip both policy directions (reg3 bit 0); packets in the
@@ -23,6 +24,8 @@ class Table(IntEnum):
     CLASSIFIER = 0
     SPOOF_GUARD = 10
     ARP_RESPONDER = 20
+    NDP_RESPONDER = 21  # a Neighbor Solicitation becomes the gateway's Advertisement...
+    NDP_ADVERTISEMENT = 22  # ...finished here: OVS lets only an NA-matching flow write nd_tll
     CONNTRACK = 30
     CONNTRACK_STATE = 31
     SCTP_REPLY = 32  # learned reply 5-tuples of SCTP associations policy allowed
@@ -50,6 +53,8 @@ class Priority(IntEnum):
     DIRECT_ALLOW = 300  # single-dimension allows: above every conjunction, all mean "allow"
     BYPASS = 400
     FORBIDDEN = 410  # SpoofGuard: destinations nothing may be routed to (loopback, tunnel endpoints)
+    ND_GUARD = 420  # SpoofGuard: Neighbor Discovery from anyone is dropped (RS, RA, NS, NA, redirect)...
+    ND_SOLICIT = 430  # ...but a Neighbor Solicitation from a port's own address goes to the responder
     SCTP_REPLY = 450  # above the generic reply bypass: SCTP replies must prove their ports
     INVALID = 500
 

@@ -62,6 +62,19 @@ class NodeContext:
         return frozenset(b.pod for b in self.bindings)
 
 
+def link_local(mac: EUI) -> IPAddress:
+    """The pod's IPv6 link-local address: fe80::/64 + the modified EUI-64 of its MAC (RFC 4291),
+    what Linux configures by itself with addr_gen_mode=eui64, which the CNI plugin sets."""
+    return IPAddress(mac.ipv6_link_local())
+
+
+def neighbor_addresses(binding: PortBinding) -> tuple[IPAddress, ...]:
+    """The addresses a pod may send Neighbor Solicitations from: its IPv6 addresses and,
+    when it has any, its link-local address. An IPv4-only pod speaks no IPv6 at all."""
+    v6 = tuple(ip for ip in binding.ips if ip.version == 6)
+    return (*v6, link_local(binding.mac)) if v6 else ()
+
+
 def mac_for_ip(ip: IPAddress) -> EUI:
     """The MAC the CNI shim gives a pod: 02:00 + the IPv4 address (locally administered)."""
     raw = int(ip) & 0xFFFFFFFF
