@@ -24,6 +24,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from sdn_netpol.cni.errors import INTERFACE_FAILURE, CniError
+from sdn_netpol.cni.families import IPV6_SYSCTL, ipv6_disabled_here
 from sdn_netpol.cni.ipam import IpamResult, IpConfig, Route
 
 CLONE_NEWNET = 0x40000000
@@ -58,8 +59,9 @@ def _setns(fd: int) -> None:
 
 
 @contextmanager
-def _sockets_in(netns: str) -> Iterator[tuple[Any, socket.socket]]:
-    """An rtnetlink handle and an AF_INET socket bound to the pod namespace."""
+def _entered(netns: str) -> Iterator[None]:
+    """The calling thread inside `netns` for the block (sockets it opens, and /proc/sys/net
+    files, stay bound to that namespace afterwards), then back home."""
     try:
         target = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
@@ -68,18 +70,54 @@ def _sockets_in(netns: str) -> Iterator[tuple[Any, socket.socket]]:
     try:
         _setns(target)
         try:
-            ipr = IPRoute()
-            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            yield
         finally:
             _setns(home)
     finally:
         os.close(target)
         os.close(home)
+
+
+@contextmanager
+def _sockets_in(netns: str) -> Iterator[tuple[Any, socket.socket]]:
+    """An rtnetlink handle and an AF_INET socket bound to the pod namespace."""
+    with _entered(netns):
+        ipr = IPRoute()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         yield ipr, sock
     finally:
         sock.close()
         ipr.close()
+
+
+def ipv6_disabled_in(netns: str) -> str | None:
+    """Why the pod's namespace cannot have IPv6, or None (see families.ipv6_disabled_here)."""
+    with _entered(netns):
+        return ipv6_disabled_here()
+
+
+def link_local(mac: str) -> ipaddress.IPv6Interface:
+    """fe80::/64 + the modified EUI-64 of the MAC (RFC 4291 appendix A): the address the
+    kernel would make itself (addr_gen_mode=eui64) and the pipeline's spoofguard expects
+    (compiler/topology.link_local)."""
+    octets = bytes.fromhex(mac.replace(":", ""))
+    eui64 = bytes([octets[0] ^ 0x02]) + octets[1:3] + b"\xff\xfe" + octets[3:]
+    return ipaddress.IPv6Interface((b"\xfe\x80" + bytes(6) + eui64, 64))
+
+
+def _ipv6_settings(ifname: str) -> None:
+    """Before the link is up, in the pod namespace: no address of the kernel's own making
+    (addr_gen_mode=none: the plugin adds the link-local itself, without DAD), no Duplicate
+    Address Detection (the switch answers every solicitation, so DAD would only delay), no
+    Router Advertisements (routes are the plugin's; the switch drops RAs anyway)."""
+    for name, value in (("addr_gen_mode", "1"), ("accept_dad", "0"), ("accept_ra", "0")):
+        path = f"{IPV6_SYSCTL}/{ifname}/{name}"
+        try:
+            with open(path, "w") as f:
+                f.write(value)
+        except OSError as exc:
+            raise CniError(INTERFACE_FAILURE, f"cannot set {path} in the pod namespace", str(exc)) from None
 
 
 def _index(ipr: Any, ifname: str) -> int | None:
@@ -171,10 +209,15 @@ def _add_route(ipr: Any, idx: int, route: Route) -> None:
             raise
 
 
-def configure_pod(netns: str, ifname: str, ipam: IpamResult) -> list[Route]:
-    """Inside the pod: lo up, addresses, link up, tx csum off, routes. Returns the routes
-    installed (they go into the result)."""
+def configure_pod(netns: str, ifname: str, ipam: IpamResult, mac: str) -> list[Route]:
+    """Inside the pod: lo up, addresses (IPv6 ones without DAD, and the link-local from the
+    MAC), link up, tx csum off, routes. Returns the routes installed (they go into the result)."""
     routes = _default_routes(ipam)
+    addresses = [item.address for item in ipam.ips]
+    if any(address.version == 6 for address in addresses):
+        with _entered(netns):
+            _ipv6_settings(ifname)
+        addresses.append(link_local(mac))
     with _sockets_in(netns) as (ipr, sock):
         try:
             lo = _index(ipr, "lo")
@@ -183,10 +226,9 @@ def configure_pod(netns: str, ifname: str, ipam: IpamResult) -> list[Route]:
             idx = _index(ipr, ifname)
             if idx is None:
                 raise CniError(INTERFACE_FAILURE, f"{ifname} not found in {netns}")
-            for item in ipam.ips:
-                ipr.addr("add", index=idx, address=str(item.address.ip),
-                         prefixlen=item.address.network.prefixlen,
-                         flags=IFA_F_NODAD if item.address.version == 6 else 0)
+            for address in addresses:
+                ipr.addr("add", index=idx, address=str(address.ip), prefixlen=address.network.prefixlen,
+                         flags=IFA_F_NODAD if address.version == 6 else 0)
             ipr.link("set", index=idx, state="up")
             _tx_csum_off(sock, ifname)
             for route in routes:

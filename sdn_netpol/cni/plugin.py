@@ -26,7 +26,8 @@ from sdn_netpol.cni.config import (
     parse_netconf,
     version_of,
 )
-from sdn_netpol.cni.errors import INTERNAL, INVALID_ENV, IO_FAILURE, CniError
+from sdn_netpol.cni.errors import INTERNAL, INVALID_CONFIG, INVALID_ENV, IO_FAILURE, CniError
+from sdn_netpol.cni.families import check_families, ipv6_disabled_here
 from sdn_netpol.cni.ipam import ipam_add, ipam_del
 from sdn_netpol.cni.result import Attachment, build_result, external_ids
 
@@ -74,7 +75,7 @@ def _attach(env: CniEnv, conf: NetConf, undo: list[tuple[str, Undo]]) -> Attachm
     mac = netlink.pod_mac(ipam.ips, env.container_id)
     netlink.create_veth(host, env.netns, env.ifname, mac, conf.mtu)
     undo.append((f"veth {host}", lambda: netlink.delete_link(host)))
-    routes = netlink.configure_pod(env.netns, env.ifname, ipam)
+    routes = netlink.configure_pod(env.netns, env.ifname, ipam, mac)
     host_mac = netlink.host_up(host)
     db = _connect(conf)  # an unreachable OVSDB has changed nothing: no undo yet
     try:
@@ -86,8 +87,20 @@ def _attach(env: CniEnv, conf: NetConf, undo: list[tuple[str, Undo]]) -> Attachm
                       sandbox=env.netns, ipam=ipam, routes=tuple(routes))
 
 
+def _check_families(env: CniEnv, conf: NetConf) -> None:
+    """Before IPAM: the ranges and requested addresses are ones this node and the pod's
+    namespace can have (families.py)."""
+    ranges = check_families(conf, env, ipv6_disabled_here())
+    if 6 in ranges.families:
+        why = netlink.ipv6_disabled_in(env.netns)
+        if why is not None:
+            raise CniError(INVALID_CONFIG, "IPv6 range on a pod whose network namespace has no IPv6",
+                           f"in {env.netns}: {why}")
+
+
 def cmd_add(env: CniEnv, conf: NetConf) -> dict[str, Any]:
     _require_netns(env)
+    _check_families(env, conf)
     undo: list[tuple[str, Undo]] = []
     try:
         att = _attach(env, conf, undo)

@@ -40,19 +40,24 @@ def parse_pod_cidrs(node: str, raw: Sequence[str], field: str = "spec.podCIDRs")
         raise InstallError(f"node {node}: spec.podCIDR is empty: give the node a pod CIDR "
                            "(kube-controller-manager --allocate-node-cidrs, kubeadm --pod-network-cidr) "
                            "or pass --pod-cidr")
-    cidrs = []
+    cidrs: list[IPNetwork] = []
     for i, value in enumerate(raw):
         try:
-            cidrs.append(IPNetwork(value))
+            net = IPNetwork(value)
         except (AddrFormatError, ValueError, TypeError):
             raise InstallError(f"node {node}: {field}[{i}]: {value!r} is not a CIDR") from None
+        if any(other.version == net.version for other in cidrs):  # Kubernetes allows one per family
+            raise InstallError(f"node {node}: {field}[{i}]: {value} is a second IPv{net.version} pod CIDR "
+                               "(a dual-stack Node has one IPv4 and one IPv6)")
+        cidrs.append(net)
     return cidrs
 
 
 def conflist(pod_cidrs: Iterable[IPNetwork], bridge: str, ovsdb: str, mtu: int) -> dict[str, Any]:
-    """One host-local range per pod CIDR. The gateway is the second-to-last address (the
-    flows answer ARP for any address with the virtual gateway MAC), so the range ends
-    before it."""
+    """One host-local range set per pod CIDR, so a dual-stack Node (an IPv4 and an IPv6
+    podCIDR) gives each pod one address of each family. The gateway is the second-to-last
+    address of either family (the flows answer ARP and Neighbor Solicitations for any address
+    with the virtual gateway MAC), so the range ends before it."""
     ranges = [[{"subnet": str(net.cidr), "rangeEnd": str(net[-3]), "gateway": str(net[-2])}]
               for net in pod_cidrs]
     plugin = {"type": PLUGIN, "bridge": bridge, "ovsdb": ovsdb, "mtu": mtu,
