@@ -15,6 +15,7 @@ import shlex
 import socket
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,15 +36,17 @@ def controller_markers(state: LabState) -> list[str]:
     return [f"dir:{state.manifests}"]
 
 
-def controller_argv(state: LabState, node: NodeState) -> list[str]:
+def controller_argv(state: LabState, node: NodeState, extra: Sequence[str] = ()) -> list[str]:
     """`sdn-netpol controller …`, run as its module so that it works whether or not the
-    subcommand is registered in this install."""
+    subcommand is registered in this install. `extra` flags come last: a repeated option
+    overrides (the chaos runner moves a controller to another source, port or audit path;
+    the `dir:` marker stays in argv, so stop and cleanup still find it)."""
     return [
         sys.executable, "-m", "sdn_netpol.cli.controller", "--source", f"dir:{state.manifests}",
         "--node", node.name, "--bridge", "br-int", "--ovsdb", f"unix:{node.rundir}/db.sock",
         "--ofp-listen", f"127.0.0.1:{OFP_PORT}", "--status-listen", f"unix:{status_socket(node)}",
         "--stats-interval", str(STATS_INTERVAL), "--audit-log", str(audit_log(node)),
-        *shlex.split(os.environ.get(EXTRA_ARGS_ENV, "")),
+        *shlex.split(os.environ.get(EXTRA_ARGS_ENV, "")), *extra,
     ]
 
 
@@ -56,9 +59,11 @@ def status_socket(node: NodeState) -> Path:
     return Path(node.rundir) / "status.sock"
 
 
-def start(state: LabState, node: NodeState) -> None:
-    log = Path(node.rundir) / "controller.log"
-    proc = procs.spawn(node.netns, controller_argv(state, node), log)
+def start(state: LabState, node: NodeState, extra: Sequence[str] = (), log: Path | None = None) -> None:
+    """Start the node's controller; its stderr goes to `log` (default: the rundir's
+    controller.log)."""
+    log = log or Path(node.rundir) / "controller.log"
+    proc = procs.spawn(node.netns, controller_argv(state, node, extra), log)
     node.controller_pid = proc.pid
 
 

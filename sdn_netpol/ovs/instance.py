@@ -206,6 +206,13 @@ class OvsInstance:
         for bridge in self.vsctl("list-br").split():
             self._wait_socket(self.rundir / f"{bridge}.mgmt", f"bridge {bridge}")
 
+    def restart_ovsdb(self) -> None:
+        """Start ovsdb-server again on the existing DB (after it died or was killed): the
+        bridges and ports stay; ovs-vswitchd reconnects on its own."""
+        terminate(daemon_pids(self.rundir, "ovsdb-server"))
+        self._remove_runtime_files(("ovsdb-server.*", "db.sock"), keep_logs=True)
+        self._start_ovsdb()
+
     def __enter__(self) -> OvsInstance:
         return self
 
