@@ -301,19 +301,23 @@ class ChaosRun:
             time.sleep(0.2)
         return None
 
-    def measure(self, name: str, node: NodeState, inject: Callable[[], str],
-                mods: Callable[[], float | None] = lambda: None) -> FaultResult:
-        """Inject one fault, wait for convergence, judge the traffic of the whole episode."""
+    def measure(self, name: str, node: NodeState, inject: Callable[[], str]) -> FaultResult:
+        """Inject one fault, wait for convergence, judge the traffic of the whole episode.
+        Flow mods: what the node's controller sent from the fault to convergence (all it
+        sent, when the fault restarted it)."""
         self.replace_cut_streams()
+        pid, mods_before = self.node(node.name).controller_pid, flow_mods(self.node(node.name))
         start = time.monotonic()
         detail = inject()
         converged = self.wait_converged(start)
         end = time.monotonic()
+        after = self.node(node.name)
+        mods = flow_mods(after) - (mods_before if after.controller_pid == pid else 0.0)
         verdict = judge(self.prober.snapshot(), self.churn.timeline.epochs(), since=start, until=end)
         cut = [s for s in self.streams if s.cut_at is not None and s.cut_at >= start]
         result = FaultResult(name, node.name, len(verdict.false_allows), len(verdict.false_denies),
                              verdict.false_deny_seconds, len({o.pair for o in verdict.outages}), len(cut),
-                             converged, mods(), detail=detail)
+                             converged, mods, detail=detail)
         with contextlib.suppress(OSError, ValueError):
             result.flows = int(controllers.status(self.node(node.name)).get("flows", {}).get("total", 0))
         result.examples = [f"false allow {s.pair} at {s.start - start:+.1f} s ({s.outcome})"
@@ -323,6 +327,10 @@ class ChaosRun:
         result.examples += [f"stream {s.name} cut at {(s.cut_at or 0) - start:+.1f} s: {s.error}" for s in cut]
         self.results.append(result)
         return result
+
+
+def flow_mods(node: NodeState) -> float:
+    return metric_sum(node, "sdn_netpol_flow_mods_sent_total")
 
 
 def metric_sum(node: NodeState, prefix: str, label: str = "") -> float:

@@ -39,10 +39,6 @@ def _kill(pid: int | None) -> None:
         raise RuntimeError(f"pid {pid} survived SIGKILL for {DEAD_TIMEOUT} s")
 
 
-def _flow_mods(node: NodeState) -> float:
-    return metric_sum(node, "sdn_netpol_flow_mods_sent_total")
-
-
 def start_controller(run: ChaosRun, node: NodeState, extra: tuple[str, ...] = (), log: Path | None = None) -> None:
     controllers.start(run.state, node, extra, log)
     run.set_controller(node, node.controller_pid)
@@ -50,10 +46,6 @@ def start_controller(run: ChaosRun, node: NodeState, extra: tuple[str, ...] = ()
 
 def kill_controller(run: ChaosRun, node: NodeState) -> None:
     _kill(run.node(node.name).controller_pid)
-
-
-def _fresh(run: ChaosRun, node: NodeState) -> NodeState:
-    return run.node(node.name)
 
 
 # ------------------------------------------------------------------ OVS daemons
@@ -77,7 +69,7 @@ def controller_kill(run: ChaosRun, node: NodeState) -> FaultResult:
         kill_controller(run, node)
         start_controller(run, node)
         return ""
-    return run.measure("controller kill -9", node, inject, lambda: _flow_mods(_fresh(run, node)))
+    return run.measure("controller kill -9", node, inject)
 
 
 def vswitchd_kill(run: ChaosRun, node: NodeState) -> FaultResult:
@@ -87,7 +79,7 @@ def vswitchd_kill(run: ChaosRun, node: NodeState) -> FaultResult:
         restart_vswitchd(node)
         _seed_arp(run)
         return ""
-    return run.measure("ovs-vswitchd kill -9", node, inject, lambda: _flow_mods(_fresh(run, node)))
+    return run.measure("ovs-vswitchd kill -9", node, inject)
 
 
 def ovsdb_kill(run: ChaosRun, node: NodeState) -> FaultResult:
@@ -97,7 +89,7 @@ def ovsdb_kill(run: ChaosRun, node: NodeState) -> FaultResult:
         run.churn.wait_realized(run.churn.step(), deadline=5.0)  # a change while OVSDB is away
         topology.ovs(node).restart_ovsdb()
         return ""
-    return run.measure("ovsdb-server kill -9", node, inject, lambda: _flow_mods(_fresh(run, node)))
+    return run.measure("ovsdb-server kill -9", node, inject)
 
 
 def controller_before_switch(run: ChaosRun, node: NodeState) -> FaultResult:
@@ -109,7 +101,7 @@ def controller_before_switch(run: ChaosRun, node: NodeState) -> FaultResult:
                 _kill(pid)
         kill_controller(run, node)
         start_controller(run, node)
-        up = procs.wait_for(lambda: _answers(_fresh(run, node)), 30.0, interval=0.2)
+        up = procs.wait_for(lambda: _answers(run.node(node.name)), 30.0, interval=0.2)
         topology.ovs(node).restart_ovsdb()
         restart_vswitchd(node)
         _seed_arp(run)
@@ -312,7 +304,8 @@ def disk_full(run: ChaosRun, node: NodeState) -> FaultResult:
         start_controller(run, node)
         with contextlib.suppress(OSError):
             filler.unlink()
-        if subprocess.run(["umount", str(mount)], check=False).returncode != 0:
+        # a controller just killed may still hold its log for a moment: detach lazily then
+        if subprocess.run(["umount", str(mount)], capture_output=True, check=False).returncode != 0:
             subprocess.run(["umount", "-l", str(mount)], check=False)
         run.churn.wait_realized(run.churn.timeline.current().index)
     return result
