@@ -20,7 +20,7 @@ from netaddr import IPAddress
 from sdn_netpol.inputs.manifests import load_paths
 from sdn_netpol.ovs import OvsInstance, Tracer
 from sdn_netpol.policy.state import ClusterState
-from tests.differential import Differential, create_bridges, load
+from tests.differential import Differential, create_bridges, load, own_netns
 from tests.strategies import EXTERNAL_IPS, cluster_states, probes
 
 EXAMPLES = int(os.environ.get("DIFFERENTIAL_EXAMPLES", "200"))
@@ -29,12 +29,10 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def ovs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OvsInstance]:
-    inst = OvsInstance.start(tmp_path_factory.mktemp("diff-ovs"))
-    try:
+    with own_netns("diff-ovs") as netns, \
+            OvsInstance.start(tmp_path_factory.mktemp("diff-ovs"), netns=netns) as inst:
         create_bridges(inst, "df" + uuid.uuid4().hex[:3])
         yield inst
-    finally:
-        inst.stop()
 
 
 @pytest.fixture(scope="module")

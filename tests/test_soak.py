@@ -12,7 +12,7 @@ from sdn_netpol.lab.lab import Lab
 from sdn_netpol.lab.soak import open_fds, soak
 from tests.lab_fixtures import MODEL
 
-SECONDS = 150.0
+SECONDS = 180.0
 
 
 def test_a_lab_soaked_in_churn_stays_exact_and_leaves_nothing(tmp_path: Path) -> None:
