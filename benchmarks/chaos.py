@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sdn_netpol.lab import chaos  # noqa: E402
+from sdn_netpol.lab import chaos, chaos_faults  # noqa: E402
 from sdn_netpol.lab.chaos_faults import ALL_FAULTS  # noqa: E402
 from sdn_netpol.lab.lab import Lab  # noqa: E402
 from tests.fakekube import FakeKube  # noqa: E402
@@ -54,6 +54,11 @@ def main() -> None:
     unknown = [f for f in faults if f not in ALL_FAULTS]
     if unknown:
         parser.error(f"unknown fault(s): {unknown}")
+    def report(result: chaos.FaultResult) -> None:
+        print(result.line(), flush=True)
+        for example in result.examples:
+            print("    " + example, flush=True)
+
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="chaos-") as tmp, FakeKube() as kube:
         lab = Lab(Path(tmp) / "lab")
@@ -61,8 +66,7 @@ def main() -> None:
             lab.up([MODEL], nodes=3)
             run = chaos.setup(lab, Path(tmp), seed=args.seed, kube=kube)
             try:
-                results = chaos.run_faults(run, faults, args.rounds, on_result=lambda r: print(r.line(), flush=True)
-                                           or [print("    " + e, flush=True) for e in r.examples])
+                results = chaos_faults.run_faults(run, faults, args.rounds, on_result=report)
             finally:
                 chaos.teardown(run)
             print(f"\nchurn: {run.churn.changes} changes, stuck: {run.churn.stuck or 'none'}; "

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from sdn_netpol.lab import chaos
+from sdn_netpol.lab import chaos, chaos_faults
 from sdn_netpol.lab.chaos_faults import ALL_FAULTS
 from tests.fakekube import FakeKube
 from tests.lab_fixtures import lab_up
@@ -28,7 +28,7 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[list[cha
     with FakeKube() as kube, lab_up(tmp / "lab", 3) as lab:
         run = chaos.setup(lab, tmp, seed=3, kube=kube)
         try:
-            found = chaos.run_faults(run, ALL_FAULTS, on_result=lambda r: print("\n" + r.line(), *r.examples,
+            found = chaos_faults.run_faults(run, ALL_FAULTS, on_result=lambda r: print("\n" + r.line(), *r.examples,
                                                                                sep="\n    "))
         finally:
             chaos.teardown(run)

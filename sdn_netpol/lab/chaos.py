@@ -18,7 +18,7 @@ import copy
 import random
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -368,26 +368,3 @@ def teardown(run: ChaosRun) -> None:
     for stream in run.streams:
         stream.stop()
 
-
-def run_faults(run: ChaosRun, faults: Sequence[str], rounds: int = 1,
-               on_result: Callable[[FaultResult], None] = lambda _r: None) -> list[FaultResult]:
-    """Each fault once per round, on node (round + i) mod N; the API-watch faults of a round
-    share one stay of that node on the kube source. Results in order."""
-    from sdn_netpol.lab.chaos_faults import FAULTS, KUBE_FAULTS, kube_faults
-
-    nodes = [n.name for n in run.state.nodes]
-    out: list[FaultResult] = []
-    for r in range(rounds):
-        watch = [f for f in faults if f in KUBE_FAULTS]
-        for i, name in enumerate(faults):
-            node = run.node(nodes[(r + i) % len(nodes)])
-            if name in KUBE_FAULTS:
-                if name != watch[0]:
-                    continue
-                results = kube_faults(run, node, watch)
-            else:
-                results = [FAULTS[name](run, node)]
-            for result in results:
-                on_result(result)
-            out += results
-    return out

@@ -14,7 +14,7 @@ import signal
 import socket
 import subprocess
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -405,3 +405,25 @@ FAULTS: dict[str, Callable[[ChaosRun, NodeState], FaultResult]] = {
 }
 KUBE_FAULTS = {"watch-stall": "stalled", "watch-drop": "dropped", "watch-410": "expired"}
 ALL_FAULTS = (*FAULTS, *KUBE_FAULTS)
+
+
+def run_faults(run: ChaosRun, faults: Sequence[str], rounds: int = 1,
+               on_result: Callable[[FaultResult], None] = lambda _r: None) -> list[FaultResult]:
+    """Each fault once per round, on node (round + i) mod N; the API-watch faults of a round
+    share one stay of that node on the kube source. Results in order."""
+    nodes = [n.name for n in run.state.nodes]
+    out: list[FaultResult] = []
+    for r in range(rounds):
+        watch = [f for f in faults if f in KUBE_FAULTS]
+        for i, name in enumerate(faults):
+            node = run.node(nodes[(r + i) % len(nodes)])
+            if name in KUBE_FAULTS:
+                if name != watch[0]:
+                    continue
+                results = kube_faults(run, node, watch)
+            else:
+                results = [FAULTS[name](run, node)]
+            for result in results:
+                on_result(result)
+            out += results
+    return out
