@@ -197,9 +197,10 @@ def host_end(container_id: str, ifname: str = "eth0") -> str:
 
 
 @contextlib.contextmanager
-def node_with_ovs(rundir: Path) -> Any:
-    """Node netns + OvsInstance (ovsdb-server, ovs-vswitchd inside it) + br-int."""
-    name = f"cnit-{os.getpid()}-node"
+def node_with_ovs(rundir: Path, name: str | None = None) -> Any:
+    """Node netns + OvsInstance (ovsdb-server, ovs-vswitchd inside it) + br-int; the netns
+    is `name`, by default one per process."""
+    name = name or f"cnit-{os.getpid()}-node"
     run_ip("netns", "del", name, check=False)
     run_ip("netns", "add", name)
     run_ip("-n", name, "link", "set", "lo", "up")

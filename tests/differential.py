@@ -16,9 +16,6 @@ through the bridges it really crosses and compare what OVS does with `decide()`:
 
 from __future__ import annotations
 
-import contextlib
-import os
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
@@ -223,15 +220,3 @@ class Differential:
                 f"dl_dst={GATEWAY_MAC},{family}_src={src_ip},{family}_dst={dst_ip},"
                 f"{l4}_src={src_port},{l4}_dst={port},nw_ttl=64")
         return self.tracer.trace(bridge_name(entry.node), flow, [ct]).of_outputs
-
-
-@contextlib.contextmanager
-def own_netns(prefix: str) -> Iterator[str]:
-    """A network namespace of this test process: an ovs-vswitchd per netns (LAB-NOTES), so a
-    second test run on the same machine starts its own OVS instead of sharing the root one."""
-    name = f"{prefix}-{os.getpid()}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)

@@ -14,11 +14,8 @@ AF_PACKET sockets opened inside the pod namespaces; kernel TCP/UDP sockets likew
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
-import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,35 +32,7 @@ from sdn_netpol.node.bridge import BridgeSpec, bridge_args
 from sdn_netpol.ovs import OvsInstance
 from tests.builders import Part, build, namespace
 from tests.builders import pod as pod_manifest
-from tests.cni_fixtures import Node, plugin_config, run_ip
-
-CLONE_NEWNET = 0x40000000
-ETH_P_ALL = 0x0003
-PACKET_OUTGOING = 4
-DEADLINE = 30.0  # for anything that must happen on a busy 2-core machine
-SETTLE = 0.5  # after an awaited frame, for stragglers that must not arrive
-_LIBC = ctypes.CDLL(None, use_errno=True)
-
-
-def _setns(fd: int) -> None:
-    if _LIBC.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-
-
-def socket_in(netns: str, family: int, kind: int, proto: int = 0) -> socket.socket:
-    """A socket that lives in `netns` (setns is per thread; the socket keeps its namespace)."""
-    target = os.open(f"/var/run/netns/{netns}", os.O_RDONLY)
-    home = os.open("/proc/self/ns/net", os.O_RDONLY)
-    try:
-        _setns(target)
-        try:
-            return socket.socket(family, kind, proto)
-        finally:
-            _setns(home)
-    finally:
-        os.close(target)
-        os.close(home)
+from tests.cni_fixtures import Node, node_with_ovs, plugin_config, run_ip
 
 
 @dataclass
@@ -171,93 +140,13 @@ def two_nodes(rundir: Path) -> Iterator[TwoNodes]:
     with contextlib.ExitStack() as stack:
         nodes = []
         for index in (1, 2):
-            made = stack.enter_context(_node_netns(rundir / f"node{index}", f"v6t-{pid}-n{index}"))
+            made = stack.enter_context(node_with_ovs(rundir / f"node{index}", f"v6t-{pid}-n{index}"))
             nodes.append(TestNode(f"node{index}", index, made, rundir / f"ipam{index}"))
         run_ip("-n", nodes[0].cni.name, "link", "add", "eth1", "type", "veth", "peer", "name", "eth1",
                "netns", nodes[1].cni.name)
         _node_up(nodes[0], 2)
         _node_up(nodes[1], 1)
         yield TwoNodes(nodes)
-
-
-@contextlib.contextmanager
-def _node_netns(rundir: Path, name: str) -> Iterator[Node]:
-    """As cni_fixtures.node_with_ovs, under a name of our own (that one is fixed per process)."""
-    run_ip("netns", "del", name, check=False)
-    run_ip("netns", "add", name)
-    run_ip("-n", name, "link", "set", "lo", "up")
-    ovs = None
-    node = None
-    try:
-        ovs = OvsInstance.start(rundir, netns=name)
-        ovs.add_bridge("br-int")
-        node = Node(name=name, ovs=ovs)
-        yield node
-    finally:
-        if ovs is not None:
-            ovs.stop()
-        for pod in node.pods if node else []:
-            run_ip("netns", "del", pod, check=False)
-        run_ip("netns", "del", name, check=False)
-
-
-# ---------------------------------------------------------------------------- frames
-
-
-@contextlib.contextmanager
-def sniff(pod: PodInfo) -> Iterator[socket.socket]:
-    """Every frame the pod's eth0 receives (not the ones it sends)."""
-    sock = socket_in(pod.netns, socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
-    try:
-        sock.bind(("eth0", 0))
-        sock.settimeout(0.1)
-        yield sock
-    finally:
-        sock.close()
-
-
-def send_frames(pod: PodInfo, *frames: Any) -> None:
-    """Frames (scapy packets) put on the pod's eth0 as a process in the pod could."""
-    sock = socket_in(pod.netns, socket.AF_PACKET, socket.SOCK_RAW, 0)
-    with sock:
-        sock.bind(("eth0", 0))
-        for frame in frames:
-            sock.send(bytes(frame))
-
-
-def collect(sock: socket.socket, markers: list[bytes], awaited: bytes | None = None) -> dict[bytes, list[bytes]]:
-    """Frames carrying each marker: until `awaited` arrives (then SETTLE more), failing if it
-    does not within DEADLINE; without `awaited`, for SETTLE seconds."""
-    found: dict[bytes, list[bytes]] = {m: [] for m in [*markers, *([awaited] if awaited else [])]}
-    end = time.monotonic() + (DEADLINE if awaited else SETTLE)
-    settled = False
-    while time.monotonic() < end:
-        try:
-            frame, address = sock.recvfrom(65536)
-        except TimeoutError:
-            continue
-        if address[2] == PACKET_OUTGOING:
-            continue
-        for marker in found:
-            if marker in frame:
-                found[marker].append(frame)
-        if awaited and found[awaited] and not settled:
-            settled, end = True, time.monotonic() + SETTLE
-    if awaited:
-        assert found[awaited], f"the frame {awaited!r} did not arrive within {DEADLINE:.0f} s"
-    return found
-
-
-def drain(sock: socket.socket) -> list[bytes]:
-    """What the socket has received so far (the caller has already awaited a later frame)."""
-    frames = []
-    while True:
-        try:
-            frame, address = sock.recvfrom(65536)
-        except TimeoutError:
-            return frames
-        if address[2] != PACKET_OUTGOING:
-            frames.append(frame)
 
 
 def sysctl(netns: str, setting: str) -> None:

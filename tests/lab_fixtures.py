@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -116,57 +115,6 @@ class Cluster:
 
 def allowed_pairs(report: ProbeReport) -> set[tuple[str, str]]:
     return {(s, d) for s in report.measured.pods for d in report.measured.pods if report.expected.allowed[s][d]}
-
-
-@dataclass
-class Stream:
-    """A long TCP conversation with a pod's echo server: one chunk every `period` seconds,
-    each echo awaited; records every failure and the slowest round trip."""
-
-    sock: socket.socket
-    period: float = 0.02
-    sent: int = 0
-    echoed: int = 0
-    errors: list[str] = field(default_factory=list)
-    slowest: float = 0.0
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
-
-    def start(self) -> Stream:
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        n = 0
-        while not self._stop.is_set():
-            chunk = f"{n:08d}".encode() * 128
-            begin = time.monotonic()
-            try:
-                self.sock.sendall(chunk)
-                self.sent += len(chunk)
-                got = b""
-                while len(got) < len(chunk):
-                    data = self.sock.recv(len(chunk) - len(got))
-                    if not data:
-                        raise ConnectionError("closed by the peer")
-                    got += data
-            except OSError as exc:
-                self.errors.append(f"chunk {n}: {exc!r}")
-                return
-            if got != chunk:
-                self.errors.append(f"chunk {n}: echo differs")
-                return
-            self.echoed += len(got)
-            self.slowest = max(self.slowest, time.monotonic() - begin)
-            n += 1
-            time.sleep(self.period)
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(10)
-        self.sock.close()
 
 
 def connect(src: PodState, dst: PodState, port: int, timeout: float = 3.0) -> socket.socket:

@@ -20,7 +20,8 @@ from netaddr import IPAddress
 from sdn_netpol.inputs.manifests import load_paths
 from sdn_netpol.ovs import OvsInstance, Tracer
 from sdn_netpol.policy.state import ClusterState
-from tests.differential import Differential, create_bridges, load, own_netns
+from tests.differential import Differential, create_bridges, load
+from tests.ovs_fixtures import private_ovs
 from tests.strategies import EXTERNAL_IPS, cluster_states, probes
 
 EXAMPLES = int(os.environ.get("DIFFERENTIAL_EXAMPLES", "200"))
@@ -29,8 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def ovs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OvsInstance]:
-    with own_netns("diff-ovs") as netns, \
-            OvsInstance.start(tmp_path_factory.mktemp("diff-ovs"), netns=netns) as inst:
+    with private_ovs(tmp_path_factory.mktemp("diff-ovs"), "diff-ovs") as inst:
         create_bridges(inst, "df" + uuid.uuid4().hex[:3])
         yield inst
 

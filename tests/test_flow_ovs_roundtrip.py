@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import socket
 import struct
-import subprocess
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -47,6 +46,7 @@ from sdn_netpol.compiler.flowset import FlowSet
 from sdn_netpol.compiler.ofctl import flow_from_parts, render_diff, render_flow, render_flows
 from sdn_netpol.compiler.osken import from_flow_stats, to_flow_mod, to_flow_mods
 from sdn_netpol.ovs import OvsInstance
+from tests.ovs_fixtures import private_ovs
 from tests.test_flow_values import flow_sets
 
 BR = "br-int"
@@ -59,17 +59,11 @@ OVS_SETTINGS = settings(max_examples=int(os.environ.get("FLOWVAL_EXAMPLES", "25"
 @pytest.fixture(scope="module")
 def ovs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OvsInstance]:
     """One private OVS in its own netns (one userspace OVS per namespace), bridge br-int."""
-    netns = f"flowval-test-{os.getpid()}"
-    subprocess.run(["ip", "netns", "add", netns], check=True)
-    try:
-        with OvsInstance.start(tmp_path_factory.mktemp("ovs"), netns=netns) as inst:
-            inst.add_bridge(BR)
-            inst.vsctl("--", "add-port", BR, "tun0", "--", "set", "Interface", "tun0",
-                       "type=vxlan", "options:remote_ip=flow", "options:key=flow",
-                       "ofport_request=9")
-            yield inst
-    finally:
-        subprocess.run(["ip", "netns", "del", netns], check=False)
+    with private_ovs(tmp_path_factory.mktemp("ovs"), "flowval-test", BR) as inst:
+        inst.vsctl("--", "add-port", BR, "tun0", "--", "set", "Interface", "tun0",
+                   "type=vxlan", "options:remote_ip=flow", "options:key=flow",
+                   "ofport_request=9")
+        yield inst
 
 
 def installed(ovs: OvsInstance) -> FlowSet:

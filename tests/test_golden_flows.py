@@ -8,9 +8,7 @@ The golden files are exactly `sdn-netpol compile` output; regeneration (`make fl
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +20,7 @@ from sdn_netpol.cli.golden import GoldenCase, cases, examples
 from sdn_netpol.compiler.flowset import FlowSet
 from sdn_netpol.compiler.ofctl import flow_from_parts, parse_flows
 from sdn_netpol.ovs import OvsInstance
+from tests.ovs_fixtures import private_ovs
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "flows"
@@ -99,14 +98,8 @@ def test_golden_flows_show_the_seed_semantics() -> None:
 
 @pytest.fixture(scope="module")
 def ovs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OvsInstance]:
-    netns = f"golden-test-{os.getpid()}"
-    subprocess.run(["ip", "netns", "add", netns], check=True)
-    try:
-        with OvsInstance.start(tmp_path_factory.mktemp("ovs"), netns=netns) as inst:
-            inst.add_bridge("br-int")
-            yield inst
-    finally:
-        subprocess.run(["ip", "netns", "del", netns], check=False)
+    with private_ovs(tmp_path_factory.mktemp("ovs"), "golden-test", "br-int") as inst:
+        yield inst
 
 
 def test_ovs_ofctl_replace_flows_takes_every_golden_file_and_dumps_it_back(ovs: OvsInstance) -> None:

@@ -32,7 +32,9 @@ from scapy.pton_ntop import inet_pton
 from scapy.utils6 import in6_getnsma, in6_getnsmac
 
 from sdn_netpol.compiler.pipeline import GATEWAY_MAC
-from tests.ipv6_fixtures import DEADLINE, PodInfo, TwoNodes, collect, drain, send_frames, sniff, socket_in, two_nodes
+from sdn_netpol.lab.netns import socket_in
+from tests.frames import DEADLINE, collect, drain, send_frames, sniff
+from tests.ipv6_fixtures import PodInfo, TwoNodes, two_nodes
 
 GATEWAY_V6 = "fd00:10:244:1:ffff:ffff:ffff:fffe"  # node1's: the second-to-last address of its /64
 CLIENT, INTRUDER, LOCAL, SERVER = "a1", "a2", "a3", "b"
@@ -163,9 +165,9 @@ def test_a_neighbor_solicitation_for_the_gateway_is_answered_with_the_gateway_ma
     the gateway's address, to the soliciting address, hop limit 255, Router+Solicited+Override,
     target link-layer address = the gateway MAC, ICMPv6 checksum right; no other pod hears it."""
     client, other = cluster.pods[CLIENT], cluster.pods[LOCAL]
-    with sniff(client) as mine, sniff(other) as theirs:
-        send_frames(client, solicit(client, GATEWAY_V6), solicit(client, GATEWAY_V6, src_ip=client.link_local))
-        send_frames(client, udp6(client, other.v6, 53, b"AFTER-THE-SOLICITATIONS"))  # allowed: client -> local
+    with sniff(client.netns) as mine, sniff(other.netns) as theirs:
+        send_frames(client.netns, solicit(client, GATEWAY_V6), solicit(client, GATEWAY_V6, src_ip=client.link_local))
+        send_frames(client.netns, udp6(client, other.v6, 53, b"AFTER-THE-SOLICITATIONS"))  # allowed: client -> local
         collect(theirs, [], awaited=b"AFTER-THE-SOLICITATIONS")
         got = advertisements(drain(mine))
         leaked = advertisements(drain(theirs))
@@ -198,10 +200,10 @@ def test_a_pod_cannot_answer_a_neighbor_solicitation_for_another_pods_address(cl
         Ether(src=intruder.mac, dst="33:33:00:00:00:01") / IPv6(src=intruder.v6, dst="ff02::1", hlim=255)
         / ICMPv6ND_NA(tgt=intruder.v6, R=0, S=0, O=1) / ICMPv6NDOptDstLLAddr(lladdr=intruder.mac),
     ]
-    with sniff(client) as near, sniff(victim) as at_victim, sniff(cluster.pods[SERVER]) as far:
-        send_frames(intruder, *forged)
-        send_frames(client, solicit(client, victim.v6))
-        send_frames(client, udp6(client, victim.v6, 53, b"TO-THE-VICTIM"))
+    with sniff(client.netns) as near, sniff(victim.netns) as at_victim, sniff(cluster.pods[SERVER].netns) as far:
+        send_frames(intruder.netns, *forged)
+        send_frames(client.netns, solicit(client, victim.v6))
+        send_frames(client.netns, udp6(client, victim.v6, 53, b"TO-THE-VICTIM"))
         collect(at_victim, [], awaited=b"TO-THE-VICTIM")
         frames = {name: drain(sock) for name, sock in (("client", near), ("victim", at_victim), ("server", far))}
     heard = {name: [Ether(f).summary() for f in got if Ether(f).src == intruder.mac] for name, got in frames.items()}
@@ -224,9 +226,9 @@ def test_router_advertisements_and_redirects_from_a_pod_reach_no_pod(cluster: Tw
         Ether(src=intruder.mac, dst=GATEWAY_MAC) / IPv6(src=intruder.v6, dst=neighbour.v6, hlim=255)
         / ICMPv6ND_Redirect(tgt=intruder.link_local, dst=server.v6),
     ]
-    with sniff(neighbour) as near, sniff(server) as far:
-        send_frames(intruder, *forged)
-        send_frames(cluster.pods[CLIENT], udp6(cluster.pods[CLIENT], neighbour.v6, 53, b"LEGIT"))
+    with sniff(neighbour.netns) as near, sniff(server.netns) as far:
+        send_frames(intruder.netns, *forged)
+        send_frames(cluster.pods[CLIENT].netns, udp6(cluster.pods[CLIENT], neighbour.v6, 53, b"LEGIT"))
         collect(near, [], awaited=b"LEGIT")
         heard = [Ether(f).summary() for sock in (near, far) for f in drain(sock) if Ether(f).src == intruder.mac]
     assert heard == []
@@ -258,12 +260,12 @@ def test_tcp_udp_and_sctp_over_ipv6_cross_nodes_through_the_ipv4_vxlan_tunnel(cl
             sport=sport, dport=dport, tag=0 if SCTPChunkInit in chunk else 0x1234) / chunk
 
     init = SCTPChunkInit(init_tag=0x1234, a_rwnd=65535, n_out_streams=1, n_in_streams=1, init_tsn=1)
-    with sniff(server) as far, sniff(client) as near:
-        send_frames(client, sctp(client, server, 5000, 9999, init / b"INIT-9999"))
-        send_frames(client, sctp(client, server, 5000, 3868, init / b"INIT-3868"))
+    with sniff(server.netns) as far, sniff(client.netns) as near:
+        send_frames(client.netns, sctp(client, server, 5000, 9999, init / b"INIT-9999"))
+        send_frames(client.netns, sctp(client, server, 5000, 3868, init / b"INIT-3868"))
         seen = collect(far, [b"INIT-9999"], awaited=b"INIT-3868")
         ack = SCTPChunkInitAck(init_tag=0x5678, a_rwnd=65535, n_out_streams=1, n_in_streams=1, init_tsn=1)
-        send_frames(server, sctp(server, client, 3868, 5000, ack / b"INIT-ACK"))
+        send_frames(server.netns, sctp(server, client, 3868, 5000, ack / b"INIT-ACK"))
         collect(near, [], awaited=b"INIT-ACK")
     assert seen[b"INIT-9999"] == []
 
@@ -272,9 +274,9 @@ def test_an_ipv6_ipblock_with_except_admits_its_cidr_less_the_hole(cluster: TwoN
     """The server admits fd00:10:244:1::/64 except the intruder's /128 (a set difference in
     the flows): the client's datagram arrives, the intruder's does not, nor its TCP SYN."""
     client, intruder, server = (cluster.pods[n] for n in (CLIENT, INTRUDER, SERVER))
-    with sniff(server) as far:
-        send_frames(intruder, udp6(intruder, server.v6, 53, b"FROM-THE-HOLE"))
-        send_frames(client, udp6(client, server.v6, 53, b"FROM-THE-CIDR"))
+    with sniff(server.netns) as far:
+        send_frames(intruder.netns, udp6(intruder, server.v6, 53, b"FROM-THE-HOLE"))
+        send_frames(client.netns, udp6(client, server.v6, 53, b"FROM-THE-CIDR"))
         seen = collect(far, [b"FROM-THE-HOLE"], awaited=b"FROM-THE-CIDR")
     assert seen[b"FROM-THE-HOLE"] == []
     assert tcp_exchange(intruder, server, 80, timeout=3.0) == "timeout"
@@ -288,10 +290,10 @@ def test_a_spoofed_ipv6_source_is_dropped(cluster: TwoNodes) -> None:
     borrowed = {b"AS-CLIENT": (client.v6, None), b"AS-CLIENT-MAC-TOO": (client.v6, client.mac),
                 b"AS-LINK-LOCAL": (client.link_local, None), b"AS-OWN-LINK-LOCAL": (intruder.link_local, None),
                 b"AS-UNSPECIFIED": ("::", None), b"AS-OUTSIDE": ("fd00:10:244:1::abcd", None)}
-    with sniff(server) as far:
-        send_frames(intruder, *(udp6(intruder, server.v6, 53, m, src_ip=ip, src_mac=mac)
+    with sniff(server.netns) as far:
+        send_frames(intruder.netns, *(udp6(intruder, server.v6, 53, m, src_ip=ip, src_mac=mac)
                                 for m, (ip, mac) in borrowed.items()))
-        send_frames(client, udp6(client, server.v6, 53, b"CLIENT-ITSELF"))
+        send_frames(client.netns, udp6(client, server.v6, 53, b"CLIENT-ITSELF"))
         seen = collect(far, list(borrowed), awaited=b"CLIENT-ITSELF")
     assert {m: len(f) for m, f in seen.items() if m != b"CLIENT-ITSELF" and f} == {}
 
@@ -320,16 +322,16 @@ def test_a_new_pod_is_isolated_from_its_first_ipv6_packet(nodes: TwoNodes) -> No
     fresh = nodes.add_pod("fresh", "node1", role="fresh")
     local, client = nodes.pods[LOCAL], nodes.pods[CLIENT]
     try:
-        with sniff(local) as at_local, sniff(fresh) as at_fresh:
-            send_frames(fresh, solicit(fresh, GATEWAY_V6), udp6(fresh, local.v6, 53, b"BEFORE-ITS-FLOWS"))
-            send_frames(client, udp6(client, local.v6, 53, b"CLIENT-MEANWHILE"))
+        with sniff(local.netns) as at_local, sniff(fresh.netns) as at_fresh:
+            send_frames(fresh.netns, solicit(fresh, GATEWAY_V6), udp6(fresh, local.v6, 53, b"BEFORE-ITS-FLOWS"))
+            send_frames(client.netns, udp6(client, local.v6, 53, b"CLIENT-MEANWHILE"))
             seen = collect(at_local, [b"BEFORE-ITS-FLOWS"], awaited=b"CLIENT-MEANWHILE")
             unanswered = advertisements(drain(at_fresh))
         assert seen[b"BEFORE-ITS-FLOWS"] == [] and unanswered == []
         nodes.apply(*policies(nodes))
-        with sniff(local) as at_local, sniff(fresh) as at_fresh:
-            send_frames(client, udp6(client, fresh.v6, 53, b"TO-THE-NEW-POD"))
-            send_frames(fresh, udp6(fresh, local.v6, 53, b"FIRST-FROM-THE-NEW-POD"))
+        with sniff(local.netns) as at_local, sniff(fresh.netns) as at_fresh:
+            send_frames(client.netns, udp6(client, fresh.v6, 53, b"TO-THE-NEW-POD"))
+            send_frames(fresh.netns, udp6(fresh, local.v6, 53, b"FIRST-FROM-THE-NEW-POD"))
             collect(at_local, [], awaited=b"FIRST-FROM-THE-NEW-POD")
             assert collect(at_fresh, [b"TO-THE-NEW-POD"])[b"TO-THE-NEW-POD"] == []
     finally:

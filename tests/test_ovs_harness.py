@@ -18,6 +18,7 @@ import pytest
 from sdn_netpol.ovs import DumpedFlow, OvsError, OvsInstance, Tracer, parse_dump_flows
 from sdn_netpol.ovs.instance import daemon_pids
 from sdn_netpol.ovs.trace import datapath_outputs, parse_trace
+from tests.ovs_fixtures import own_netns
 
 BR = "br-test"
 FLOW = "in_port=2,tcp,nw_src=10.244.1.5,nw_dst=10.244.2.9,tp_dst={port},nw_ttl=64"
@@ -28,12 +29,8 @@ FLOW = "in_port=2,tcp,nw_src=10.244.1.5,nw_dst=10.244.2.9,tp_dst={port},nw_ttl=6
 
 @pytest.fixture(scope="module")
 def netns() -> Iterator[str]:
-    name = f"ovsh-test-{os.getpid()}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
+    with own_netns("ovsh-test") as name:
         yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)
 
 
 @pytest.fixture

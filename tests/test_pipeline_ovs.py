@@ -9,9 +9,7 @@ association is +est in one direction and +est+rpl in the other, whatever its por
 
 from __future__ import annotations
 
-import os
 import struct
-import subprocess
 from collections.abc import Iterator
 
 import pytest
@@ -21,6 +19,7 @@ from sdn_netpol.compiler.ofctl import render_flows
 from sdn_netpol.compiler.topology import NodeContext, assign_ports
 from sdn_netpol.ovs import OvsInstance
 from tests.builders import Part, build, pod
+from tests.ovs_fixtures import add_internal_ports, private_ovs
 
 BR = "br-int"
 GATEWAY_MAC = "0a:00:00:00:00:fe"
@@ -83,18 +82,10 @@ def udp(sport: int, dport: int) -> tuple[int, bytes]:
 def switch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[OvsInstance, NodeContext]]:
     state = build(*CLUSTER)
     context = assign_ports(state, "node1")
-    netns = f"pipeline-test-{os.getpid()}"
-    subprocess.run(["ip", "netns", "add", netns], check=True)
-    try:
-        with OvsInstance.start(tmp_path_factory.mktemp("ovs"), netns=netns) as inst:
-            inst.add_bridge(BR)
-            for b in context.bindings:
-                inst.vsctl("--", "add-port", BR, f"p{b.ofport}", "--", "set", "Interface", f"p{b.ofport}",
-                           "type=internal", f"ofport_request={b.ofport}")
-            inst.replace_flows(BR, render_flows(compile_node(state, context)))
-            yield inst, context
-    finally:
-        subprocess.run(["ip", "netns", "del", netns], check=False)
+    with private_ovs(tmp_path_factory.mktemp("ovs"), "pipeline-test", BR) as inst:
+        add_internal_ports(inst, BR, (b.ofport for b in context.bindings))
+        inst.replace_flows(BR, render_flows(compile_node(state, context)))
+        yield inst, context
 
 
 def _delivered(ovs: OvsInstance) -> dict[str, int]:

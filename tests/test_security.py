@@ -66,15 +66,13 @@ from sdn_netpol.ovs.dumpflows import DumpedFlow
 from tests.builders import build
 from tests.builders import pod as pod_manifest
 from tests.cni_fixtures import Node, allocations, host_end, node_with_ovs, plugin_config, run_ip
+from tests.frames import DEADLINE, collect, drain, send_frames, sniff
 from tests.lab_fixtures import Cluster, lab_up, netpol
+from tests.ovs_fixtures import add_internal_ports, private_ovs
 
 ROOT = Path(__file__).resolve().parents[1]
 STATUS_PORT = 9180  # deploy/'s --status-listen 0.0.0.0:9180
 TARGET, FRIEND = "y/a", "x/c"  # y/a admits UDP and TCP 80 from x/c only
-ETH_P_ALL = 0x0003
-PACKET_OUTGOING = 4
-DEADLINE = 20.0  # for anything that must happen (a busy 2-core machine is slow, never this slow)
-SETTLE = 0.5  # after the awaited legitimate frame, for any straggler
 
 ONLY_FRIEND = netpol("only-x-c", "y", {
     "podSelector": {"matchLabels": {"pod": "a"}}, "policyTypes": ["Ingress"],
@@ -114,50 +112,6 @@ def attackers(cluster: Cluster) -> dict[str, PodState]:
 
 
 # ---------------------------------------------------------------------------- frames
-
-
-@contextlib.contextmanager
-def sniff(netns_name: str, ifname: str) -> Iterator[socket.socket]:
-    """Every frame `ifname` in `netns_name` receives (not the ones it sends)."""
-    sock = netns.socket_in(netns_name, socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
-    try:
-        sock.bind((ifname, 0))
-        sock.settimeout(0.1)
-        yield sock
-    finally:
-        sock.close()
-
-
-def collect(sock: socket.socket, markers: list[bytes], awaited: bytes | None = None,
-            deadline: float = DEADLINE) -> dict[bytes, list[bytes]]:
-    """Frames carrying each marker. With `awaited`: until that one arrives (then SETTLE more),
-    failing if it does not within `deadline`; without: for SETTLE seconds."""
-    found: dict[bytes, list[bytes]] = {m: [] for m in [*markers, *([awaited] if awaited else [])]}
-    end = time.monotonic() + (deadline if awaited else SETTLE)
-    settled = False
-    while time.monotonic() < end:
-        try:
-            frame, address = sock.recvfrom(65536)
-        except TimeoutError:
-            continue
-        if address[2] == PACKET_OUTGOING:
-            continue
-        for marker in found:
-            if marker in frame:
-                found[marker].append(frame)
-        if awaited and found[awaited] and not settled:
-            settled, end = True, time.monotonic() + SETTLE
-    if awaited:
-        assert found[awaited], f"the legitimate frame {awaited!r} did not arrive within {deadline:.0f} s"
-    return found
-
-
-def send(pod: PodState, *frames: Packet) -> None:
-    sock = netns.socket_in(pod.netns, socket.AF_PACKET, socket.SOCK_RAW, 0)
-    with sock:
-        sock.bind(("eth0", 0))
-        for frame in frames:
-            sock.send(bytes(frame))
 
 
 def udp_frame(pod: PodState, dst: str, dport: int, marker: bytes, src_ip: str | None = None,
@@ -299,8 +253,8 @@ def test_a_pod_cannot_send_with_another_mac(cluster: Cluster) -> None:
     """FRIEND may reach TARGET; with any MAC but its own its frames die in SpoofGuard."""
     friend, target = cluster.pod(FRIEND), cluster.pod(TARGET)
     other = next(p for k, p in sorted(cluster.lab.state().pods.items()) if k not in (FRIEND, TARGET))
-    with sniff(target.netns, "eth0") as sock:
-        send(friend, udp_frame(friend, target.ip, 80, b"MAC-OF-ANOTHER-POD", src_mac=other.mac),
+    with sniff(target.netns) as sock:
+        send_frames(friend.netns, udp_frame(friend, target.ip, 80, b"MAC-OF-ANOTHER-POD", src_mac=other.mac),
              udp_frame(friend, target.ip, 80, b"MAC-MADE-UP", src_mac="02:de:ad:be:ef:01"),
              udp_frame(friend, target.ip, 80, b"MAC-OF-THE-GATEWAY", src_mac=GATEWAY_MAC),
              udp_frame(friend, target.ip, 80, b"MAC-OWN"))
@@ -319,10 +273,10 @@ def test_a_pod_cannot_send_with_another_pods_ip_or_a_node_address(cluster: Clust
                 b"AS-NODE-2": nodes[1].address, b"AS-OUTSIDE": "192.0.2.1",
                 b"AS-GATEWAY": node_of(cluster, TARGET).gateway}
     friend, frame = legit(cluster, b"FRIEND-ITSELF")
-    with sniff(target.netns, "eth0") as sock:
-        send(attacker, *(udp_frame(attacker, target.ip, 80, m, src_ip=ip) for m, ip in borrowed.items()))
-        send(attacker, udp_frame(attacker, target.ip, 80, b"AS-ITSELF"))  # denied by policy anyway
-        send(friend, frame)
+    with sniff(target.netns) as sock:
+        send_frames(attacker.netns, *(udp_frame(attacker, target.ip, 80, m, src_ip=ip) for m, ip in borrowed.items()))
+        send_frames(attacker.netns, udp_frame(attacker, target.ip, 80, b"AS-ITSELF"))  # denied by policy anyway
+        send_frames(friend.netns, frame)
         seen = collect(sock, [*borrowed, b"AS-ITSELF"], awaited=b"FRIEND-ITSELF")
     assert {m: len(f) for m, f in seen.items() if m != b"FRIEND-ITSELF" and f} == {}
 
@@ -353,10 +307,10 @@ def test_arp_from_a_pod_is_answered_by_the_switch_only_for_its_own_addresses_and
     subnet = str(IPNetwork(node_of(cluster, attacker.key).pod_cidr).broadcast)
     broadcasts = [udp_frame(attacker, "255.255.255.255", 80, b"BCAST-ALL"),
                   udp_frame(attacker, subnet, 80, b"BCAST-NET")]
-    with (sniff(attacker.netns, "eth0") as mine, sniff(victim.netns, "eth0") as theirs,
-          sniff(neighbour.netns, "eth0") as near):
-        send(attacker, *forged, *broadcasts)
-        send(attacker, arp(attacker, 1, attacker.ip, attacker.mac, gateway))  # the legitimate request
+    with (sniff(attacker.netns) as mine, sniff(victim.netns) as theirs,
+          sniff(neighbour.netns) as near):
+        send_frames(attacker.netns, *forged, *broadcasts)
+        send_frames(attacker.netns, arp(attacker, 1, attacker.ip, attacker.mac, gateway))  # the legitimate request
         replies = [Ether(f) for f in collect(mine, [], awaited=b"\x08\x06\x00\x01")[b"\x08\x06\x00\x01"]]
         elsewhere = {"victim": [Ether(f) for f in drain(theirs)], "neighbour": [Ether(f) for f in drain(near)]}
     answers = [r for r in replies if ARP in r and r[ARP].op == 2]
@@ -369,19 +323,6 @@ def test_arp_from_a_pod_is_answered_by_the_switch_only_for_its_own_addresses_and
         "victim": [], "neighbour": []}
     answered = {(a[ARP].psrc, a[ARP].hwsrc, a[ARP].pdst, a[ARP].hwdst, a.dst) for a in answers}
     assert answered == {(gateway, GATEWAY_MAC, attacker.ip, attacker.mac, attacker.mac)}  # the legitimate one
-
-
-def drain(sock: socket.socket) -> list[bytes]:
-    """What the socket has received so far (it was open during the whole exchange, and the
-    caller has already waited for a later frame)."""
-    frames = []
-    while True:
-        try:
-            frame, address = sock.recvfrom(65536)
-        except TimeoutError:
-            return frames
-        if address[2] != PACKET_OUTGOING:
-            frames.append(frame)
 
 
 def test_neighbor_discovery_from_a_pod_reaches_no_pod_and_no_node(cluster: Cluster) -> None:
@@ -407,9 +348,9 @@ def test_neighbor_discovery_from_a_pod_reaches_no_pod_and_no_node(cluster: Clust
     markers = [b"ND-RA", b"ND-RS", b"ND-NS", b"ND-NA", b"V6-GLOBAL"]
     friend, frame = legit(cluster, b"FRIEND-ITSELF")
     with contextlib.ExitStack() as stack:
-        socks = {p.key: stack.enter_context(sniff(p.netns, "eth0")) for p in others}
-        send(attacker, *forged)
-        send(friend, frame)
+        socks = {p.key: stack.enter_context(sniff(p.netns)) for p in others}
+        send_frames(attacker.netns, *forged)
+        send_frames(friend.netns, frame)
         collect(socks.pop(TARGET), markers, awaited=b"FRIEND-ITSELF")
         frames = {key: drain(sock) for key, sock in socks.items()}
     leaked = {key: [m for m in markers if any(m in f for f in got)] for key, got in frames.items()}
@@ -432,18 +373,10 @@ def dual_stack_switch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tupl
                   pod_manifest("x/b", ["10.244.1.2", "fd00:10:244:1::2"], node="node1"))
     context = replace(assign_ports(state, "node1"), gateway_port=GATEWAY_OFPORT,
                       gateway_peer_mac=EUI("02:11:00:00:00:01"))
-    name = f"sec-dual-{os.getpid()}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        with OvsInstance.start(tmp_path_factory.mktemp("ovs"), netns=name) as inst:
-            inst.add_bridge("br-int")
-            for port in [b.ofport for b in context.bindings] + [GATEWAY_OFPORT]:
-                inst.vsctl("--", "add-port", "br-int", f"p{port}", "--", "set", "Interface", f"p{port}",
-                           "type=internal", f"ofport_request={port}")
-            inst.replace_flows("br-int", render_flows(compile_node(state, context)))
-            yield inst, context
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)
+    with private_ovs(tmp_path_factory.mktemp("ovs"), "sec-dual", "br-int") as inst:
+        add_internal_ports(inst, "br-int", [*(b.ofport for b in context.bindings), GATEWAY_OFPORT])
+        inst.replace_flows("br-int", render_flows(compile_node(state, context)))
+        yield inst, context
 
 
 def test_neighbor_discovery_from_a_dual_stack_pod_is_answered_by_the_switch_or_dropped(
@@ -581,7 +514,7 @@ class TestWithAGatewayToTheHost:
             sink.settimeout(0.1)
             syn = (Ether(src=attacker.mac, dst=GATEWAY_MAC) / IP(src=attacker.ip, dst="127.0.0.1")
                    / TCP(sport=40001, dport=OFP_PORT, flags="S", seq=1) / b"LO-SYN")
-            send(attacker, syn, udp_frame(attacker, "127.0.0.1", 9999, b"LO-UDP"),
+            send_frames(attacker.netns, syn, udp_frame(attacker, "127.0.0.1", 9999, b"LO-UDP"),
                  udp_frame(attacker, "127.0.0.53", 9999, b"LO-UDP-53"),
                  udp_frame(attacker, node.address, 9999, b"TO-NODE"))
             seen = collect(wire, [b"LO-SYN", b"LO-UDP", b"LO-UDP-53"], awaited=b"TO-NODE")
@@ -615,12 +548,12 @@ class TestWithAGatewayToTheHost:
         mine = Ether(src=attacker.mac, dst=GATEWAY_MAC) / IP(src=attacker.ip, dst=here.address)
         wrapped[b"VXLAN-HERE"] = mine / UDP(sport=4789, dport=4789) / VXLAN(vni=1, flags=0x08) / inner(b"VXLAN-HERE")
         friend_frame = udp_frame(friend, target.ip, 80, b"FRIEND-ITSELF")
-        with (sniff(target.netns, "eth0") as at_target, sniff(here.netns, "gws") as leaving,
+        with (sniff(target.netns) as at_target, sniff(here.netns, "gws") as leaving,
               sniff(there.netns, "eth1") as arriving):
-            send(attacker, *wrapped.values())
-            send(attacker, outer / UDP(sport=4789, dport=9999) / b"PLAIN-THERE")
+            send_frames(attacker.netns, *wrapped.values())
+            send_frames(attacker.netns, outer / UDP(sport=4789, dport=9999) / b"PLAIN-THERE")
             got = collect(arriving, list(wrapped), awaited=b"PLAIN-THERE")
-            send(friend, friend_frame)
+            send_frames(friend.netns, friend_frame)
             delivered = collect(at_target, list(wrapped), awaited=b"FRIEND-ITSELF")
             left = {m: f for m, f in collect(leaving, list(wrapped)).items() if f}
         assert {m: len(f) for m, f in got.items() if m != b"PLAIN-THERE" and f} == {}
@@ -638,7 +571,7 @@ class TestWithAGatewayToTheHost:
                  / UDP(sport=4789, dport=4789) / VXLAN(vni=1, flags=0x08)
                  / Ether(src=friend.mac, dst=GATEWAY_MAC) / IP(src=friend.ip, dst=target.ip)
                  / UDP(sport=40000, dport=80) / b"FROM-THE-UNDERLAY")
-        with sniff(target.netns, "eth0") as sock:
+        with sniff(target.netns) as sock:
             raw = netns.socket_in(state.underlay_netns, socket.AF_PACKET, socket.SOCK_RAW, 0)
             with raw:
                 raw.bind(("br0", 0))

@@ -24,7 +24,8 @@ from sdn_netpol.model.objects import PodKey, Protocol
 from sdn_netpol.ovs import OvsInstance, Tracer
 from sdn_netpol.policy.state import ClusterState
 from sdn_netpol.policy.verdict import Endpoint, Verdict, connection_addresses, decide
-from tests.differential import NODE_ADDRESSES, TUNNEL_PORT, bridge_name, create_bridges, load, own_netns
+from tests.differential import NODE_ADDRESSES, TUNNEL_PORT, bridge_name, create_bridges, load
+from tests.ovs_fixtures import private_ovs
 from tests.strategies import cluster_states, probes
 
 REPO = Path(__file__).resolve().parent.parent
@@ -33,8 +34,7 @@ GENERATED = 60
 
 @pytest.fixture(scope="module")
 def ovs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OvsInstance]:
-    with own_netns("trace-ovs") as netns, \
-            OvsInstance.start(tmp_path_factory.mktemp("trace-ovs"), netns=netns) as inst:
+    with private_ovs(tmp_path_factory.mktemp("trace-ovs"), "trace-ovs") as inst:
         create_bridges(inst, "tr" + uuid.uuid4().hex[:3])
         yield inst
 
