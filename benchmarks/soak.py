@@ -1,8 +1,9 @@
 """Soak the lab: `python benchmarks/soak.py --minutes 30` (root). One 3-node lab over the
 conformance model through policy and Namespace label churn (sdn_netpol/lab/soak.py); after
-every change the TCP matrix is probed and every node's megaflows verified. Prints one line
-per step and the totals: mismatches, stale megaflows, controller RSS and flow slopes, and
-what `down` left. Record the figures in docs/benchmarks.md with the machine and date."""
+every change the TCP matrix is probed and every node's megaflows verified, and all along
+every pod pair is probed about once a second. Prints one line per step and the totals:
+mismatches, stale megaflows, false allows and denies of the continuous probes, controller
+RSS and flow slopes, and what `down` left. Record the figures in docs/benchmarks.md with the machine and date."""
 
 from __future__ import annotations
 
@@ -38,7 +39,15 @@ def main() -> None:
         finally:
             lab.down()
         left = cleanup.leftovers(lab.workdir)
+    traffic = report.traffic
     print(f"steps {len(report.steps)}, mismatches {report.mismatches}, stale megaflows {report.stale}")
+    print(f"continuous probes: {report.probe_rounds} rounds, {report.probe_samples} samples, "
+          f"false allows {len(traffic.false_allows)}, false denies {len(traffic.false_denies)}")
+    rss = [s.controller_rss_kib for s in report.steps]
+    flows = [s.flows for s in report.steps]
+    if rss:
+        print(f"controller RSS (3 nodes) first {rss[0]} KiB, last {rss[-1]} KiB, max {max(rss)} KiB; "
+              f"flows {min(flows)}-{max(flows)}")
     print(f"controller RSS slope {report.slope(lambda s: s.controller_rss_kib, 0.5):.2f} KiB/step (second half), "
           f"flows slope {report.slope(lambda s: s.flows):.3f}/step")
     print(f"after down: {left}, descriptors {open_fds() - fds:+d}")

@@ -4,8 +4,13 @@ Each step applies or deletes one object (a NetworkPolicy from a fixed pool, or a
 labels), which `Lab.apply`/`delete` return from only once every node realized it; then the
 whole TCP matrix is probed with real packets and compared with the engine, and every node's
 megaflows are checked against its tables (`Lab.verify`). Controller memory and flow counts
-are sampled each step so that a leak shows as a slope. benchmarks/soak.py runs it for as
-long as asked; tests/test_soak.py runs a short one in `make test`.
+are sampled each step so that a leak shows as a slope. All along, a `traffic.Prober` probes
+every pod pair about once a second, between the steps as well as during them, and each
+sample is judged against the matrices legitimate at its moment (a change's predecessor
+until `apply` returned, the change from the moment it was written): what the per-step probe
+cannot see, a hole or an outage that comes and goes while nothing is being checked, shows as
+a false allow or a false deny. benchmarks/soak.py runs it for as long as asked;
+tests/test_soak.py runs a short one in `make test`.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from typing import Any
 import yaml
 
 from sdn_netpol.lab.lab import Lab
+from sdn_netpol.lab.traffic import Judgement, Pair, Prober, Timeline, judge
+from sdn_netpol.policy.matrix import build_matrix
 
 PORT = 80
 NAMESPACES = ("x", "y", "z")
@@ -68,6 +75,9 @@ class Step:
 @dataclass
 class SoakReport:
     steps: list[Step] = field(default_factory=list)
+    probe_rounds: int = 0  # of the continuous prober, every pod pair each
+    probe_samples: int = 0
+    traffic: Judgement = field(default_factory=Judgement)
 
     @property
     def mismatches(self) -> int:
@@ -114,9 +124,32 @@ def _write(folder: Path, doc: dict[str, Any], counter: int) -> Path:
     return path
 
 
+def expected_matrix(lab: Lab, pairs: list[Pair]) -> dict[Pair, bool]:
+    """The engine's TCP/PORT verdict for each pair, over the lab's manifests as they are."""
+    matrix = build_matrix(lab.cluster(), "TCP", PORT)
+    return {(s, d): matrix.allowed[s][d] for s, d in pairs}
+
+
 def soak(lab: Lab, folder: Path, seconds: float, seed: int = 0,
          on_step: Callable[[Step], None] = lambda _s: None) -> SoakReport:
-    """Churn the (already up) lab for `seconds`; every step checked as the module says."""
+    """Churn the (already up) lab for `seconds`, probed all along; every step checked as the
+    module says."""
+    state = lab.state()
+    pairs = [(s, d) for s in sorted(state.pods) for d in sorted(state.pods)]
+    timeline = Timeline(expected_matrix(lab, pairs), time.monotonic())
+    prober = Prober(state, pairs, PORT).start()
+    try:
+        report = _churn(lab, folder, seconds, seed, on_step, timeline, pairs)
+    finally:
+        prober.stop()
+    samples = prober.snapshot()
+    report.probe_rounds, report.probe_samples = prober.rounds, len(samples)
+    report.traffic = judge(samples, timeline.epochs())
+    return report
+
+
+def _churn(lab: Lab, folder: Path, seconds: float, seed: int, on_step: Callable[[Step], None],
+           timeline: Timeline, pairs: list[Pair]) -> SoakReport:
     rng = random.Random(seed)
     pool, applied, team = policy_pool(), {}, dict.fromkeys(NAMESPACES, False)
     report, counter, end = SoakReport(), 0, time.monotonic() + seconds
@@ -138,6 +171,9 @@ def soak(lab: Lab, folder: Path, seconds: float, seed: int = 0,
                 applied[key] = doc
                 lab.apply([_write(folder, doc, counter)])
                 change = f"apply {key[0]}/{key[1]}"
+        # legitimate from its write (`start`: the file is written just after) until the next
+        # one; `apply`/`delete` returned, so every node enforces it now
+        timeline.realized(timeline.written(expected_matrix(lab, pairs), start), time.monotonic())
         probed = lab.probe("TCP", PORT)
         stale = sum(len(r.stale) for r in lab.verify().values())
         state = lab.state()
