@@ -79,19 +79,62 @@ def test_arp_table_need_counts_same_node_peers() -> None:
     assert hostlimits.needed_entries(["node1", "node2", "node3"] * 3) == 27
 
 
-def test_a_small_lab_leaves_the_host_arp_limits_alone() -> None:
+@pytest.fixture
+def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A /proc/sys of files and a host record of this test's own."""
+    root = tmp_path / "sys"
+    for key, value in {**dict.fromkeys(hostlimits.NEIGH_KEYS, 1024), hostlimits.RMEM_DEFAULT: 212992}.items():
+        (root / key).parent.mkdir(parents=True, exist_ok=True)
+        (root / key).write_text(f"{value}\n")
+    (root / "net/ipv4/neigh/default/gc_thresh1").write_text("128\n")
+    (root / "net/ipv4/neigh/default/gc_thresh2").write_text("512\n")
+    monkeypatch.setattr(hostlimits, "SYSCTL", root)
+    monkeypatch.setattr(hostlimits, "RECORD", tmp_path / "run" / "host-sysctls.json")
+    return tmp_path
+
+
+def rmem() -> int:
+    return hostlimits.read([hostlimits.RMEM_DEFAULT])[hostlimits.RMEM_DEFAULT]
+
+
+def test_a_small_lab_leaves_the_host_arp_limits_alone(host: Path) -> None:
     before = hostlimits.read(hostlimits.NEIGH_KEYS)
-    assert before["net/ipv4/neigh/default/gc_thresh3"] >= 108, "the kernel default is 1024"
-    assert hostlimits.ensure_capacity(["node1", "node2", "node3"] * 3) is None
+    hostlimits.ensure_capacity(host / "a", ["node1", "node2", "node3"] * 3)
     assert before == hostlimits.read(hostlimits.NEIGH_KEYS)
+    assert hostlimits.originals() == {}
 
 
-def test_the_first_recorded_host_value_is_the_one_restored() -> None:
-    assert hostlimits.remember(None, {"net/core/rmem_default": 212992}) == {"net/core/rmem_default": 212992}
-    assert hostlimits.remember({"net/core/rmem_default": 212992}, {"net/core/rmem_default": 4 << 20}) == {
-        "net/core/rmem_default": 212992}
-    assert hostlimits.remember({"a": 1}, None) == {"a": 1}
-    assert hostlimits.remember({"a": 1}, {"b": 2}) == {"a": 1, "b": 2}
+def test_a_big_lab_raises_the_arp_limits_and_the_last_lab_down_restores_them(host: Path) -> None:
+    hostlimits.ensure_capacity(host / "a", ["node1"] * 40)
+    assert hostlimits.read(hostlimits.NEIGH_KEYS) == dict(zip(hostlimits.NEIGH_KEYS, (800, 3200, 6400), strict=True))
+    assert hostlimits.release(host / "a", alive=lambda _lab: True) == dict(
+        zip(hostlimits.NEIGH_KEYS, (128, 512, 1024), strict=True))
+    assert hostlimits.read(hostlimits.NEIGH_KEYS)["net/ipv4/neigh/default/gc_thresh3"] == 1024
+
+
+def test_a_lab_going_down_leaves_the_buffers_raised_while_another_lab_relies_on_them(host: Path) -> None:
+    hostlimits.ensure_receive_buffers(host / "a")
+    hostlimits.ensure_receive_buffers(host / "b")  # found them raised already
+    assert hostlimits.release(host / "a", alive=lambda _lab: True) == {}
+    assert rmem() == hostlimits.RECEIVE_BUFFER, "b's ports still need them"
+    assert hostlimits.release(host / "b", alive=lambda _lab: True) == {hostlimits.RMEM_DEFAULT: 212992}
+    assert rmem() == 212992, "the last lab out restores what the host had, though it raised nothing itself"
+    assert hostlimits.originals() == {}
+
+
+def test_a_lab_that_is_gone_without_down_does_not_keep_the_host_raised(host: Path) -> None:
+    hostlimits.ensure_receive_buffers(host / "crashed")
+    hostlimits.ensure_receive_buffers(host / "b")
+    assert hostlimits.release(host / "b", alive=lambda lab: lab.name != "crashed") == {
+        hostlimits.RMEM_DEFAULT: 212992}
+    assert rmem() == 212992
+
+
+def test_the_first_original_is_the_one_restored(host: Path) -> None:
+    hostlimits.ensure_receive_buffers(host / "a")
+    (host / "sys" / hostlimits.RMEM_DEFAULT).write_text(f"{8 << 20}\n")  # someone raised it further
+    hostlimits.ensure_receive_buffers(host / "b")
+    assert hostlimits.originals() == {hostlimits.RMEM_DEFAULT: 212992}
 
 
 # ------------------------------------------------------------------ names and state

@@ -43,8 +43,7 @@ def teardown(workdir: Path, keep_files: bool = False) -> float:
     _stop_processes(root, state)
     for name in netns.list_netns(lab_prefix(root)):
         netns.remove(name)
-    if state is not None and state.host_sysctls and not netns.list_netns("sdnlab-"):
-        hostlimits.restore(state.host_sysctls)  # the last lab gone: the host as it was
+    hostlimits.release(root, alive=lambda other: LabState.load(other) is not None)  # the last one restores
     if not keep_files:
         _remove_files(root)
     return time.monotonic() - start

@@ -15,18 +15,30 @@ that absorb bursts in front of the userspace datapath.
   datagrams at the default, none at 4 MiB (docs/benchmarks.md, "Audit log"). The setting
   is host-wide, so it must be raised before the nodes' ports exist.
 
-The lab raises what it needs, never lowers, remembers what the values were, and puts them
-back at `down` once no lab is left.
+The lab raises what it needs and never lowers. The settings are the host's, and labs of
+different workdirs (two test runs at once) come and go in any order, so the bookkeeping is
+host-wide too: one record (RECORD, under a lock) holds the value each key had before any
+lab raised it and the workdirs of the labs that rely on the raised values. A lab joins the
+record when it raises (before its first port exists) and leaves it at `down`; the last one
+out puts the original values back. A lab's own state cannot do this: one that found the
+values already raised would never restore them, and one going down while another was
+between raising and creating its first namespace would lower the buffers under the other's
+new ports (measured: 1.3 % of a flood lost that way with two `make test` at once).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import json
+import os
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 SYSCTL = Path("/proc/sys")
+RECORD = Path(os.environ.get("SDN_NETPOL_HOST_RECORD", "/run/sdn-netpol/host-sysctls.json"))
 NEIGH_KEYS = tuple(f"net/ipv4/neigh/default/gc_thresh{n}" for n in (1, 2, 3))
 RMEM_DEFAULT = "net/core/rmem_default"
 RECEIVE_BUFFER = 4 << 20
@@ -52,36 +64,65 @@ def _write(values: dict[str, int]) -> None:
         (SYSCTL / key).write_text(f"{values[key]}\n")
 
 
-def _raise(wanted: dict[str, int]) -> dict[str, int] | None:
-    current = read(wanted)
-    raised = {key: max(current[key], value) for key, value in wanted.items()}
-    if raised == current:
-        return None
-    _write(raised)
-    return {key: current[key] for key in raised if raised[key] != current[key]}
+@contextlib.contextmanager
+def _record() -> Iterator[dict[str, Any]]:
+    """The host record, read and written back under an exclusive lock."""
+    RECORD.parent.mkdir(parents=True, exist_ok=True)
+    with RECORD.with_suffix(".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            doc = json.loads(RECORD.read_text()) if RECORD.exists() else {}
+            record = {"original": dict(doc.get("original", {})), "labs": list(doc.get("labs", []))}
+            yield record
+            if record["labs"] or record["original"]:
+                RECORD.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+            else:
+                RECORD.unlink(missing_ok=True)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def ensure_capacity(pod_nodes: Iterable[str]) -> dict[str, int] | None:
-    """Raise the ARP table limits if this lab needs more; returns the previous values of
-    what it changed (to restore later), None when they already sufficed."""
-    need = needed_entries(pod_nodes) * MARGIN
-    return _raise(dict(zip(NEIGH_KEYS, (need // 4, need, need * 2), strict=True)))
+def _raise(lab: Path, wanted: dict[str, int]) -> None:
+    """Raise what is below `wanted`, noting the first original of each key, and count `lab`
+    among the labs relying on the raised values."""
+    with _record() as record:
+        current = read(wanted)
+        for key, value in wanted.items():
+            if current[key] < value:
+                record["original"].setdefault(key, current[key])
+        raised = {key: max(current[key], value) for key, value in wanted.items()}
+        if raised != current:
+            _write(raised)
+        record["labs"] = sorted({*record["labs"], str(Path(lab).resolve())})
 
 
-def ensure_receive_buffers() -> dict[str, int] | None:
-    """Raise `net.core.rmem_default` for the sockets the nodes' OVS will open."""
-    return _raise({RMEM_DEFAULT: RECEIVE_BUFFER})
-
-
-def remember(saved: dict[str, int] | None, previous: dict[str, int] | None) -> dict[str, int] | None:
-    """The values to restore: the first recorded value of each key wins."""
-    if not previous:
-        return saved
-    return {**previous, **(saved or {})}
-
-
-def restore(previous: dict[str, int] | None) -> None:
-    if previous:
-        known = {key: value for key, value in previous.items() if (SYSCTL / key).exists()}
+def release(lab: Path, alive: Callable[[Path], bool]) -> dict[str, int]:
+    """`lab` no longer needs the raised values; if no lab that is still `alive` does either,
+    the original values go back. Returns what was restored."""
+    with _record() as record:
+        me = str(Path(lab).resolve())
+        record["labs"] = [other for other in record["labs"] if other != me and alive(Path(other))]
+        if record["labs"]:
+            return {}
+        restored = {key: value for key, value in record["original"].items() if (SYSCTL / key).exists()}
         with contextlib.suppress(OSError):
-            _write(known)
+            _write(restored)
+        record["original"] = {}
+        return restored
+
+
+def originals() -> dict[str, int]:
+    """The values the host had before labs raised them (empty: nothing raised now)."""
+    with _record() as record:
+        return dict(record["original"])
+
+
+def ensure_capacity(lab: Path, pod_nodes: Iterable[str]) -> None:
+    """Raise the ARP table limits if `lab` needs more."""
+    need = needed_entries(pod_nodes) * MARGIN
+    _raise(lab, dict(zip(NEIGH_KEYS, (need // 4, need, need * 2), strict=True)))
+
+
+def ensure_receive_buffers(lab: Path) -> None:
+    """Raise `net.core.rmem_default` for the sockets the nodes' OVS will open."""
+    _raise(lab, {RMEM_DEFAULT: RECEIVE_BUFFER})

@@ -134,7 +134,7 @@ class Lab:
 
     def _build(self, state: LabState, objects: dict[ObjectRef, dict[str, Any]],
                placements: list[pods.Placement], t: float) -> None:
-        self._remember_host(state, hostlimits.ensure_receive_buffers())  # before any port exists
+        hostlimits.ensure_receive_buffers(self.workdir)  # before any port exists
         topology.underlay_up(state)
         for node in state.nodes:
             topology.node_up(state, node, with_controller=state.flows == "controller")
@@ -159,18 +159,12 @@ class Lab:
         self._realize(state)
         self._phase("realized", t)
 
-    @staticmethod
-    def _remember_host(state: LabState, previous: dict[str, int] | None) -> None:
-        if previous:
-            state.host_sysctls = hostlimits.remember(state.host_sysctls, previous)
-            state.save()
-
     def _create_pods(self, state: LabState, items: list[tuple[pods.Placement, dict[str, Any]]],
                      publish: bool = True) -> list[PodState]:
         """CNI ADD in parallel (host-local locks its own store), then servers, then the
         manifests with node and IP, as a kubelet reports pod status."""
         nodes = [p.node for p in state.pods.values()] + [placement.node for placement, _ in items]
-        self._remember_host(state, hostlimits.ensure_capacity(nodes))
+        hostlimits.ensure_capacity(self.workdir, nodes)
         with ThreadPoolExecutor(CNI_PARALLEL) as pool:
             futures = [pool.submit(pods.add_pod, state, placement) for placement, _ in items]
             created = []

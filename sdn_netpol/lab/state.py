@@ -70,7 +70,6 @@ class LabState:
     pods: dict[str, PodState] = field(default_factory=dict)
     external: list[str] = field(default_factory=list)  # addresses of the external host
     flows: str = "controller"  # or "static": the lab compiles and loads flows itself (debug)
-    host_sysctls: dict[str, int] | None = None  # host settings (under /proc/sys) before this lab raised them
 
     # ------------------------------------------------------------ paths
 
@@ -127,7 +126,7 @@ class LabState:
             pods[key] = PodState(**raw)
         return cls(workdir=doc["workdir"], prefix=doc["prefix"], tunnel=doc.get("tunnel", "vxlan"),
                    nodes=nodes, pods=pods, external=list(doc.get("external", [])),
-                   flows=doc.get("flows", "controller"), host_sysctls=doc.get("host_sysctls"))
+                   flows=doc.get("flows", "controller"))
 
 
 def new_state(workdir: Path, nodes: int, tunnel: str, external: list[str], flows: str) -> LabState:
