@@ -8,6 +8,7 @@ rewrites the three code blocks between `<!-- generated:NAME -->` markers. Run as
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 import tempfile
@@ -16,6 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from sdn_netpol.lab import netns  # noqa: E402
 from sdn_netpol.ovs import OvsInstance  # noqa: E402
 
 FLOWS = ROOT / "flows" / "test-network-policy" / "node1.flows"
@@ -30,12 +32,19 @@ _STATS = re.compile(r" duration=[^,]*,| n_packets=[^,]*, n_bytes=[^,]*,| idle_ag
 
 
 def main() -> None:
-    with tempfile.TemporaryDirectory() as rundir:
-        ovs = OvsInstance.start(Path(rundir))
-        try:
-            blocks = _generate(ovs)
-        finally:
-            ovs.stop()
+    # One userspace ovs-vswitchd per netns (LAB-NOTES): a netns of its own, so a lab or a
+    # test run on this machine keeps its OVS and this one does not meet theirs.
+    name = f"pipeline-doc-{os.getpid()}"
+    netns.create(name)
+    try:
+        with tempfile.TemporaryDirectory() as rundir:
+            ovs = OvsInstance.start(Path(rundir), netns=name)
+            try:
+                blocks = _generate(ovs)
+            finally:
+                ovs.stop()
+    finally:
+        netns.remove(name)
     text = DOC.read_text()
     for name, body in blocks.items():
         pattern = re.compile(rf"(<!-- generated:{name} -->\n```\n).*?(\n```)", re.S)
