@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 CORE := sdn_netpol/model sdn_netpol/policy sdn_netpol/compiler
 PYTEST_ARGS ?=
 
-.PHONY: bootstrap prebuild image kube-apiserver demo test lint typecheck unit flows bench clean
+.PHONY: bootstrap prebuild image vm-image kube-apiserver demo test lint typecheck unit flows bench clean
 
 bootstrap:
 	@bash scripts/bootstrap.sh
@@ -18,7 +18,7 @@ lint: bootstrap
 typecheck: bootstrap
 	$(VENV)/bin/mypy --strict $(CORE)
 
-# The real kube-apiserver and the image, built once per machine into /var/cache/sdn-netpol:
+# The real kube-apiserver, the image and the VM image, built once per machine into /var/cache/sdn-netpol:
 # started in the background first, so they build while the fast tiers run (tests/conftest.py
 # runs the tiers needing them last; they wait for the builds).
 prebuild: bootstrap
@@ -29,6 +29,10 @@ kube-apiserver: bootstrap
 
 image: bootstrap
 	bash scripts/build-image.sh
+
+# The kernel-datapath VMs' image (qemu TCG; docs/lab.md, "Kernel datapath").
+vm-image: bootstrap
+	bash scripts/vm-image.sh build
 
 unit: bootstrap
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests

@@ -4,8 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
-# vagrant and shellcheck: `make test` validates the Vagrant testbed offline (tests/test_vagrant.py)
-APT_PKGS=(openvswitch-switch containernetworking-plugins iproute2 ethtool iperf3 procps vagrant shellcheck)
+# vagrant and shellcheck: `make test` validates the Vagrant testbed offline (tests/test_vagrant.py);
+# qemu-system-x86 and mmdebstrap: the kernel-datapath VMs and their image (scripts/vm-image.sh)
+APT_PKGS=(openvswitch-switch containernetworking-plugins iproute2 ethtool iperf3 procps vagrant shellcheck
+          qemu-system-x86 mmdebstrap)
 
 missing=()
 for p in "${APT_PKGS[@]}"; do

@@ -1,0 +1,201 @@
+"""The command agent inside a kernel-datapath VM (issue 16): the host's only way in.
+
+Runs as the last step of the guest's init (scripts/vm-guest-init.sh), with the guest's
+python3 and the standard library only. It talks JSON lines over the virtio-serial port
+``sdn-netpol.ctl``, which qemu exposes on the host as a unix socket
+(``-chardev socket,server=on``): one request, then its one reply, in order.
+
+Why a virtio-serial port and not the serial console: it is a clean byte stream of its own
+(no kernel messages, no echo, no line discipline), it survives the host reconnecting, and
+a blocked write waits for the host instead of losing data. Requests:
+
+* ``{"op": "run", "argv": [...], "stdin": str|null, "timeout": s, "env": {...}}`` →
+  ``{"rc": n, "stdout": str, "stderr": str}`` (``rc`` -1 on a timeout or a failed exec);
+* ``{"op": "spawn", "argv": [...], "log": path, "env": {...}}`` → ``{"pid": n}``: detached,
+  its own session, stdout and stderr appended to ``log``;
+* ``{"op": "unixctl", "target": path|daemon, "method": m, "params": [...]}`` →
+  ``{"error": str|null, "result": str}``: a JSON-RPC call to an OVS unixctl socket over a
+  connection kept open (``ofproto/trace`` by the thousand, as :class:`sdn_netpol.ovs.Tracer`
+  does on the host); a daemon name resolves to ``/var/run/openvswitch/NAME.PID.ctl``;
+* ``{"op": "write", "path": p, "data": str}`` → ``{}`` (atomic: temporary file + rename);
+* ``{"op": "exit"}`` → ``{}``, then the agent ends and the guest powers off.
+
+Every reply also carries ``"id"`` (the request's) and, on an agent-side error, ``"fault"``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+PORT_NAME = "sdn-netpol.ctl"
+OVS_RUNDIR = Path("/var/run/openvswitch")
+_DECODER = json.JSONDecoder()
+
+
+def find_port(name: str = PORT_NAME) -> Path:
+    for entry in Path("/sys/class/virtio-ports").glob("*/name"):
+        if entry.read_text().strip() == name:
+            return Path("/dev") / entry.parent.name
+    raise FileNotFoundError(f"no virtio-serial port named {name}")
+
+
+class Unixctl:
+    """JSON-RPC connections to unixctl sockets, one per socket, opened on first use."""
+
+    def __init__(self) -> None:
+        self._conns: dict[str, tuple[socket.socket, bytearray]] = {}
+        self._next_id = 0
+
+    def call(self, target: str, method: str, params: list[str]) -> dict[str, Any]:
+        path = self._resolve(target)
+        for attempt in (1, 2):
+            try:
+                return self._transact(path, method, params)
+            except OSError:
+                self._drop(path)
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _resolve(target: str) -> str:
+        if "/" in target:
+            return target
+        pid = (OVS_RUNDIR / f"{target}.pid").read_text().strip()
+        return str(OVS_RUNDIR / f"{target}.{pid}.ctl")
+
+    def _drop(self, path: str) -> None:
+        conn = self._conns.pop(path, None)
+        if conn is not None:
+            conn[0].close()
+
+    def _transact(self, path: str, method: str, params: list[str]) -> dict[str, Any]:
+        if path not in self._conns:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(60)
+            sock.connect(path)
+            self._conns[path] = (sock, bytearray())
+        sock, buffer = self._conns[path]
+        self._next_id += 1
+        sock.sendall(json.dumps({"method": method, "params": params, "id": self._next_id}).encode())
+        while True:
+            text = buffer.decode(errors="replace").lstrip()
+            if text:
+                try:
+                    reply, end = _DECODER.raw_decode(text)
+                except json.JSONDecodeError:
+                    pass
+                else:
+                    del buffer[:]
+                    buffer.extend(text[end:].encode())
+                    if reply.get("id") == self._next_id:
+                        error = reply.get("error")
+                        return {"error": None if error is None else str(error),
+                                "result": str(reply.get("result") or "")}
+                    continue
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("unixctl connection closed")
+            buffer.extend(chunk)
+
+
+def _env(extra: dict[str, str] | None) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(extra or {})
+    return env
+
+
+def handle(request: dict[str, Any], unixctl: Unixctl) -> dict[str, Any]:
+    op = request.get("op")
+    if op == "run":
+        try:
+            proc = subprocess.run(
+                request["argv"], input=request.get("stdin"), capture_output=True, text=True,
+                timeout=request.get("timeout", 60), env=_env(request.get("env")), check=False,
+            )
+        except subprocess.TimeoutExpired:
+            return {"rc": -1, "stdout": "", "stderr": f"timed out after {request.get('timeout', 60)} s"}
+        except OSError as exc:
+            return {"rc": -1, "stdout": "", "stderr": str(exc)}
+        return {"rc": proc.returncode, "stdout": proc.stdout, "stderr": proc.stderr}
+    if op == "spawn":
+        Path(request["log"]).parent.mkdir(parents=True, exist_ok=True)
+        with open(request["log"], "ab") as log:
+            child = subprocess.Popen(
+                request["argv"], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                env=_env(request.get("env")), start_new_session=True, close_fds=True,
+            )
+        return {"pid": child.pid}
+    if op == "unixctl":
+        return unixctl.call(request["target"], request["method"], list(request.get("params", [])))
+    if op == "write":
+        path = Path(request["path"])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(request["data"])
+        tmp.rename(path)
+        return {}
+    if op == "exit":
+        return {}
+    raise ValueError(f"unknown op {op!r}")
+
+
+def serve(port: Path) -> None:
+    fd = os.open(port, os.O_RDWR)
+    unixctl = Unixctl()
+    pending = bytearray()
+
+    def send(obj: dict[str, Any]) -> None:
+        data = (json.dumps(obj) + "\n").encode()
+        while data:
+            data = data[os.write(fd, data):]
+
+    send({"hello": os.uname().nodename})
+    while True:
+        while b"\n" not in pending:
+            chunk = os.read(fd, 65536)
+            if not chunk:  # the host is not connected (yet, or any more): wait for it
+                time.sleep(0.1)
+                continue
+            pending.extend(chunk)
+        line, _, rest = bytes(pending).partition(b"\n")
+        pending = bytearray(rest)
+        request: Any = {}
+        try:
+            request = json.loads(line)
+            reply = handle(request, unixctl)
+        except Exception as exc:  # any fault goes back to the host; the agent lives on
+            reply = {"fault": f"{type(exc).__name__}: {exc}"}
+        request = request if isinstance(request, dict) else {}
+        reply["id"] = request.get("id")
+        send(reply)
+        if request.get("op") == "exit":
+            return
+        reap()
+
+
+def reap() -> None:
+    """Spawned children that ended: the agent is their parent (PID 1 is the init shell)."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def main() -> int:
+    serve(find_port())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

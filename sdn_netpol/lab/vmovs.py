@@ -1,0 +1,90 @@
+"""The system OVS inside a kernel-datapath VM, driven from the host through the VM's agent.
+
+Mirrors the parts of :class:`sdn_netpol.ovs.OvsInstance` and :class:`sdn_netpol.ovs.Tracer`
+that the differential tests, the lab's debug commands and the pipeline checks use, so the
+same code drives a userspace OVS on the host or a kernel-datapath OVS in a VM. Bridges here
+are ``datapath_type=system``: the kernel's openvswitch module, nf_conntrack, kernel VXLAN.
+``ofproto/trace`` goes over one unixctl connection the agent keeps open in the guest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sdn_netpol.lab.vm import Vm
+from sdn_netpol.ovs.dumpflows import DumpedFlow, parse_dump_flows
+from sdn_netpol.ovs.instance import BRIDGE_PROTOCOLS, OF_VERSION, OvsError
+from sdn_netpol.ovs.trace import TraceResult, parse_trace
+
+
+class VmSwitch:
+    """``ovs-vsctl``/``ovs-ofctl``/``ovs-appctl`` on the VM's system OVS."""
+
+    datapath_type = "system"
+
+    def __init__(self, vm: Vm, timeout: float = 120.0) -> None:
+        self.vm = vm
+        self.timeout = timeout
+
+    def _tool(self, argv: Sequence[str], stdin: str | None = None) -> str:
+        result = self.vm.run(argv, stdin=stdin, timeout=self.timeout)
+        if result.rc != 0:
+            raise OvsError([f"{self.vm.name}:", *argv], result.rc, result.stderr)
+        return result.stdout
+
+    def vsctl(self, *args: str) -> str:
+        return self._tool(["ovs-vsctl", "--timeout=60", *args])
+
+    def ofctl(self, *args: str, stdin: str | None = None) -> str:
+        return self._tool(["ovs-ofctl", "-O", OF_VERSION, *args], stdin=stdin)
+
+    def appctl(self, *args: str) -> str:
+        return self._tool(["ovs-appctl", "--timeout=60", *args])
+
+    def add_bridge(self, name: str, datapath_id: int | None = None, fail_mode: str = "secure") -> None:
+        """A kernel-datapath bridge, configured in the transaction that creates it."""
+        settings = [
+            f"datapath_type={self.datapath_type}", f"fail_mode={fail_mode}",
+            f"protocols={BRIDGE_PROTOCOLS}", "other_config:disable-in-band=true",
+        ]
+        if datapath_id is not None:
+            settings.append(f"other_config:datapath-id={datapath_id:016x}")
+        self.vsctl("--", "add-br", name, "--", "set", "Bridge", name, *settings)
+
+    def replace_flows(self, bridge: str, flows_text: str) -> None:
+        self.ofctl("--bundle", "replace-flows", bridge, "-", stdin=flows_text)
+
+    def add_flows(self, bridge: str, flows_text: str) -> None:
+        self.ofctl("--bundle", "add-flows", bridge, "-", stdin=flows_text)
+
+    def dump_flows(self, bridge: str) -> list[DumpedFlow]:
+        flows = parse_dump_flows(self.ofctl("--no-names", "dump-flows", bridge))
+        return sorted(flows, key=lambda f: (f.table, -f.priority, f.match, f.actions))
+
+
+class VmTracer:
+    """``ofproto/trace`` in the VM, like :class:`sdn_netpol.ovs.Tracer` on the host."""
+
+    def __init__(self, vm: Vm) -> None:
+        self.vm = vm
+
+    def trace(self, bridge: str, flow: str, ct_next: Sequence[str] = ()) -> TraceResult:
+        args = [bridge, flow]
+        for flags in ct_next:
+            args += ["--ct-next", flags]
+        return parse_trace(self.call("ofproto/trace", *args), bridge)
+
+    def call(self, command: str, *args: str) -> str:
+        error, result = self.vm.unixctl(command, args)
+        if error is not None:
+            raise OvsError([f"{self.vm.name}:", "unixctl", command, *args], 2, error)
+        return result
+
+    def close(self) -> None:
+        """Nothing to close on the host: the agent owns the connection."""
+
+    def __enter__(self) -> VmTracer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
