@@ -45,7 +45,7 @@ from sdn_netpol.compiler.pipeline import (
     pod_object_id,
     stable_id,
 )
-from sdn_netpol.compiler.topology import NodeContext, PortBinding, neighbor_addresses
+from sdn_netpol.compiler.topology import Datapath, NodeContext, PortBinding, neighbor_addresses
 from sdn_netpol.model.objects import Pod
 
 PIPELINE_COOKIE = cookie(CookieCategory.PIPELINE)
@@ -66,7 +66,7 @@ def pipeline_flows(node: NodeContext) -> Iterator[Flow]:
     """The fixed skeleton: table misses, ARP responder, conntrack, commit, policy bypass."""
     yield from _misses()
     yield _flow(Table.ARP_RESPONDER, Priority.NORMAL, Match.build("arp", arp_op=1), _arp_reply_actions())
-    yield from _ndp_flows()
+    yield from _ndp_flows(node.datapath)
     for family in _IP_FAMILIES:
         yield _flow(Table.CONNTRACK, Priority.NORMAL, Match.build(family),
                     (Ct(table=Table.CONNTRACK_STATE, zone=CT_ZONE),))
@@ -115,7 +115,7 @@ def _forbidden_destination_flows(node: NodeContext) -> Iterator[Flow]:
             yield _flow(Table.SPOOF_GUARD, Priority.FORBIDDEN, match, ())
 
 
-def _ndp_flows() -> Iterator[Flow]:
+def _ndp_flows(datapath: Datapath) -> Iterator[Flow]:
     """Neighbor Discovery, the IPv6 twin of proxy ARP: every Neighbor Solicitation a port may
     send (SpoofGuard: from the port's own address) is answered by the switch with the virtual
     gateway's MAC, whatever its target, so pods never learn each other's MACs. Every other
@@ -125,9 +125,18 @@ def _ndp_flows() -> Iterator[Flow]:
     no receiver), Redirects, and Duplicate Address Detection's solicitations from `::`
     (unanswered, so DAD succeeds). The NA is built in two tables because OVS checks a
     set_field against the flow's match, not against what earlier actions made of the packet:
-    only a flow matching an NA may write its Target Link-Layer Address (nd_tll)."""
+    only a flow matching an NA may write its Target Link-Layer Address (nd_tll).
+
+    Not on the kernel datapath: turning the NS into an NA sets its flags (nd_reserved) and
+    option type (nd_options_type), which only the userspace datapath can do (Linux's
+    openvswitch module has no ND extension: `dpif/show-dp-features` says "IPv6 ND Extension:
+    No" and the flow is refused with OFPBAC_BAD_SET_ARGUMENT, failing the whole bundle). There
+    the responder tables stay empty (their misses drop) and a pod's solicitations go unanswered
+    (docs/pipeline.md, "Per datapath")."""
     for nd_type in ND_TYPES:
         yield _flow(Table.SPOOF_GUARD, Priority.ND_GUARD, _nd_match(nd_type), ())
+    if datapath != "netdev":
+        return
     gateway = EUI(GATEWAY_MAC)
     yield _flow(Table.NDP_RESPONDER, Priority.NORMAL, _nd_match(ND_NEIGHBOR_SOLICIT), (
         Move("eth_src", "eth_dst"),

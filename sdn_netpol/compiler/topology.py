@@ -9,12 +9,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Literal
 
 from netaddr import EUI, IPAddress, IPNetwork, mac_unix_expanded
 
 from sdn_netpol.model.objects import PodKey
 from sdn_netpol.policy.state import ClusterState
 
+#: OVS's datapath under the bridge: "netdev" (userspace) or "system" (the Linux kernel
+#: module). They differ in what a flow may do (docs/pipeline.md, "Per datapath").
+Datapath = Literal["netdev", "system"]
 TUNNEL_OFPORT = 32768 - 2  # offline default; the controller reads the real one
 GATEWAY_OFPORT = 32768 - 3
 
@@ -38,6 +42,7 @@ class NodeContext:
     gateway_peer_mac: EUI | None = None  # the external router behind the gateway port
     node_addresses: tuple[tuple[str, IPAddress], ...] = ()  # every node's tunnel endpoint
     node_cidrs: tuple[tuple[str, IPNetwork], ...] = ()  # pod CIDRs (Node spec.podCIDRs): one route each
+    datapath: Datapath = "netdev"
 
     def address_of(self, node: str) -> IPAddress | None:
         return self._addresses.get(node)

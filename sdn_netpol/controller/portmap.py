@@ -24,7 +24,7 @@ from typing import Any
 
 from netaddr import EUI, AddrFormatError, IPAddress, mac_unix_expanded
 
-from sdn_netpol.compiler.topology import NodeContext, PortBinding, mac_for_ip
+from sdn_netpol.compiler.topology import Datapath, NodeContext, PortBinding, mac_for_ip
 from sdn_netpol.controller.nodes import NodeInfo, node_addresses
 from sdn_netpol.controller.worker import Worker
 from sdn_netpol.model.objects import PodKey
@@ -40,7 +40,7 @@ with warnings.catch_warnings():  # ovs.poller probes for eventlet, whose import 
 LOG = logging.getLogger(__name__)
 _POD = attrgetter("pod")
 DB_NAME = "Open_vSwitch"
-COLUMNS = {"Bridge": ["name", "ports"], "Port": ["name", "interfaces"],
+COLUMNS = {"Bridge": ["name", "ports", "datapath_type"], "Port": ["name", "interfaces"],
            "Interface": ["name", "type", "external_ids"]}
 TUNNEL_TYPES = ("vxlan", "geneve")
 ROLE_KEY, GATEWAY_ROLE, PEER_MAC_KEY = "sdn-netpol-role", "gateway", "peer-mac"
@@ -61,6 +61,7 @@ class PortView:
     interfaces: Mapping[str, Interface] = field(default_factory=dict)
     switch_known: bool = False
     interfaces_known: bool = False
+    datapath: Datapath = "netdev"  # the bridge's: what its flows may do (compiler/topology.py)
 
     @property
     def complete(self) -> bool:
@@ -104,13 +105,15 @@ class PortMap:
     def switch_gone(self) -> None:
         self._update(switch_ports={}, switch_known=False)
 
-    def set_interfaces(self, interfaces: Mapping[str, Interface], bridge_exists: bool = True) -> None:
+    def set_interfaces(self, interfaces: Mapping[str, Interface], bridge_exists: bool = True,
+                       datapath: Datapath = "netdev") -> None:
         """Without the bridge in OVSDB nothing is known: an empty picture would read as
         "no pods here" and delete every pod's flows."""
         known = bridge_exists
-        if self.view().interfaces_known == known and self.view().interfaces == interfaces:
+        view = self.view()
+        if view.interfaces_known == known and view.interfaces == interfaces and view.datapath == datapath:
             return
-        self._update(interfaces=dict(interfaces), interfaces_known=known)
+        self._update(interfaces=dict(interfaces), interfaces_known=known, datapath=datapath)
 
 
 # ---- OVSDB ------------------------------------------------------------------------------
@@ -168,7 +171,7 @@ class InterfaceMonitor(Worker):
             idl.run()
             if idl.has_ever_connected() and idl.change_seqno != seen:
                 seen = idl.change_seqno
-                self.ports.set_interfaces(self._interfaces(idl), self._report_bridge(idl))
+                self.ports.set_interfaces(self._interfaces(idl), self._report_bridge(idl), self._datapath(idl))
             poller = ovs.poller.Poller()
             idl.wait(poller)
             poller.timer_wait(500)  # wake up now and then to notice stop()
@@ -185,6 +188,13 @@ class InterfaceMonitor(Worker):
         LOG.error("%s", message)
         self.report(message)
         return False
+
+    def _datapath(self, idl: Any) -> Datapath:
+        """OVSDB's datapath_type: "" (the default) and "system" are the kernel's; others userspace."""
+        for bridge in idl.tables["Bridge"].rows.values():
+            if bridge.name == self.bridge:
+                return "system" if bridge.datapath_type in ("", "system") else "netdev"
+        return "netdev"
 
     def _interfaces(self, idl: Any) -> dict[str, Interface]:
         found: dict[str, Interface] = {}
@@ -293,7 +303,8 @@ def node_context(node: str, view: PortView, state: ClusterState, nodes: tuple[No
     tunnel, gateway, peer_mac = _edges(view)
     return NodeContext(node, _bindings(view, state, node), tunnel_port=tunnel, gateway_port=gateway,
                        gateway_peer_mac=peer_mac, node_addresses=node_addresses(nodes),
-                       node_cidrs=tuple(sorted((n.name, net) for n in nodes for net in n.pod_cidrs)))
+                       node_cidrs=tuple(sorted((n.name, net) for n in nodes for net in n.pod_cidrs)),
+                       datapath=view.datapath)
 
 
 def realized_ports(context: NodeContext) -> dict[str, int]:
