@@ -18,3 +18,8 @@ PROTOCOL = click.option(
 )
 PORT = click.option("--port", type=click.IntRange(1, 65535), required=True,
                     help="Destination port number the server listens on.")
+FAMILY = click.option(
+    "--family", type=click.Choice(["4", "6"]), default=None, callback=lambda _c, _p, v: None if v is None else int(v),
+    help="Address family of the connections (IPv4 or IPv6), for dual-stack pods. Default: each pair in the "
+         "first family of the destination's addresses that the source also has.",
+)

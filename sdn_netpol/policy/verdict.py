@@ -6,6 +6,10 @@ A connection is allowed iff the source's egress and the destination's ingress bo
 it; a side that is not a pod in NetworkPolicy's scope, or a pod no policy isolates in that
 direction, allows everything. A pod cannot block access to itself, and traffic between a
 pod and the node it runs on (known by its host-network pods) is always allowed.
+
+Addresses matter only to ipBlock peers. A connection between two pods uses one family: the
+one asked for (`family`), or else the first of the destination's addresses whose family the
+source also has (docs/semantics.md).
 """
 
 from __future__ import annotations
@@ -16,6 +20,13 @@ from netaddr import IPAddress
 
 from sdn_netpol.model.objects import Direction, NetworkPolicy, Peer, Pod, PolicyPort, Protocol, Rule
 from sdn_netpol.policy.state import ClusterState
+
+
+FAMILIES = (4, 6)
+
+
+class FamilyError(ValueError):
+    """A connection asked for in an address family that one of its ends has no address of."""
 
 
 @dataclass(frozen=True)
@@ -75,14 +86,18 @@ class Verdict:
     ingress: SideVerdict
     loopback: bool = False
     node_local: bool = False
+    family: int | None = None  # of the connection's addresses; None: no address known
 
     @property
     def allowed(self) -> bool:
         return self.loopback or self.node_local or (self.egress.allowed and self.ingress.allowed)
 
 
-def decide(state: ClusterState, src: Endpoint, dst: Endpoint, protocol: Protocol, port: int) -> Verdict:
-    src_ip, dst_ip = connection_addresses(src, dst)
+def decide(state: ClusterState, src: Endpoint, dst: Endpoint, protocol: Protocol, port: int,
+           family: int | None = None) -> Verdict:
+    """With `family` (4 or 6) the connection uses that family's addresses; FamilyError if an
+    end has addresses but none of that family."""
+    src_ip, dst_ip = connection_addresses(src, dst, family)
     conn = _Connection(state, src, dst, src_ip, dst_ip, protocol, port)
     loopback = src.pod is not None and dst.pod is not None and src.pod.key == dst.pod.key
     node_local = src.pod is not None and dst.pod is not None and is_node_local(src.pod, dst.pod)
@@ -92,6 +107,7 @@ def decide(state: ClusterState, src: Endpoint, dst: Endpoint, protocol: Protocol
         ingress=conn.side("Ingress", dst.pod),
         loopback=loopback,
         node_local=node_local,
+        family=next((ip.version for ip in (src_ip, dst_ip) if ip is not None), None),
     )
 
 
@@ -104,8 +120,12 @@ def is_node_local(a: Pod, b: Pod) -> bool:
     return pod.in_policy_scope
 
 
-def connection_addresses(src: Endpoint, dst: Endpoint) -> tuple[IPAddress | None, IPAddress | None]:
-    """The addresses a real connection would use: one family common to both ends."""
+def connection_addresses(src: Endpoint, dst: Endpoint,
+                         family: int | None = None) -> tuple[IPAddress | None, IPAddress | None]:
+    """The addresses a real connection would use: one family common to both ends (`family`
+    when given)."""
+    if family is not None:
+        return address_of_family(src, family), address_of_family(dst, family)
     if src.pod is None and dst.pod is None:
         return src.ip, dst.ip
     if src.pod is None:
@@ -119,6 +139,23 @@ def connection_addresses(src: Endpoint, dst: Endpoint) -> tuple[IPAddress | None
         if src_ip is not None:
             return src_ip, dst_ip
     return None, None
+
+
+def address_of_family(end: Endpoint, family: int) -> IPAddress | None:
+    """The end's address of `family`; None for a pod with no address at all (not known yet,
+    or none: it is judged as without a family); FamilyError for a pod whose addresses are all
+    of the other family, or an address of the other family."""
+    if family not in FAMILIES:
+        raise FamilyError(f"address family {family}: must be 4 or 6")
+    if end.pod is None:
+        if end.ip is not None and end.ip.version != family:
+            raise FamilyError(f"{end.ip} is not an IPv{family} address")
+        return end.ip
+    found = end.pod.ip_of_family(family)
+    if found is None and end.pod.ips:
+        listed = ", ".join(str(ip) for ip in end.pod.ips)
+        raise FamilyError(f"pod {end.pod.namespace}/{end.pod.name} has no IPv{family} address (it has {listed})")
+    return found
 
 
 @dataclass(frozen=True)
