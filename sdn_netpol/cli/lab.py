@@ -66,17 +66,21 @@ def lab(ctx: click.Context, workdir: Path) -> None:
               help="Address of a host outside the cluster, reachable through a gateway port; repeatable.")
 @click.option("--flows", type=click.Choice(["controller", "static"]), default="controller", hidden=True,
               help="Debug: 'static' compiles and loads flows from the lab instead of running controllers.")
+@click.option("--ip-family", type=click.Choice(["4", "6", "dual"]), default="4", show_default=True,
+              help="Pod addresses: IPv4 (10.244.N.0/24 per node), IPv6 (fd00:10:244:N::/64) or both, "
+                   "IPv4 first; the tunnels stay on the IPv4 underlay.")
 @click.pass_context
 def up(ctx: click.Context, paths: tuple[Path, ...], nodes: int, tunnel: str, external: tuple[str, ...],
-       flows: str) -> None:
+       flows: str, ip_family: str) -> None:
     """Create the lab from a model (cleans up a previous or crashed lab in the same workdir first)."""
     lab_ = _lab(ctx)
-    state = lab_.up(paths, nodes, tunnel, external, flows)
-    table = Table(title=f"lab up: {len(state.nodes)} node(s), {len(state.pods)} pod(s), {tunnel}")
+    state = lab_.up(paths, nodes, tunnel, external, flows, ip_family)
+    family = {"4": "IPv4", "6": "IPv6", "dual": "dual-stack"}[ip_family]
+    table = Table(title=f"lab up: {len(state.nodes)} node(s), {len(state.pods)} pod(s), {tunnel}, {family}")
     for column in ("pod", "node", "ip", "serves"):
         table.add_column(column)
     for key, pod in sorted(state.pods.items()):
-        table.add_row(key, pod.node, pod.ip, " ".join(f"{p}/{n}" for p, n in pod.ports))
+        table.add_row(key, pod.node, " ".join(pod.ips), " ".join(f"{p}/{n}" for p, n in pod.ports))
     console = wide_console()
     console.print(table)
     console.print(f"ready in {lab_.timings.get('total', 0):.1f} s  ({_phases(lab_.timings)})")
@@ -111,18 +115,22 @@ def delete(ctx: click.Context, paths: tuple[Path, ...]) -> None:
 @lab.command()
 @PROTOCOL
 @PORT
+@click.option("--family", type=click.Choice(["4", "6"]), default=None,
+              help="Probe with IPv4 or IPv6 packets (the expected matrix in that family too).  "
+                   "[default: the lab's first family]")
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @click.pass_context
-def probe(ctx: click.Context, protocol: str, port: int, output: str) -> None:
+def probe(ctx: click.Context, protocol: str, port: int, family: str | None, output: str) -> None:
     """Every pod to every pod with real packets, next to the engine's matrix."""
     lab_ = _lab(ctx)
-    report = lab_.probe(protocol, port)
+    report = lab_.probe(protocol, port, family=None if family is None else int(family))
     if output == "json":
         click.echo(json.dumps(report.to_json()))
     else:
         console = wide_console()
         show_report(console, report)
-        show_external(console, lab_.probe_external(protocol, port))
+        if (family or "4") == "4":
+            show_external(console, lab_.probe_external(protocol, port))
     if report.mismatches:
         ctx.exit(1)
 
@@ -130,6 +138,8 @@ def probe(ctx: click.Context, protocol: str, port: int, output: str) -> None:
 def show_report(console: Console, report: ProbeReport) -> None:
     """Measured (✗ where it differs) beside expected, then the mismatches by name."""
     proto = f"{report.measured.protocol}/{report.measured.port}"
+    if report.measured.family_shown and report.measured.family:
+        proto += f" IPv{report.measured.family}"
     measured = matrix_table(report.measured, f"measured {proto} ({report.seconds:.1f} s)", report.expected)
     expected = matrix_table(report.expected, f"expected {proto} (policy engine)")
     console.print(Columns([measured, expected], padding=(0, 4)))

@@ -43,7 +43,7 @@ def topology(state: LabState) -> Topology:
             ports[node.name] = dict(controllers.status(node).get("ports") or {})
         except (OSError, ValueError):
             ports[node.name] = {}
-        nodes[node.name] = NodePlace(node.name, node.address, (node.pod_cidr,), _tunnel_ofport(node.rundir))
+        nodes[node.name] = NodePlace(node.name, node.address, tuple(node.pod_cidrs), _tunnel_ofport(node.rundir))
     pods = {key: PodPlace(key, p.node, ports.get(p.node, {}).get(key), p.ip, p.mac) for key, p in state.pods.items()}
     rundirs = {n.name: Path(n.rundir) for n in state.nodes}
     return Topology(pods, nodes, BRIDGE, lambda name: Tracer(OvsInstance(rundirs[name])))

@@ -19,6 +19,7 @@ from typing import Any, cast
 from netaddr import IPAddress
 
 from sdn_netpol.lab import cleanup, controllers, hostlimits, pods, probe, procs, staticflows, topology
+from sdn_netpol.lab.families import IP_FAMILIES, family_of
 from sdn_netpol.lab.state import DEFAULT_WORKDIR, LabState, PodState, locked, new_state
 from sdn_netpol.lab.store import LabError, ObjectRef, Store, node_manifest, read_objects, ref_of, with_pod_status
 from sdn_netpol.model.objects import Pod, Protocol
@@ -28,7 +29,7 @@ from sdn_netpol.ovs.instance import OvsInstance
 from sdn_netpol.ovs.trace import Tracer
 from sdn_netpol.policy.matrix import Matrix, build_matrix
 from sdn_netpol.policy.state import ClusterState
-from sdn_netpol.policy.verdict import Endpoint, decide
+from sdn_netpol.policy.verdict import Endpoint, FamilyError, decide
 
 CNI_PARALLEL = 6
 
@@ -68,6 +69,22 @@ def _unique(objects: Iterable[dict[str, Any]]) -> dict[ObjectRef, dict[str, Any]
     for body in objects:
         found[ref_of(body)] = body
     return found
+
+
+def _address(pod: PodState, family: int) -> str:
+    found = pod.ip_of(family)
+    if found is None:  # a pod made before the lab had families, or by hand
+        raise LabError(f"pod {pod.key} has no IPv{family} address ({', '.join(pod.ips)})")
+    return found
+
+
+def _check_external(state: LabState) -> None:
+    """The external host reaches the pods over IPv4 (its routes go through each node's IPv4
+    gateway): an IPv6 address of it, or a lab without IPv4, is refused before anything exists."""
+    for address in state.external:
+        if family_of(address) != 4 or 4 not in state.families:
+            raise LabError(f"--external {address}: the external host takes IPv4 addresses, on a lab whose pods "
+                           f"have IPv4 (--ip-family 4 or dual; this one is {state.ip_family})")
 
 
 def _parsed_pod(body: dict[str, Any]) -> Pod:
@@ -110,13 +127,16 @@ class Lab:
     # ------------------------------------------------------------------ up / down
 
     def up(self, paths: Sequence[Path], nodes: int, tunnel: str = "vxlan", external: Sequence[str] = (),
-           flows: str = "controller") -> LabState:
+           flows: str = "controller", ip_family: str = "4") -> LabState:
         if nodes < 1:
             raise LabError("--nodes must be at least 1")
+        if ip_family not in IP_FAMILIES:
+            raise LabError(f"--ip-family {ip_family}: must be one of {', '.join(IP_FAMILIES)}")
         # Validate before touching anything (a previous lab is torn down next): the objects,
         # and where each pod goes (a pod IP that no node's CIDR holds is refused here).
         objects = _unique(read_objects(paths))
-        state = new_state(self.workdir, nodes, tunnel, list(external), flows)
+        state = new_state(self.workdir, nodes, tunnel, list(external), flows, ip_family)
+        _check_external(state)
         model_pods = [_parsed_pod(b) for r, b in objects.items() if r.kind == "Pod"]
         placements = pods.place(model_pods, state.nodes)
         with locked(self.workdir):
@@ -145,7 +165,7 @@ class Lab:
         t = self._phase("nodes", t)
         store = Store(state.manifests)
         for node in state.nodes:
-            store.write(node_manifest(node.name, node.address, node.pod_cidr))
+            store.write(node_manifest(node.name, node.address, node.pod_cidrs))
         for ref, body in objects.items():
             if ref.kind != "Pod":
                 store.write(body)
@@ -185,7 +205,7 @@ class Lab:
         if publish:
             store = Store(state.manifests)
             for pod, (_, body) in zip(created, items, strict=True):
-                store.write(with_pod_status(body, pod.node, pod.ip))
+                store.write(with_pod_status(body, pod.node, pod.ips))
         return created
 
     def down(self) -> float:
@@ -228,7 +248,7 @@ class Lab:
             pods.stop_server(state, pod)
             pod.ports = ports
             pods.start_servers(state, [pod])
-        Store(state.manifests).write(with_pod_status(body, pod.node, pod.ip))
+        Store(state.manifests).write(with_pod_status(body, pod.node, pod.ips))
         pod.published = True
         state.save()
 
@@ -281,20 +301,36 @@ class Lab:
     def cluster(self) -> ClusterState:
         return ClusterState.from_parse(Store(self.state().manifests).parse())
 
-    def probe(self, protocol: str, port: int, timeout: float = probe.TIMEOUT) -> ProbeReport:
-        """Every pod to every pod on PROTOCOL/PORT with real packets, next to the engine."""
+    def probe(self, protocol: str, port: int, timeout: float = probe.TIMEOUT, family: int | None = None) -> ProbeReport:
+        """Every pod to every pod on PROTOCOL/PORT with real packets of `family` (default:
+        the lab's first), next to the engine's matrix in that family."""
         state = self.state()
-        expected = build_matrix(self.cluster(), cast(Protocol, protocol.upper()), port)
+        family = self._family(state, family)
+        explicit = family if family != 4 or len(state.families) > 1 else None  # an IPv4 lab: the contract's shape
+        try:
+            expected = build_matrix(self.cluster(), cast(Protocol, protocol.upper()), port, explicit)
+        except FamilyError as exc:
+            raise LabError(f"--family {family}: {exc}") from exc
         names = [p for p in expected.pods if p in state.pods]
-        probes = [probe.Probe(s, d, state.pods[s].netns, state.pods[d].ip) for s in names for d in names]
+        probes = [probe.Probe(s, d, state.pods[s].netns, _address(state.pods[d], family)) for s in names for d in names]
         start = time.monotonic()
         outcomes = probe.run_probes(probes, protocol, port, timeout)
         seconds = time.monotonic() - start
         result = {(p.source, p.destination): o for p, o in outcomes.items()}
         allowed = {s: {d: result.get((s, d), "missing") in probe.REACHABLE for d in expected.pods}
                    for s in expected.pods}
-        measured = Matrix(expected.protocol, port, expected.pods, allowed)
+        measured = Matrix(expected.protocol, port, expected.pods, allowed, expected.family, expected.family_shown)
         return ProbeReport(measured, expected, measured.differences(expected), seconds, result)
+
+    @staticmethod
+    def _family(state: LabState, family: int | None) -> int:
+        if family is None:
+            return state.families[0]
+        if family not in state.families:
+            have = " and ".join(f"IPv{f}" for f in state.families)
+            raise LabError(f"--family {family}: this lab's pods have no IPv{family} address, only {have} "
+                           f"(it was brought up with --ip-family {state.ip_family})")
+        return family
 
     def probe_external(self, protocol: str, port: int) -> list[ExternalResult]:
         """From each external address to every pod (the ipBlock side of a policy)."""
@@ -303,7 +339,7 @@ class Lab:
             return []
         cluster = self.cluster()
         targets = {f"{p.namespace}/{p.name}": p for p in cluster.pods if f"{p.namespace}/{p.name}" in state.pods}
-        probes = [probe.Probe(src, key, state.external_netns, state.pods[key].ip, src_ip=src)
+        probes = [probe.Probe(src, key, state.external_netns, _address(state.pods[key], 4), src_ip=src)
                   for src in state.external for key in sorted(targets)]
         outcomes = probe.run_probes(probes, protocol, port)
         results = []
@@ -337,7 +373,8 @@ class Lab:
         nodes = []
         for node in state.nodes:
             entry: dict[str, Any] = {"name": node.name, "netns": node.netns, "address": node.address,
-                                     "pod_cidr": node.pod_cidr, "controller_running": False, "controller": None}
+                                     "pod_cidr": node.pod_cidr, "pod_cidrs": node.pod_cidrs,
+                                     "controller_running": False, "controller": None}
             if state.flows == "controller":
                 entry["controller_running"] = procs.alive(node.controller_pid)
                 try:
@@ -345,7 +382,9 @@ class Lab:
                 except (OSError, ValueError) as exc:
                     entry["controller_error"] = str(exc)
             nodes.append(entry)
-        pod_rows = {k: {"node": p.node, "ip": p.ip, "netns": p.netns, "server_running": procs.alive(p.server_pid),
+        pod_rows = {k: {"node": p.node, "ip": p.ip, "ips": p.ips, "netns": p.netns,
+                        "server_running": procs.alive(p.server_pid),
                         "ports": [f"{proto}:{port}" for proto, port in p.ports]} for k, p in sorted(state.pods.items())}
-        return {"workdir": state.workdir, "tunnel": state.tunnel, "flows": state.flows, "nodes": nodes,
+        return {"workdir": state.workdir, "tunnel": state.tunnel, "flows": state.flows,
+                "ip_family": state.ip_family, "nodes": nodes,
                 "pods": pod_rows, "external": state.external}

@@ -22,6 +22,7 @@ from typing import Any
 from netaddr import IPAddress, IPNetwork
 
 from sdn_netpol.lab import netns, procs
+from sdn_netpol.lab.families import family_of, gateway
 from sdn_netpol.lab.state import LabState, NodeState, PodState
 from sdn_netpol.lab.store import LabError
 from sdn_netpol.model.objects import Pod
@@ -37,24 +38,27 @@ CNI_TIMEOUT = 60.0
 class Placement:
     pod: Pod
     node: str
-    ip: str | None  # a static address asked for through status.podIP
+    ips: tuple[str, ...] = ()  # static addresses asked for through status.podIP(s)
+
+    @property
+    def ip(self) -> str | None:
+        return self.ips[0] if self.ips else None
 
 
 def place(pods: Sequence[Pod], nodes: Sequence[NodeState], occupied: dict[str, int] | None = None) -> list[Placement]:
-    """Where each pod goes: the node whose CIDR holds its status.podIP; else its
-    spec.nodeName if that is a lab node; else the least loaded node, pods in sorted name
-    order (so a fresh lab spreads round-robin)."""
+    """Where each pod goes: the node whose pod CIDR holds its status.podIP(s) (of either
+    family the lab has); else its spec.nodeName if that is a lab node; else the least loaded
+    node, pods in sorted name order (so a fresh lab spreads round-robin)."""
     load = {n.name: 0 for n in nodes} | dict(occupied or {})
     names = {n.name for n in nodes}
     placed: list[Placement] = []
     rest: list[Pod] = []
     for pod in sorted(pods, key=lambda p: (p.namespace, p.name)):
-        v4 = pod.ip_of_family(4)
-        if v4 is not None:
-            node = _node_for_ip(v4, nodes, pod)
-            placed.append(Placement(pod, node, str(v4)))
+        if pod.ips:
+            node, ips = _node_for_ips(pod, nodes)
+            placed.append(Placement(pod, node, ips))
         elif pod.node_name in names:
-            placed.append(Placement(pod, str(pod.node_name), None))
+            placed.append(Placement(pod, str(pod.node_name)))
         else:
             rest.append(pod)
             continue
@@ -62,16 +66,38 @@ def place(pods: Sequence[Pod], nodes: Sequence[NodeState], occupied: dict[str, i
     for pod in rest:
         node = min(nodes, key=lambda n: (load[n.name], n.index)).name
         load[node] += 1
-        placed.append(Placement(pod, node, None))
+        placed.append(Placement(pod, node))
     return placed
 
 
-def _node_for_ip(ip: IPAddress, nodes: Sequence[NodeState], pod: Pod) -> str:
+def _node_for_ips(pod: Pod, nodes: Sequence[NodeState]) -> tuple[str, tuple[str, ...]]:
+    """The one node whose pod CIDRs hold every status address of the pod (at most one per
+    family, each of a family the lab has), and those addresses in the lab's family order."""
+    key = f"{pod.namespace}/{pod.name}"
+    lab_families = [IPNetwork(c).version for c in nodes[0].pod_cidrs] if nodes else []
+    found: dict[int, tuple[IPAddress, str]] = {}
+    for ip in pod.ips:
+        if ip.version not in lab_families:
+            have = " and ".join(f"IPv{f}" for f in lab_families)
+            raise LabError(f"pod {key}: status.podIP {ip} is IPv{ip.version}, but the lab's pods have {have} "
+                           "only (lab up --ip-family)")
+        if ip.version in found:
+            raise LabError(f"pod {key}: status.podIPs has two IPv{ip.version} addresses ({found[ip.version][0]}, {ip})")
+        found[ip.version] = (ip, _node_for_ip(ip, nodes, key))
+    where = {node for _, node in found.values()}
+    if len(where) > 1:
+        listed = ", ".join(f"{ip} on {node}" for ip, node in found.values())
+        raise LabError(f"pod {key}: status.podIPs point at different nodes ({listed})")
+    return where.pop(), tuple(str(found[f][0]) for f in lab_families if f in found)
+
+
+def _node_for_ip(ip: IPAddress, nodes: Sequence[NodeState], key: str) -> str:
     for node in nodes:
-        if ip in IPNetwork(node.pod_cidr) and ip != IPAddress(node.gateway):
+        cidr = node.cidr_of(ip.version)
+        if cidr is not None and ip in IPNetwork(cidr) and ip != IPAddress(gateway(cidr)):
             return node.name
-    cidrs = ", ".join(n.pod_cidr for n in nodes)
-    raise LabError(f"pod {pod.namespace}/{pod.name}: status.podIP {ip} is in no node's pod CIDR ({cidrs})")
+    cidrs = ", ".join(c for n in nodes for c in n.pod_cidrs if IPNetwork(c).version == ip.version)
+    raise LabError(f"pod {key}: status.podIP {ip} is in no node's pod CIDR ({cidrs})")
 
 
 def served_ports(pod: Pod) -> list[tuple[str, int]]:
@@ -81,20 +107,23 @@ def served_ports(pod: Pod) -> list[tuple[str, int]]:
 # ------------------------------------------------------------------ CNI
 
 
-def cni_config(node: NodeState, ip: str | None) -> dict[str, Any]:
-    """The conflist entry a runtime would hand the plugin on this node."""
-    network = IPNetwork(node.pod_cidr)
+def cni_config(node: NodeState, ip: str | Sequence[str] | None) -> dict[str, Any]:
+    """The conflist entry a runtime would hand the plugin on this node: one host-local range
+    set per pod CIDR of the node (an address of each family), `ip` the static addresses."""
     conf: dict[str, Any] = {
         "cniVersion": "1.0.0", "name": NETWORK, "type": "sdn-netpol-cni", "bridge": "br-int",
         "ovsdb": f"unix:{node.rundir}/db.sock", "mtu": POD_MTU,
         "ipam": {
             "type": "host-local",
-            "ranges": [[{"subnet": str(network), "rangeEnd": str(network[-3]), "gateway": node.gateway}]],
+            "ranges": [[{"subnet": str(IPNetwork(cidr)), "rangeEnd": str(IPNetwork(cidr)[-3]),
+                         "gateway": gw}] for cidr, gw in zip(node.pod_cidrs, node.gateways, strict=True)],
             "dataDir": str(Path(node.rundir) / "ipam"),
         },
     }
-    if ip:
-        conf["runtimeConfig"] = {"ips": [f"{ip}/{network.prefixlen}"]}
+    wanted = [ip] if isinstance(ip, str) else list(ip or ())
+    if wanted:
+        conf["runtimeConfig"] = {"ips": [f"{a}/{IPNetwork(node.cidr_of(family_of(a)) or a).prefixlen}"
+                                         for a in wanted]}
     return conf
 
 
@@ -130,9 +159,11 @@ def add_pod(state: LabState, placement: Placement) -> PodState:
     pod = PodState(key=key, node=node.name, netns=state.pod_netns(key), container_id=container_id(key),
                    ip="", mac="", ports=served_ports(placement.pod))
     netns.create(pod.netns)
-    result = run_cni("ADD", node, pod, cni_config(node, placement.ip))
+    result = run_cni("ADD", node, pod, cni_config(node, placement.ips))
     assert result is not None
-    pod.ip = str(result["ips"][0]["address"]).split("/")[0]
+    given = [str(IPAddress(str(entry["address"]).split("/")[0])) for entry in result["ips"]]
+    pod.ips = [a for family in state.families for a in given if family_of(a) == family]
+    pod.ip = pod.ips[0]
     pod.mac = next((i["mac"] for i in result.get("interfaces", []) if i.get("sandbox")), "")
     return pod
 

@@ -12,6 +12,9 @@ bound on descriptors and on the burst of first packets the userspace datapath mu
 measured on a 5 × 20 lab, windows from 1,000 to 10,000 give the same exact 100×100
 matrices in 3–4 s. (A 100-pod lab needs room in the kernel's ARP table: see hostlimits.)
 
+IPv4 or IPv6: each probe's family is its destination address's (a lab probes one family at
+a time, `lab probe --family`).
+
 Outcomes: `connected` (handshake or echo), `refused` (TCP RST, ICMP port unreachable,
 SCTP ABORT: the packet reached the pod and nothing listens), `timeout` (dropped on the way:
 what a policy does), `error`. Both `connected` and `refused` count as reachable.
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import ipaddress
 import os
 import random
 import resource
@@ -67,7 +71,7 @@ class _Run:
     selector: selectors.BaseSelector = field(default_factory=selectors.DefaultSelector)
     flights: list[_Flight] = field(default_factory=list)
     in_flight: list[_Flight] = field(default_factory=list)
-    raw: dict[tuple[str, str | None], socket.socket] = field(default_factory=dict)
+    raw: dict[tuple[str, str | None, int], socket.socket] = field(default_factory=dict)
     by_sctp: dict[tuple[int, str, int], _Flight] = field(default_factory=dict)
 
 
@@ -124,9 +128,13 @@ def _launch(run: _Run, probe: Probe, timeout: float) -> None:
     run.in_flight.append(flight)
 
 
+def _family(address: str) -> int:
+    return socket.AF_INET6 if ":" in address else socket.AF_INET
+
+
 def _open(probe: Probe, kind: int, proto: int = 0) -> socket.socket:
     """Called with this thread inside the probe's source namespace (see `_launch`)."""
-    sock = socket.socket(socket.AF_INET, kind, proto)
+    sock = socket.socket(_family(probe.dst_ip), kind, proto)
     if probe.src_ip:
         sock.bind((probe.src_ip, 0))
     sock.setblocking(False)
@@ -151,22 +159,23 @@ def _start_udp(run: _Run, flight: _Flight) -> None:
 
 def _start_sctp(run: _Run, flight: _Flight) -> None:
     probe = flight.probe
-    raw_key = (probe.src_netns, probe.src_ip)
+    raw_key = (probe.src_netns, probe.src_ip, _family(probe.dst_ip))
     if raw_key not in run.raw:
         raw = _open(probe, socket.SOCK_RAW, sctp.IPPROTO_SCTP)
         run.raw[raw_key] = raw
         run.selector.register(raw, selectors.EVENT_READ, raw_key)
+    dst = str(ipaddress.ip_address(probe.dst_ip))  # as sctp.parse_raw writes a reply's source
     while True:  # a source port unique per (source, destination): replies map back
         flight.sport = random.randint(33000, 60999)
-        if (flight.sport, probe.dst_ip, id(run.raw[raw_key])) not in run.by_sctp:
+        if (flight.sport, dst, id(run.raw[raw_key])) not in run.by_sctp:
             break
     flight.tag = random.randint(1, 0xFFFFFFFF)
-    run.by_sctp[(flight.sport, probe.dst_ip, id(run.raw[raw_key]))] = flight
+    run.by_sctp[(flight.sport, dst, id(run.raw[raw_key]))] = flight
     _send_init(run, flight)
 
 
 def _send_init(run: _Run, flight: _Flight) -> None:
-    raw = run.raw[(flight.probe.src_netns, flight.probe.src_ip)]
+    raw = run.raw[(flight.probe.src_netns, flight.probe.src_ip, _family(flight.probe.dst_ip))]
     with contextlib.suppress(OSError):
         raw.sendto(sctp.init(flight.sport, run.port, flight.tag), (flight.probe.dst_ip, 0))
 
@@ -253,10 +262,10 @@ def _on_socket(run: _Run, flight: _Flight) -> None:
 def _on_raw(run: _Run, raw: socket.socket) -> None:
     while True:
         try:
-            datagram = raw.recv(65536)
+            datagram, peer = raw.recvfrom(65536)
         except (BlockingIOError, OSError):
             return
-        pkt = sctp.parse_ip(datagram)
+        pkt = sctp.parse_raw(raw.family, datagram, peer[0])
         if pkt is None or pkt.sport != run.port:
             continue
         flight = run.by_sctp.get((pkt.dport, pkt.src, id(raw)))

@@ -12,6 +12,8 @@ would then see as nothing at all).
 
 from __future__ import annotations
 
+import ipaddress
+import socket
 import struct
 from dataclasses import dataclass
 
@@ -99,6 +101,14 @@ def parse_ip(datagram: bytes) -> Packet | None:
     ihl = (datagram[0] & 0x0F) * 4
     src = ".".join(str(b) for b in datagram[12:16])
     return parse_sctp(src, datagram[ihl:])
+
+
+def parse_raw(family: int, datagram: bytes, peer: str) -> Packet | None:
+    """A read from a raw SCTP socket of `family`: an IPv4 one hands over the IP header, an
+    IPv6 one only the payload, its source in `peer` (recvfrom's address)."""
+    if family == socket.AF_INET6:
+        return parse_sctp(str(ipaddress.ip_address(peer.split("%")[0])), datagram)
+    return parse_ip(datagram)
 
 
 def parse_sctp(src: str, raw: bytes) -> Packet | None:

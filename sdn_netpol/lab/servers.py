@@ -4,7 +4,9 @@
         --serve TCP:80 --serve UDP:80 --serve SCTP:80 ...
 
 TCP: accept and echo (a long stream can be checked end to end); UDP: echo each datagram;
-SCTP: answered in user space over one raw socket (see `sctp.py`). One process and one
+SCTP: answered in user space over raw sockets (see `sctp.py`). Every port is served on IPv4
+and IPv6 alike: TCP and UDP on one dual-stack socket (`::`, IPV6_V6ONLY off), SCTP on one raw
+socket per family; where the pod's namespace has no IPv6, on IPv4 only. One process and one
 selector loop per pod keeps a 100-pod lab at ~100 small processes; standard library only
 so that it starts in tens of milliseconds. Prints `ready` once every socket is bound.
 """
@@ -19,6 +21,7 @@ import signal
 import socket
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from sdn_netpol.lab import sctp
 
@@ -35,23 +38,33 @@ class Server:
             elif proto == "UDP":
                 self._bind_udp(port)
         if self.sctp_ports:
-            raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, sctp.IPPROTO_SCTP)
-            raw.setblocking(False)
-            self.selector.register(raw, selectors.EVENT_READ, self._on_sctp)
+            for family in (socket.AF_INET, socket.AF_INET6) if socket.has_ipv6 and _ipv6() else (socket.AF_INET,):
+                raw = socket.socket(family, socket.SOCK_RAW, sctp.IPPROTO_SCTP)
+                raw.setblocking(False)
+                self.selector.register(raw, selectors.EVENT_READ, self._on_sctp)
+
+    @staticmethod
+    def _bound(kind: int, port: int) -> socket.socket:
+        """Bound to `port` on every address of either family (IPv4 only without IPv6)."""
+        if _ipv6():
+            sock = socket.socket(socket.AF_INET6, kind)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            address: tuple[str, int] = ("::", port)
+        else:
+            sock, address = socket.socket(socket.AF_INET, kind), ("0.0.0.0", port)
+        if kind == socket.SOCK_STREAM:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.setblocking(False)
+        return sock
 
     def _listen_tcp(self, port: int) -> None:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("0.0.0.0", port))
+        sock = self._bound(socket.SOCK_STREAM, port)
         sock.listen(256)
-        sock.setblocking(False)
         self.selector.register(sock, selectors.EVENT_READ, self._on_accept)
 
     def _bind_udp(self, port: int) -> None:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sock.bind(("0.0.0.0", port))
-        sock.setblocking(False)
-        self.selector.register(sock, selectors.EVENT_READ, self._on_udp)
+        self.selector.register(self._bound(socket.SOCK_DGRAM, port), selectors.EVENT_READ, self._on_udp)
 
     def _on_accept(self, listener: socket.socket) -> None:
         with contextlib.suppress(BlockingIOError, ConnectionAbortedError):
@@ -78,8 +91,8 @@ class Server:
 
     def _on_sctp(self, raw: socket.socket) -> None:
         with contextlib.suppress(BlockingIOError, OSError):
-            datagram = raw.recv(65536)
-            pkt = sctp.parse_ip(datagram)
+            datagram, peer = raw.recvfrom(65536)
+            pkt = sctp.parse_raw(raw.family, datagram, peer[0])
             if pkt is None:
                 return
             reply = sctp.reply_to(pkt, self.sctp_ports)
@@ -90,6 +103,14 @@ class Server:
         while True:
             for key, _ in self.selector.select():
                 key.data(key.fileobj)
+
+
+def _ipv6() -> bool:
+    """This namespace can have IPv6 sockets (the kernel has it, and not disabled here)."""
+    try:
+        return Path("/proc/sys/net/ipv6/conf/all/disable_ipv6").read_text().strip() == "0"
+    except OSError:
+        return False
 
 
 def parse_serve(text: str) -> tuple[str, int]:

@@ -18,11 +18,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sdn_netpol.lab.families import by_family, families, gateway, pod_cidr
+
 DEFAULT_WORKDIR = Path("/tmp/sdn-netpol-lab")
 STATE_FILE = "state.json"
 UNDERLAY_PREFIX = "10.10.0"  # node N has 10.10.0.N on its br-phy tap
-POD_CIDR = "10.244.{n}.0/24"
-POD_GATEWAY = "10.244.{n}.254"  # virtual: answered by the OpenFlow ARP responder
 OFP_PORT = 6653
 
 
@@ -42,10 +42,19 @@ class NodeState:
     netns: str
     rundir: str
     address: str  # underlay (tunnel endpoint) address
-    pod_cidr: str
+    pod_cidr: str  # of the lab's first family
     gateway: str
     bridge_mac: str = ""
     controller_pid: int | None = None
+    pod_cidrs: list[str] = field(default_factory=list)  # one per family of the lab, first family first
+    gateways: list[str] = field(default_factory=list)  # the virtual gateway of each
+
+    def __post_init__(self) -> None:  # a state written before the lab had families
+        self.pod_cidrs = self.pod_cidrs or [self.pod_cidr]
+        self.gateways = self.gateways or [self.gateway]
+
+    def cidr_of(self, family: int) -> str | None:
+        return by_family(self.pod_cidrs, family)
 
 
 @dataclass
@@ -54,11 +63,18 @@ class PodState:
     node: str
     netns: str
     container_id: str
-    ip: str
+    ip: str  # of the lab's first family (status.podIP)
     mac: str
     ports: list[tuple[str, int]] = field(default_factory=list)  # (protocol, port)
     server_pid: int | None = None
     published: bool = True  # its manifest (with node and IP) is in the shared folder
+    ips: list[str] = field(default_factory=list)  # one per family of the lab (status.podIPs)
+
+    def __post_init__(self) -> None:
+        self.ips = self.ips or ([self.ip] if self.ip else [])
+
+    def ip_of(self, family: int) -> str | None:
+        return by_family(self.ips, family)
 
 
 @dataclass
@@ -70,6 +86,12 @@ class LabState:
     pods: dict[str, PodState] = field(default_factory=dict)
     external: list[str] = field(default_factory=list)  # addresses of the external host
     flows: str = "controller"  # or "static": the lab compiles and loads flows itself (debug)
+    ip_family: str = "4"  # `lab up --ip-family`: 4, 6 or dual
+
+    @property
+    def families(self) -> tuple[int, ...]:
+        """The pods' address families, the first one first (IPv4 first in a dual lab)."""
+        return families(self.ip_family)
 
     # ------------------------------------------------------------ paths
 
@@ -126,18 +148,23 @@ class LabState:
             pods[key] = PodState(**raw)
         return cls(workdir=doc["workdir"], prefix=doc["prefix"], tunnel=doc.get("tunnel", "vxlan"),
                    nodes=nodes, pods=pods, external=list(doc.get("external", [])),
-                   flows=doc.get("flows", "controller"))
+                   flows=doc.get("flows", "controller"), ip_family=str(doc.get("ip_family", "4")))
 
 
-def new_state(workdir: Path, nodes: int, tunnel: str, external: list[str], flows: str) -> LabState:
+def new_state(workdir: Path, nodes: int, tunnel: str, external: list[str], flows: str,
+              ip_family: str = "4") -> LabState:
     """Names and addresses of a K-node lab (nothing created yet)."""
     root = Path(workdir).resolve()
     prefix = lab_prefix(root)
-    state = LabState(workdir=str(root), prefix=prefix, tunnel=tunnel, external=list(external), flows=flows)
+    state = LabState(workdir=str(root), prefix=prefix, tunnel=tunnel, external=list(external), flows=flows,
+                     ip_family=ip_family)
     for n in range(1, nodes + 1):
+        cidrs = [pod_cidr(n, family) for family in families(ip_family)]
+        gateways = [gateway(cidr) for cidr in cidrs]
         state.nodes.append(NodeState(
             name=f"node{n}", index=n, netns=f"{prefix}node{n}", rundir=str(root / "nodes" / f"node{n}"),
-            address=f"{UNDERLAY_PREFIX}.{n}", pod_cidr=POD_CIDR.format(n=n), gateway=POD_GATEWAY.format(n=n),
+            address=f"{UNDERLAY_PREFIX}.{n}", pod_cidr=cidrs[0], gateway=gateways[0], pod_cidrs=cidrs,
+            gateways=gateways,
         ))
     return state
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -135,20 +135,24 @@ class Store:
         return parse_documents([d for f in sorted(self.folder.glob("*.yaml")) for d in read_documents(f)])
 
 
-def node_manifest(name: str, address: str, pod_cidr: str) -> dict[str, Any]:
-    """What the controllers learn tunnel endpoints from (`status.addresses` InternalIP)."""
+def node_manifest(name: str, address: str, pod_cidr: str | Sequence[str]) -> dict[str, Any]:
+    """What the controllers learn tunnel endpoints from (`status.addresses` InternalIP), and
+    the routes to the node's pod CIDRs (one per family, as a dual-stack Node has)."""
+    cidrs = [pod_cidr] if isinstance(pod_cidr, str) else list(pod_cidr)
     return {
         "apiVersion": "v1", "kind": "Node",
         "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
-        "spec": {"podCIDR": pod_cidr, "podCIDRs": [pod_cidr]},
+        "spec": {"podCIDR": cidrs[0], "podCIDRs": cidrs},
         "status": {"addresses": [{"type": "InternalIP", "address": address},
                                  {"type": "Hostname", "address": name}]},
     }
 
 
-def with_pod_status(body: dict[str, Any], node: str, ip: str) -> dict[str, Any]:
-    """The pod as the scheduler and kubelet leave it: bound to a node, Running, with its IP."""
+def with_pod_status(body: dict[str, Any], node: str, ip: str | Sequence[str]) -> dict[str, Any]:
+    """The pod as the scheduler and kubelet leave it: bound to a node, Running, with its IP
+    (its IPs: one per family, the first one also `podIP`)."""
+    ips = [ip] if isinstance(ip, str) else list(ip)
     out = copy.deepcopy(body)
     out.setdefault("spec", {})["nodeName"] = node
-    out["status"] = {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}
+    out["status"] = {"phase": "Running", "podIP": ips[0], "podIPs": [{"ip": a} for a in ips]}
     return out
