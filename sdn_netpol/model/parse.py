@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from netaddr import AddrFormatError, IPAddress
 
+from sdn_netpol.model.cluster_objects import CLUSTER_API_VERSIONS, CLUSTER_KINDS, ClusterKind, ClusterPolicy
+from sdn_netpol.model.cluster_parse import parse_cluster_policy
 from sdn_netpol.model.errors import FieldErrors, ValidationError, one_line
 from sdn_netpol.model.labels import Labels, is_dns_label, is_dns_subdomain
 from sdn_netpol.model.objects import (
@@ -27,8 +29,9 @@ from sdn_netpol.model.objects import (
 )
 from sdn_netpol.model.policy_parse import check_port_name, parse_labels, parse_network_policy
 
-KINDS = ("Namespace", "Pod", "NetworkPolicy")
-API_VERSIONS = {"Namespace": "v1", "Pod": "v1", "NetworkPolicy": "networking.k8s.io/v1"}
+KINDS = ("Namespace", "Pod", "NetworkPolicy", *CLUSTER_KINDS)
+API_VERSIONS = {"Namespace": "v1", "Pod": "v1", "NetworkPolicy": "networking.k8s.io/v1", **CLUSTER_API_VERSIONS}
+Object = Namespace | Pod | NetworkPolicy | ClusterPolicy
 ObjectKey = tuple[str, str, str]
 NOTE_LIMIT = 1000  # a skipped document's note is one line of at most this many characters (+ the cut)
 
@@ -48,11 +51,12 @@ class ParseResult:
     policies: tuple[NetworkPolicy, ...]
     errors: tuple[ValidationError, ...]
     skipped: tuple[str, ...]
+    cluster_policies: tuple[ClusterPolicy, ...] = ()
 
 
 @dataclass
 class _Accumulator:
-    objects: dict[ObjectKey, Namespace | Pod | NetworkPolicy] = field(default_factory=dict)
+    objects: dict[ObjectKey, Object] = field(default_factory=dict)
     errors: list[ValidationError] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
 
@@ -69,6 +73,7 @@ def parse_documents(documents: Iterable[Document]) -> ParseResult:
         policies=tuple(o for o in objects if isinstance(o, NetworkPolicy)),
         errors=tuple(acc.errors),
         skipped=tuple(acc.skipped),
+        cluster_policies=tuple(o for o in objects if isinstance(o, ClusterPolicy)),
     )
 
 
@@ -111,14 +116,16 @@ def _apply(acc: _Accumulator, source: str, body: Any) -> None:
         acc.objects[object_key(obj)] = obj
 
 
-def object_key(obj: Namespace | Pod | NetworkPolicy) -> ObjectKey:
+def object_key(obj: Object) -> ObjectKey:
     if isinstance(obj, Namespace):
         return ("Namespace", "", obj.name)
+    if isinstance(obj, ClusterPolicy):  # cluster-scoped
+        return (obj.kind, "", obj.name)
     kind = "Pod" if isinstance(obj, Pod) else "NetworkPolicy"
     return (kind, obj.namespace, obj.name)
 
 
-def parse_object(body: Mapping[str, Any]) -> tuple[Namespace | Pod | NetworkPolicy | None, list[ValidationError]]:
+def parse_object(body: Mapping[str, Any]) -> tuple[Object | None, list[ValidationError]]:
     """One manifest of a known kind → its value, or None and the reasons."""
     kind = body.get("kind")
     metadata = body.get("metadata")
@@ -135,13 +142,15 @@ def parse_object(body: Mapping[str, Any]) -> tuple[Namespace | Pod | NetworkPoli
         errors.add("metadata.name", f"{name!r}: a namespace name must be a lowercase RFC 1123 label")
     elif not is_dns_subdomain(name):
         errors.add("metadata.name", f"{name!r}: must be a lowercase RFC 1123 subdomain")
-    if kind != "Namespace" and not (isinstance(namespace, str) and is_dns_label(namespace)):
+    if kind not in ("Namespace", *CLUSTER_KINDS) and not (isinstance(namespace, str) and is_dns_label(namespace)):
         errors.add("metadata.namespace", f"{namespace!r}: must be a lowercase RFC 1123 label")
     labels = parse_labels(metadata.get("labels"), "metadata.labels", errors)
     if errors or labels is None:
         return None, errors.items
-    obj: Namespace | Pod | NetworkPolicy | None
-    if kind == "Namespace":
+    obj: Object | None
+    if kind in CLUSTER_KINDS:
+        obj = parse_cluster_policy(dict(body), cast(ClusterKind, kind), name, errors)
+    elif kind == "Namespace":
         obj = Namespace.implied(name, labels, _audit_mode(metadata.get("annotations"), errors))
     elif kind == "Pod":
         obj = _parse_pod(dict(body), namespace, name, labels, errors)
@@ -168,6 +177,8 @@ def _object_label(kind: str, namespace: str, name: object) -> str:
     shown = name if isinstance(name, str) and name else "<unnamed>"
     if kind == "Namespace":
         return f"namespace {shown}"
+    if kind in CLUSTER_KINDS:  # as `kubectl get` names it
+        return f"{kind}/{shown}"
     return f"{'policy' if kind == 'NetworkPolicy' else 'pod'} {namespace}/{shown}"
 
 

@@ -114,7 +114,7 @@ def _rules(
     return tuple(rules)
 
 
-def _each(
+def each_item(
     raw: Any, path: str, errors: FieldErrors, parse_item: Callable[[Any, str, FieldErrors], T | None]
 ) -> tuple[T, ...] | None:
     """A list field: null means empty; every item is parsed (and its errors kept) at PATH[i]."""
@@ -128,7 +128,7 @@ def _each(
 
 
 def _peers(raw: Any, path: str, errors: FieldErrors) -> tuple[Peer, ...] | None:
-    return _each(raw, path, errors, _peer)
+    return each_item(raw, path, errors, _peer)
 
 
 def _peer(raw: Any, path: str, errors: FieldErrors) -> Peer | None:
@@ -221,7 +221,7 @@ def parse_cidr(text: str) -> IPNetwork | None:
 
 
 def _ports(raw: Any, path: str, errors: FieldErrors) -> tuple[PolicyPort, ...] | None:
-    return _each(raw, path, errors, lambda item, at, errs: _port(item if item is not None else {}, at, errs))
+    return each_item(raw, path, errors, lambda item, at, errs: _port(item if item is not None else {}, at, errs))
 
 
 def _port(raw: Any, path: str, errors: FieldErrors) -> PolicyPort | None:
@@ -320,7 +320,7 @@ def parse_labels(raw: Any, path: str, errors: FieldErrors) -> Labels | None:
 
 
 def _expressions(raw: Any, path: str, errors: FieldErrors) -> tuple[Requirement, ...]:
-    return _each(raw, path, errors, _requirement) or ()
+    return each_item(raw, path, errors, _requirement) or ()
 
 
 def _requirement(raw: Any, path: str, errors: FieldErrors) -> Requirement | None:
