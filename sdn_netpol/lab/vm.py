@@ -170,6 +170,10 @@ class Vm:
         reply = self._agent().request(120, op="unixctl", target=target, method=method, params=list(params))
         return reply.get("error"), str(reply.get("result", ""))
 
+    def call(self, module: str, command: str, request: dict[str, Any], timeout: float = 300.0) -> Any:
+        """``module.COMMANDS[command](request)`` inside the agent (no new Python per call)."""
+        return self._agent().request(timeout, op="call", module=module, command=command, request=request)["result"]
+
     def write(self, path: str, data: str) -> None:
         self._agent().request(60, op="write", path=path, data=data)
 
@@ -271,12 +275,13 @@ class VmGroup:
     """N VMs on one private underlay (10.10.0.i/24), booted in parallel; a context manager."""
 
     def __init__(self, workdir: Path, names: Sequence[str], memory_mib: int = 512,
-                 underlay: bool = True, boot_timeout: float = BOOT_TIMEOUT) -> None:
+                 underlay: bool = True, boot_timeout: float = BOOT_TIMEOUT, kernel_args: str = "") -> None:
         self.workdir = workdir.resolve()
         self.names = list(names)
         self.memory_mib = memory_mib
         self.underlay = underlay
         self.boot_timeout = boot_timeout
+        self.kernel_args = kernel_args  # appended to each VM's kernel command line
         self.vms: dict[str, Vm] = {}
         self.netns = group_netns(self.workdir)
         self.boot_seconds = 0.0
@@ -306,7 +311,7 @@ class VmGroup:
         vmdir.mkdir(parents=True, exist_ok=True)
         ip = f"10.10.0.{index}" if self.underlay else None
         append = (f"root=/dev/vda rw console=ttyS0 quiet panic=-1 init=/sbin/sdn-netpol-init "
-                  f"sdnvm.name={name}" + (f" sdnvm.ip={ip}/24" if ip else ""))
+                  f"sdnvm.name={name}" + (f" sdnvm.ip={ip}/24" if ip else "") + f" {self.kernel_args}").strip()
         argv = [
             QEMU, "-name", name, "-accel", "tcg,tb-size=256", "-cpu", "max", "-smp", "1",
             "-m", str(self.memory_mib), "-nodefaults", "-display", "none", "-no-reboot",

@@ -1,9 +1,10 @@
 """The command agent inside a kernel-datapath VM (issue 16): the host's only way in.
 
-Runs as the last step of the guest's init (scripts/vm-guest-init.sh), with the guest's
-python3 and the standard library only. It talks JSON lines over the virtio-serial port
-``sdn-netpol.ctl``, which qemu exposes on the host as a unix socket
-(``-chardev socket,server=on``): one request, then its one reply, in order.
+Runs as the last step of the guest's init (scripts/vm-guest-init.sh), with the image's
+venv python and the standard library only (project modules only through ``call``). It
+talks JSON lines over the virtio-serial port ``sdn-netpol.ctl``, which qemu exposes on the
+host as a unix socket (``-chardev socket,server=on``): one request, then its one reply, in
+order.
 
 Why a virtio-serial port and not the serial console: it is a clean byte stream of its own
 (no kernel messages, no echo, no line discipline), it survives the host reconnecting, and
@@ -18,6 +19,9 @@ a blocked write waits for the host instead of losing data. Requests:
   connection kept open (``ofproto/trace`` by the thousand, as :class:`sdn_netpol.ovs.Tracer`
   does on the host); a daemon name resolves to ``/var/run/openvswitch/NAME.PID.ctl``;
 * ``{"op": "write", "path": p, "data": str}`` → ``{}`` (atomic: temporary file + rename);
+* ``{"op": "call", "module": m, "command": c, "request": {...}}`` → ``{"result": ...}``:
+  ``m.COMMANDS[c](request)`` in the agent's own process (the project's modules are imported
+  once: a fresh Python under TCG spends seconds importing them; sdn_netpol/lab/vmguest.py);
 * ``{"op": "exit"}`` → ``{}``, then the agent ends and the guest powers off.
 
 Every reply also carries ``"id"`` (the request's) and, on an agent-side error, ``"fault"``.
@@ -25,12 +29,14 @@ Every reply also carries ``"id"`` (the request's) and, on an agent-side error, `
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import socket
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +148,9 @@ def handle(request: dict[str, Any], unixctl: Unixctl) -> dict[str, Any]:
         tmp.write_text(request["data"])
         tmp.rename(path)
         return {}
+    if op == "call":
+        commands = importlib.import_module(request["module"]).COMMANDS
+        return {"result": commands[request["command"]](request.get("request", {}))}
     if op == "exit":
         return {}
     raise ValueError(f"unknown op {op!r}")
@@ -171,8 +180,8 @@ def serve(port: Path) -> None:
         try:
             request = json.loads(line)
             reply = handle(request, unixctl)
-        except Exception as exc:  # any fault goes back to the host; the agent lives on
-            reply = {"fault": f"{type(exc).__name__}: {exc}"}
+        except BaseException as exc:  # any fault goes back to the host; the agent lives on
+            reply = {"fault": f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=-4)}"}
         request = request if isinstance(request, dict) else {}
         reply["id"] = request.get("id")
         send(reply)
