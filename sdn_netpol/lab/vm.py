@@ -230,12 +230,14 @@ class Vm:
         return sock
 
     def _failure(self) -> str | None:
-        if self.proc.poll() is not None:
-            return f"qemu exited (status {self.proc.returncode})"
+        """The guest init's FAILED marker (it powers off right after), or qemu's exit."""
+        exited = self.proc.poll() is not None
         with contextlib.suppress(OSError):
             for line in self.serial_log.read_text(errors="replace").splitlines():
                 if MARKER + " FAILED" in line:
                     return line.split(MARKER, 1)[1].strip()
+        if exited:
+            return f"qemu exited (status {self.proc.returncode}): {tail(self.dir / 'qemu.log', 5)}"
         return None
 
 
