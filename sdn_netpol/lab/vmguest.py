@@ -13,7 +13,7 @@ root namespace gets the name ``sdnvm-node`` (``ip netns attach``) so they can en
 Commands:
 
 * ``node-up`` ``{"name", "index", "address", "pod_cidr", "nodes": [{name, address, pod_cidr}]}``
-* ``pods-add`` ``{"pods": [manifest, ...]}`` → ``[{"key", "ip", "mac"}]``: namespace, CNI
+* ``pods-add`` ``{"pods": [manifest, ...]}`` → ``[{"key", "ip", "mac", "netns"}]``: namespace, CNI
   ADD, server; the manifest is not published (``objects`` does that, with node and IP)
 * ``objects`` ``{"write": [docs], "remove": [[kind, namespace, name]]}`` → the folder's version
 * ``realized`` ``{"timeout"}`` → this node's ``/status`` once it enforces the folder as it is
@@ -100,7 +100,7 @@ def pods_add(req: dict[str, Any]) -> list[dict[str, Any]]:
     state.save()
     pods.start_servers(state, added)
     state.save()
-    return [{"key": p.key, "ip": p.ip, "mac": p.mac} for p in added]
+    return [{"key": p.key, "ip": p.ip, "mac": p.mac, "netns": p.netns} for p in added]
 
 
 def _pod(manifest: dict[str, Any]) -> Pod:

@@ -34,6 +34,23 @@ class VmPod:
     node: str
     ip: str
     mac: str
+    netns: str  # inside its node's VM
+
+
+def place(pod_docs: Sequence[dict[str, Any]], nodes: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+    """A pod whose spec.nodeName names a node goes there; the others round-robin over the
+    nodes in sorted namespace/name order."""
+    placed: dict[str, list[dict[str, Any]]] = {n: [] for n in nodes}
+    rest = []
+    for doc in sorted(pod_docs, key=lambda d: ref_of(d).key):
+        wanted = (doc.get("spec") or {}).get("nodeName")
+        if wanted in placed:
+            placed[wanted].append(doc)
+        else:
+            rest.append(doc)
+    for i, doc in enumerate(rest):
+        placed[nodes[i % len(nodes)]].append(doc)
+    return placed
 
 
 @dataclass
@@ -79,13 +96,11 @@ class VmLab:
             for node in nodes:
                 self.store.write(node_manifest(node["name"], node["address"], node["pod_cidr"]))
             pod_docs = [o for o in objects if o.get("kind") == "Pod"]
-            placed: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
-            for i, doc in enumerate(sorted(pod_docs, key=lambda d: ref_of(d).key)):
-                placed[names[i % len(names)]].append(doc)
+            placed = place(pod_docs, names)
             added = self._each({node: ("pods-add", {"pods": docs}) for node, docs in placed.items() if docs})
             for node, got in added.items():
                 for pod in got:
-                    self.pods[pod["key"]] = VmPod(pod["key"], node, pod["ip"], pod["mac"])
+                    self.pods[pod["key"]] = VmPod(pod["key"], node, pod["ip"], pod["mac"], pod["netns"])
             by_key = {ref_of(d).key: d for d in pod_docs}
             published = [with_pod_status(by_key[p.key], p.node, p.ip) for p in self.pods.values()]
             self.timings["nodes and pods"] = round(time.monotonic() - start - self.timings["boot"], 1)
