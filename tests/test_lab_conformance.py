@@ -5,7 +5,15 @@ and 81 on TCP, UDP and SCTP, spread round-robin so every namespace spans every n
 test applies its objects, probes with real packets from every pod to every pod, demands
 measured == expected, and takes its objects away again. Then the behaviours a matrix cannot
 show: spoofing, a pod before its flows, a controller restart under a stream, a withdrawn
-allow cutting a live connection, and `lab down` leaving nothing.
+allow cutting a live connection, a model pod's own status.podIPs, and `lab down` leaving
+nothing.
+
+The cases are written once, for every address family: this module's lab is IPv4;
+tests/test_lab_conformance_v6.py and _dual.py collect the same cases with a lab of theirs
+(`lab up --ip-family 6|dual`). Through `FamilyCluster` every matrix is measured in each
+family of the lab, and a NetworkPolicy's IPv4 ipBlocks are written in IPv6 terms on an IPv6
+lab (docs/lab.md, "Address families"); the cases that look at headers, neighbours or
+sockets do so in each family of the lab.
 """
 from __future__ import annotations
 
@@ -19,30 +27,33 @@ from pathlib import Path
 
 import pytest
 import yaml
+from netaddr import IPAddress, IPNetwork
 from scapy.layers.inet import IP, UDP
+from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 
 from sdn_netpol.compiler.pipeline import GATEWAY_MAC, is_learned
 from sdn_netpol.lab import cleanup, netns, probe
+from sdn_netpol.lab.families import pod_cidr
 from sdn_netpol.lab.lab import Lab
+from sdn_netpol.lab.store import LabError
 from sdn_netpol.lab.topology import ovs
-from sdn_netpol.lab.traffic import Stream
 from sdn_netpol.ovs.instance import daemon_pids
+from tests.family_fixtures import AF, FamilyCluster, FamilyStream, connect, sniffer
 from tests.lab_fixtures import (
     MODEL,
-    Cluster,
     allowed_pairs,
-    connect,
     deny_ingress,
     namespace,
     netpol,
     pod_manifest,
     received,
     send_frame,
-    sniffer,
 )
 
 IP_MTU_DISCOVER, IP_PMTUDISC_DO = 10, 2
+IPV6_MTU_DISCOVER, IPV6_PMTUDISC_DO = 23, 2
+HEADER = {4: 20, 6: 40}
 
 
 def _root_links() -> set[str]:
@@ -67,8 +78,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory, links_before: set[str]) -> Ite
 
 
 @pytest.fixture
-def cluster(lab: Lab, tmp_path: Path) -> Iterator[Cluster]:
-    view = Cluster(lab, tmp_path)
+def cluster(lab: Lab, tmp_path: Path) -> Iterator[FamilyCluster]:
+    view = FamilyCluster(lab, tmp_path)
     yield view
     view.reset()
 
@@ -77,66 +88,86 @@ def cluster(lab: Lab, tmp_path: Path) -> Iterator[Cluster]:
 
 
 def test_pods_spread_over_every_node_with_cni_addresses(lab: Lab) -> None:
+    """One address per family of the lab, in the lab's order, each in its node's pod CIDR of
+    that family; the manifests carry them as status.podIPs and the Nodes their pod CIDRs."""
     state = lab.state()
     assert {p.node for p in state.pods.values()} == {"node1", "node2", "node3"}
     for key, pod in state.pods.items():
         node = state.node(pod.node)
-        assert pod.ip.startswith(node.pod_cidr.rsplit(".", 2)[0] + "."), (key, pod.ip, node.pod_cidr)
-        octets = [int(x) for x in pod.ip.split(".")]
-        assert pod.mac == "02:00:" + ":".join(f"{b:02x}" for b in octets)
+        assert [IPAddress(a).version for a in pod.ips] == list(state.families), (key, pod.ips)
+        assert all(IPAddress(a) in IPNetwork(c) for a, c in zip(pod.ips, node.pod_cidrs, strict=True))
+        assert pod.ip == pod.ips[0]
         assert sorted(pod.ports) == sorted((proto, port) for proto in ("TCP", "UDP", "SCTP") for port in (80, 81))
     manifest = lab.cluster().pod("x", "b")
-    assert manifest is not None and str(manifest.ips[0]) == state.pods["x/b"].ip and manifest.node_name == "node2"
+    assert manifest is not None and manifest.node_name == "node2"
+    assert [str(ip) for ip in manifest.ips] == state.pods["x/b"].ips
+    node2 = yaml.safe_load((state.manifests / "node-node2.yaml").read_text())
+    assert node2["spec"]["podCIDRs"] == state.node("node2").pod_cidrs
+    assert node2["spec"]["podCIDRs"] == [pod_cidr(2, family) for family in state.families]
 
 
-def test_no_policy_everything_connects_on_every_protocol(cluster: Cluster) -> None:
+def test_no_policy_everything_connects_on_every_protocol(cluster: FamilyCluster) -> None:
     for protocol in ("TCP", "UDP", "SCTP"):
         report = cluster.check(protocol, 81)
         assert all(report.measured.allowed[s][d] for s in report.measured.pods for d in report.measured.pods)
 
 
-def test_forwarding_decrements_ttl_and_keeps_mtu_1450_across_the_tunnel(cluster: Cluster) -> None:
-    """x/a (node1) → y/b (node2): one routed hop (TTL 64 arrives as 63), and a full
-    1450-byte datagram with DF set crosses VXLAN whole; 1451 bytes do not fit the pod MTU;
-    the pod resolved its (virtual) gateway to the ARP responder's MAC."""
+def test_forwarding_decrements_ttl_and_keeps_mtu_1450_across_the_tunnel(cluster: FamilyCluster) -> None:
+    """In every family: x/a (node1) → y/b (node2) is one routed hop (TTL / hop limit 64
+    arrives as 63); a 1450-byte packet that must not be fragmented crosses the IPv4 VXLAN
+    underlay whole and 1451 bytes do not fit the pod MTU; the pod resolved its virtual
+    gateway (ARP, or neighbour discovery) to the flows' gateway MAC."""
     src, dst = cluster.pod("x/a"), cluster.pod("y/b")
-    sock = netns.socket_in(src.netns, socket.AF_INET, socket.SOCK_DGRAM)
-    with sock, sniffer(dst) as sniff:
-        sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, 64)
-        sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
-        sock.connect((dst.ip, 80))
-        sock.send(b"mtu-probe".ljust(1450 - 28, b"."))
-        frames = received(sniff, b"mtu-probe", 1.0)
-        assert len(frames) == 1
-        header = frames[0][14:34]
-        assert (header[8], struct.unpack("!H", header[2:4])[0]) == (63, 1450)
-        assert header[6] & 0x40, "DF kept: not fragmented on the way"
-        with pytest.raises(OSError) as too_big:
-            sock.send(b"x" * (1451 - 28))
-        assert too_big.value.errno == errno.EMSGSIZE
-    gateway = cluster.lab.state().node(src.node).gateway
-    with netns.ipr_in(src.netns) as ipr:
-        learnt = {n.get_attr("NDA_DST"): n.get_attr("NDA_LLADDR") for n in ipr.get_neighbours(family=socket.AF_INET)}
-    assert learnt.get(gateway) == GATEWAY_MAC, "the virtual gateway is answered by the flows' ARP responder"
+    state = cluster.lab.state()
+    for family in state.families:
+        dst_ip, head = dst.ip_of(family), HEADER[family]
+        assert dst_ip is not None
+        sock = netns.socket_in(src.netns, AF[family], socket.SOCK_DGRAM)
+        with sock, sniffer(dst, family) as sniff:
+            if family == 4:
+                sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, 64)
+                sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
+            else:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, 64)
+                sock.setsockopt(socket.IPPROTO_IPV6, IPV6_MTU_DISCOVER, IPV6_PMTUDISC_DO)
+            sock.connect((dst_ip, 80))
+            marker = f"mtu-probe-{family}".encode()
+            sock.send(marker.ljust(1450 - head - 8, b"."))
+            (frame,) = received(sniff, marker, 1.0)
+            header = frame[14:14 + head]
+            if family == 4:
+                assert (header[8], struct.unpack("!H", header[2:4])[0]) == (63, 1450)
+                assert header[6] & 0x40, "DF kept: not fragmented on the way"
+            else:
+                assert (header[7], struct.unpack("!H", header[4:6])[0] + head) == (63, 1450)
+                assert header[6] == socket.IPPROTO_UDP, "no fragment header: not fragmented on the way"
+            with pytest.raises(OSError) as too_big:
+                sock.send(b"x" * (1451 - head - 8))
+            assert too_big.value.errno == errno.EMSGSIZE
+        node = state.node(src.node)
+        gateway = node.gateways[node.pod_cidrs.index(str(node.cidr_of(family)))]
+        with netns.ipr_in(src.netns) as ipr:
+            learnt = {n.get_attr("NDA_DST"): n.get_attr("NDA_LLADDR") for n in ipr.get_neighbours(family=AF[family])}
+        assert learnt.get(gateway) == GATEWAY_MAC, (family, learnt)
 
 
 # ------------------------------------------------------------------ policy semantics
 
 
-def test_default_deny_ingress(cluster: Cluster) -> None:
+def test_default_deny_ingress(cluster: FamilyCluster) -> None:
     cluster.apply(deny_ingress("x"))
     report = cluster.check("TCP", 80)
     assert not report.expected.allowed["y/a"]["x/b"] and report.expected.allowed["x/a"]["y/b"]
 
 
-def test_default_deny_egress(cluster: Cluster) -> None:
+def test_default_deny_egress(cluster: FamilyCluster) -> None:
     cluster.apply(netpol("deny-egress", "y", {"podSelector": {}, "policyTypes": ["Egress"]}))
     report = cluster.check("TCP", 80)
     assert not report.expected.allowed["y/a"]["x/b"] and report.expected.allowed["x/a"]["y/b"]
     assert report.expected.allowed["y/a"]["y/a"], "a pod can always reach itself"
 
 
-def test_allow_all_overrides_default_deny(cluster: Cluster) -> None:
+def test_allow_all_overrides_default_deny(cluster: FamilyCluster) -> None:
     cluster.apply(deny_ingress("x"), netpol("deny-egress", "x", {"podSelector": {}, "policyTypes": ["Egress"]}),
                   netpol("allow-all", "x", {"podSelector": {}, "ingress": [{}], "egress": [{}],
                                             "policyTypes": ["Ingress", "Egress"]}))
@@ -144,14 +175,14 @@ def test_allow_all_overrides_default_deny(cluster: Cluster) -> None:
     assert len(allowed_pairs(report)) == 81
 
 
-def test_pod_selector_alone(cluster: Cluster) -> None:
+def test_pod_selector_alone(cluster: FamilyCluster) -> None:
     cluster.apply(netpol("a-from-b", "x", {"podSelector": {"matchLabels": {"pod": "a"}},
                                            "ingress": [{"from": [{"podSelector": {"matchLabels": {"pod": "b"}}}]}]}))
     report = cluster.check("TCP", 80)
     assert {s for s, d in allowed_pairs(report) if d == "x/a"} == {"x/a", "x/b"}
 
 
-def test_namespace_selector_alone(cluster: Cluster) -> None:
+def test_namespace_selector_alone(cluster: FamilyCluster) -> None:
     cluster.apply(netpol("a-from-y", "x", {
         "podSelector": {"matchLabels": {"pod": "a"}},
         "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"ns": "y"}}}]}]}))
@@ -159,7 +190,7 @@ def test_namespace_selector_alone(cluster: Cluster) -> None:
     assert {s for s, d in allowed_pairs(report) if d == "x/a"} == {"x/a", "y/a", "y/b", "y/c"}
 
 
-def test_namespace_and_pod_selector_in_one_peer_is_and(cluster: Cluster) -> None:
+def test_namespace_and_pod_selector_in_one_peer_is_and(cluster: FamilyCluster) -> None:
     cluster.apply(netpol("a-from-y-b", "x", {
         "podSelector": {"matchLabels": {"pod": "a"}},
         "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"ns": "y"}},
@@ -168,7 +199,7 @@ def test_namespace_and_pod_selector_in_one_peer_is_and(cluster: Cluster) -> None
     assert {s for s, d in allowed_pairs(report) if d == "x/a"} == {"x/a", "y/b"}
 
 
-def test_two_peers_are_or(cluster: Cluster) -> None:
+def test_two_peers_are_or(cluster: FamilyCluster) -> None:
     cluster.apply(netpol("a-from-y-or-b", "x", {
         "podSelector": {"matchLabels": {"pod": "a"}},
         "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"ns": "y"}}},
@@ -177,7 +208,7 @@ def test_two_peers_are_or(cluster: Cluster) -> None:
     assert {s for s, d in allowed_pairs(report) if d == "x/a"} == {"x/a", "x/b", "y/a", "y/b", "y/c"}
 
 
-def test_match_expressions(cluster: Cluster) -> None:
+def test_match_expressions(cluster: FamilyCluster) -> None:
     cluster.apply(netpol("exprs", "x", {
         "podSelector": {"matchExpressions": [{"key": "pod", "operator": "In", "values": ["a", "b"]}]},
         "ingress": [{"from": [{
@@ -189,7 +220,7 @@ def test_match_expressions(cluster: Cluster) -> None:
     assert len({s for s, d in allowed_pairs(report) if d == "x/c"}) == 9
 
 
-def test_ip_block_with_except(cluster: Cluster) -> None:
+def test_ip_block_with_except(cluster: FamilyCluster) -> None:
     """Ingress from 10.244.0.0/16 except node2's pod CIDR; egress to node3's CIDR only."""
     cluster.apply(
         netpol("from-cidr", "x", {"podSelector": {"matchLabels": {"pod": "a"}}, "ingress": [{"from": [
@@ -203,7 +234,7 @@ def test_ip_block_with_except(cluster: Cluster) -> None:
     assert {d for s, d in allowed_pairs(report) if s == "y/c"} == on_node3 | {"y/c"}
 
 
-def test_named_port(cluster: Cluster) -> None:
+def test_named_port(cluster: FamilyCluster) -> None:
     cluster.apply(deny_ingress("x"), netpol("named", "x", {
         "podSelector": {}, "ingress": [{"ports": [{"port": "serve-81-tcp"}, {"port": "serve-80-udp",
                                                                             "protocol": "UDP"}]}]}))
@@ -212,14 +243,14 @@ def test_named_port(cluster: Cluster) -> None:
     assert ("y/a", "x/a") in allowed_pairs(cluster.check("UDP", 80))
 
 
-def test_end_port_range(cluster: Cluster) -> None:
+def test_end_port_range(cluster: FamilyCluster) -> None:
     cluster.apply(deny_ingress("x"), netpol("range", "x", {
         "podSelector": {}, "ingress": [{"ports": [{"protocol": "TCP", "port": 81, "endPort": 90}]}]}))
     assert ("y/a", "x/a") in allowed_pairs(cluster.check("TCP", 81))
     assert ("y/a", "x/a") not in allowed_pairs(cluster.check("TCP", 80))
 
 
-def test_udp_rule(cluster: Cluster) -> None:
+def test_udp_rule(cluster: FamilyCluster) -> None:
     cluster.apply(deny_ingress("x"), netpol("udp80", "x", {
         "podSelector": {}, "ingress": [{"from": [{"podSelector": {"matchLabels": {"pod": "b"}},
                                                   "namespaceSelector": {}}],
@@ -230,7 +261,7 @@ def test_udp_rule(cluster: Cluster) -> None:
     assert ("y/b", "x/a") not in allowed_pairs(cluster.check("TCP", 80))
 
 
-def test_sctp_rule(cluster: Cluster) -> None:
+def test_sctp_rule(cluster: FamilyCluster) -> None:
     """SCTP is matched per port even though OVS 3.1 tracks SCTP without ports."""
     cluster.apply(deny_ingress("x"), netpol("sctp80", "x", {
         "podSelector": {}, "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"ns": "y"}}}],
@@ -241,7 +272,7 @@ def test_sctp_rule(cluster: Cluster) -> None:
     assert ("y/a", "x/a") not in allowed_pairs(cluster.check("UDP", 80))
 
 
-def test_sctp_reverse_of_an_allowed_association_is_still_checked(cluster: Cluster) -> None:
+def test_sctp_reverse_of_an_allowed_association_is_still_checked(cluster: FamilyCluster) -> None:
     """OVS 3.1 tracks SCTP without ports, so x/a→z/a (allowed) leaves an entry whose reply
     direction looks exactly like a new z/a→x/a association; that one must still be denied."""
     cluster.apply(deny_ingress("x"))
@@ -253,7 +284,7 @@ def test_sctp_reverse_of_an_allowed_association_is_still_checked(cluster: Cluste
     assert probe.run_probes([reverse], "SCTP", 80) == {reverse: "timeout"}
 
 
-def test_sctp_works_both_ways_after_an_association_the_other_way(cluster: Cluster) -> None:
+def test_sctp_works_both_ways_after_an_association_the_other_way(cluster: FamilyCluster) -> None:
     """A conntrack entry made by y/a→x/a makes a later x/a→y/a association look like a reply,
     and y/a's answer like an original packet; x/a isolated for ingress must still get it."""
     xa, ya = cluster.pod("x/a"), cluster.pod("y/a")
@@ -265,7 +296,7 @@ def test_sctp_works_both_ways_after_an_association_the_other_way(cluster: Cluste
     assert probe.run_probes([there], "SCTP", 80) == {there: "timeout"}  # x's ingress is not
 
 
-def test_policy_update_and_delete(cluster: Cluster) -> None:
+def test_policy_update_and_delete(cluster: FamilyCluster) -> None:
     first = netpol("changing", "x", {"podSelector": {"matchLabels": {"pod": "a"}},
                                      "ingress": [{"from": [{"podSelector": {"matchLabels": {"pod": "b"}}}]}]})
     cluster.apply(first)
@@ -279,7 +310,7 @@ def test_policy_update_and_delete(cluster: Cluster) -> None:
     assert len(allowed_pairs(cluster.check("TCP", 80))) == 81
 
 
-def test_pod_relabel_in_place(cluster: Cluster) -> None:
+def test_pod_relabel_in_place(cluster: FamilyCluster) -> None:
     cluster.apply(netpol("a-from-b", "x", {"podSelector": {"matchLabels": {"pod": "a"}},
                                            "ingress": [{"from": [{"podSelector": {"matchLabels": {"pod": "b"}}}]}]}))
     before = cluster.pod("x/c")
@@ -291,7 +322,7 @@ def test_pod_relabel_in_place(cluster: Cluster) -> None:
                                                                       before.server_pid)
 
 
-def test_namespace_relabel(cluster: Cluster) -> None:
+def test_namespace_relabel(cluster: FamilyCluster) -> None:
     cluster.apply(netpol("a-from-y", "x", {
         "podSelector": {"matchLabels": {"pod": "a"}},
         "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"ns": "y"}}}]}]}))
@@ -303,30 +334,39 @@ def test_namespace_relabel(cluster: Cluster) -> None:
 # ------------------------------------------------------------------ behaviours
 
 
-def test_spoofed_source_is_dropped(cluster: Cluster) -> None:
-    """x/a sends UDP with y/b's address (with its own MAC, and with y/b's MAC too): z/c
-    (other node) and y/a (same node) never see it; the same frame with x/a's own
-    address arrives, so the sniffer would have seen it."""
+def _udp_frame(family: int, ip: str, mac: str, dst: str, marker: bytes) -> bytes:
+    layer = IP(src=ip, dst=dst, ttl=64) if family == 4 else IPv6(src=ip, dst=dst, hlim=64)
+    return bytes(Ether(src=mac, dst=GATEWAY_MAC) / layer / UDP(sport=5555, dport=80) / marker)
+
+
+def _udp_in(family: int, sock: socket.socket, marker: bytes) -> list[bytes]:
+    """Frames with the marker that are UDP (not the ICMP error x/a sends back about the
+    echo, which quotes the marker)."""
+    proto_at = 9 if family == 4 else 6
+    return [f for f in received(sock, marker, 1.0) if f[14 + proto_at] == socket.IPPROTO_UDP]
+
+
+def test_spoofed_source_is_dropped(cluster: FamilyCluster) -> None:
+    """In every family: x/a sends UDP from y/b's address (with its own MAC, and with y/b's
+    MAC too): z/c (other node) and y/a (same node) never see it; the same frame from x/a's
+    own address arrives, so the sniffer would have seen it."""
     src, victim = cluster.pod("x/a"), cluster.pod("y/b")
-    for target in (cluster.pod("z/c"), cluster.pod("y/a")):
-        def frame(ip: str, mac: str, marker: bytes, dst: str = target.ip) -> bytes:
-            return bytes(Ether(src=mac, dst=GATEWAY_MAC) / IP(src=ip, dst=dst, ttl=64)
-                         / UDP(sport=5555, dport=80) / marker)
-
-        def udp_in(sock: socket.socket, marker: bytes) -> list[bytes]:
-            """Not the ICMP error x/a sends back about the echo, which quotes the marker."""
-            return [f for f in received(sock, marker, 1.0) if f[14 + 9] == socket.IPPROTO_UDP]
-
-        with sniffer(target) as sock:
-            send_frame(src, frame(victim.ip, src.mac, b"spoof-ip-" + target.ip.encode()))
-            send_frame(src, frame(victim.ip, victim.mac, b"spoof-mac-" + target.ip.encode()))
-            assert udp_in(sock, b"spoof-") == []
-            send_frame(src, frame(src.ip, src.mac, b"genuine-" + target.ip.encode()))
-            (genuine,) = udp_in(sock, b"genuine-")
-            assert genuine[14 + 12:14 + 16] == socket.inet_aton(src.ip)
+    for family in cluster.lab.state().families:
+        offset, size = (12, 4) if family == 4 else (8, 16)
+        own, stolen = str(src.ip_of(family)), str(victim.ip_of(family))
+        for target in (cluster.pod("z/c"), cluster.pod("y/a")):
+            dst = str(target.ip_of(family))
+            tag = f"{family}-{dst}".encode()
+            with sniffer(target, family) as sock:
+                send_frame(src, _udp_frame(family, stolen, src.mac, dst, b"spoof-ip-" + tag))
+                send_frame(src, _udp_frame(family, stolen, victim.mac, dst, b"spoof-mac-" + tag))
+                assert _udp_in(family, sock, b"spoof-") == []
+                send_frame(src, _udp_frame(family, own, src.mac, dst, b"genuine-" + tag))
+                (genuine,) = _udp_in(family, sock, b"genuine-")
+                assert genuine[14 + offset:14 + offset + size] == socket.inet_pton(AF[family], own)
 
 
-def test_new_pod_has_no_connectivity_before_its_flows(cluster: Cluster) -> None:
+def test_new_pod_has_no_connectivity_before_its_flows(cluster: FamilyCluster) -> None:
     """Attached and serving, but its manifest not yet published: isolated both ways from
     its first packet; once published (same pod, same IP), reachable."""
     manifest = cluster.tmp / "late.yaml"
@@ -350,12 +390,14 @@ def _flow_table(lab: Lab, node: str) -> set[tuple[object, ...]]:
     return {(f.table, f.priority, f.match, f.actions, f.cookie) for f in flows if not is_learned(f.cookie)}
 
 
-def test_controller_restart_does_not_break_a_long_tcp_stream(cluster: Cluster) -> None:
+def test_controller_restart_does_not_break_a_long_tcp_stream(cluster: FamilyCluster) -> None:
+    """A long TCP stream in each family of the lab, both controllers restarted under them."""
     cluster.apply(deny_ingress("y"), netpol("b-from-x", "y", {
         "podSelector": {"matchLabels": {"pod": "b"}},
         "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"ns": "x"}}}],
                      "ports": [{"port": 80}]}]}))
-    stream = Stream(cluster.pod("x/a"), cluster.pod("y/b"), 80, period=0.02).start()
+    streams = [FamilyStream(cluster.pod("x/a"), cluster.pod("y/b"), 80, period=0.02, family=family).start()
+               for family in cluster.lab.state().families]
     try:
         time.sleep(0.5)
         before = {n: _flow_table(cluster.lab, n) for n in ("node1", "node2")}
@@ -366,25 +408,85 @@ def test_controller_restart_does_not_break_a_long_tcp_stream(cluster: Cluster) -
         time.sleep(1.0)
         after = {n: _flow_table(cluster.lab, n) for n in ("node1", "node2")}
     finally:
-        stream.stop()
-    assert stream.cut_at is None, stream.error
-    assert stream.flowing(since=restarted), "echoes came back after both restarts"
-    assert stream.longest_wait < 1.0, f"a round trip stalled for {stream.longest_wait:.2f} s"
+        for stream in streams:
+            stream.stop()
+    for stream in streams:
+        assert stream.cut_at is None, (stream.family, stream.error)
+        assert stream.flowing(since=restarted), f"IPv{stream.family}: echoes came back after both restarts"
+        assert stream.longest_wait < 1.0, f"IPv{stream.family}: a round trip stalled for {stream.longest_wait:.2f} s"
     assert after == before, "a restarted controller reconciles to the very same flows"
 
 
-def test_removing_the_allow_cuts_an_established_connection(cluster: Cluster) -> None:
+def test_removing_the_allow_cuts_an_established_connection(cluster: FamilyCluster) -> None:
     allow = netpol("b-from-x", "y", {"podSelector": {"matchLabels": {"pod": "b"}},
                                      "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"ns": "x"}}}]}]})
     cluster.apply(deny_ingress("y"), allow)
-    sock = connect(cluster.pod("x/a"), cluster.pod("y/b"), 80, timeout=1.5)
-    with sock:
-        sock.sendall(b"hello")
-        assert sock.recv(5) == b"hello"
+    socks = [connect(cluster.pod("x/a"), str(cluster.pod("y/b").ip_of(f)), 80, timeout=1.5)
+             for f in cluster.lab.state().families]
+    try:
+        for sock in socks:
+            sock.sendall(b"hello")
+            assert sock.recv(5) == b"hello"
         cluster.delete(allow)
-        sock.sendall(b"again")
-        with pytest.raises((TimeoutError, socket.timeout)):
-            sock.recv(5)
+        for sock in socks:
+            sock.sendall(b"again")
+            with pytest.raises((TimeoutError, socket.timeout)):
+                sock.recv(5)
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+# ------------------------------------------------------------------ families
+
+
+def test_a_model_pod_with_status_pod_ips_lands_where_they_are(cluster: FamilyCluster) -> None:
+    """A Pod applied with status.podIPs (node3's, one per family of the lab) gets exactly
+    those addresses through host-local, lands on node3 whatever spec.nodeName says, and is
+    enforced at them: reachable, and then not, once a policy isolates it."""
+    families = cluster.lab.state().families
+    wanted = ["10.244.3.77" if f == 4 else "fd00:10:244:3::77" for f in families]
+    body = {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "fixed", "namespace": "z", "labels": {"pod": "fixed"}},
+            "spec": {"nodeName": "node1", "containers": [{"name": "c", "image": "i",
+                                                          "ports": [{"containerPort": 80}]}]},
+            "status": {"podIP": wanted[0], "podIPs": [{"ip": a} for a in wanted]}}
+    manifest = cluster.tmp / "fixed.yaml"
+    manifest.write_text(yaml.safe_dump(body))
+    cluster.lab.apply([manifest])
+    try:
+        fixed = cluster.pod("z/fixed")
+        assert (fixed.node, fixed.ips) == ("node3", wanted)
+        assert len(cluster.check("TCP", 80).measured.pods) == 10
+        cluster.apply(netpol("fixed-from-x", "z", {"podSelector": {"matchLabels": {"pod": "fixed"}},
+                                                   "ingress": [{"from": [{"namespaceSelector": {
+                                                       "matchLabels": {"ns": "x"}}}]}]}))
+        report = cluster.check("TCP", 80)
+        assert {s for s in report.measured.pods if report.measured.allowed[s]["z/fixed"]} == {
+            "x/a", "x/b", "x/c", "z/fixed"}
+    finally:
+        cluster.lab.delete([manifest])
+    assert "z/fixed" not in cluster.lab.state().pods
+
+
+def test_a_pod_address_of_a_family_the_lab_lacks_is_refused(cluster: FamilyCluster, tmp_path: Path) -> None:
+    """status.podIP of the other family, and `probe --family` of it, are errors that say so."""
+    state = cluster.lab.state()
+    missing = [f for f in (4, 6) if f not in state.families]
+    for family in missing:
+        address = "10.244.1.50" if family == 4 else "fd00:10:244:1::50"
+        manifest = tmp_path / "other.yaml"
+        manifest.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "Pod",
+                                            "metadata": {"name": "other", "namespace": "x"},
+                                            "status": {"podIP": address}}))
+        with pytest.raises(LabError, match=f"pod x/other: status.podIP {address} is IPv{family}"):
+            cluster.lab.apply([manifest])
+        with pytest.raises(LabError, match=f"--family {family}: this lab's pods have no IPv{family} address"):
+            cluster.lab.probe("TCP", 80, family=family)
+    assert "x/other" not in cluster.lab.state().pods
+    for family in state.families:
+        report = cluster.lab.probe("UDP", 81, family=family)
+        assert report.to_json()["family"] == family and not report.mismatches
 
 
 def test_zz_down_leaves_nothing(lab: Lab, links_before: set[str]) -> None:

@@ -305,8 +305,9 @@ class Lab:
         """Every pod to every pod on PROTOCOL/PORT with real packets of `family` (default:
         the lab's first), next to the engine's matrix in that family."""
         state = self.state()
-        family = self._family(state, family)
-        explicit = family if family != 4 or len(state.families) > 1 else None  # an IPv4 lab: the contract's shape
+        asked, family = family, self._family(state, family)
+        # the engine in that family; an IPv4 lab probed without --family: the contract's shape
+        explicit = None if asked is None and state.families == (4,) else family
         try:
             expected = build_matrix(self.cluster(), cast(Protocol, protocol.upper()), port, explicit)
         except FamilyError as exc:
