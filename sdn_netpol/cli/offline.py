@@ -44,8 +44,10 @@ def _load(paths: tuple[Path, ...], strict: bool) -> tuple[ParseResult, ClusterSt
 def validate(paths: tuple[Path, ...]) -> None:
     """Check manifests as the API server would; exit 1 listing every error."""
     result, _ = _load(paths, strict=True)
+    admin = len(result.cluster_policies)  # named only when there are some: the line scripts read stays
     click.echo(f"ok: {len(result.namespaces)} namespace(s), {len(result.pods)} pod(s), "
-               f"{len(result.policies)} network polic{'y' if len(result.policies) == 1 else 'ies'}")
+               f"{len(result.policies)} network polic{'y' if len(result.policies) == 1 else 'ies'}"
+               + (f", {admin} cluster polic{'y' if admin == 1 else 'ies'}" if admin else ""))
 
 
 @click.command()
@@ -134,4 +136,6 @@ def _verdict_json(verdict: object) -> object:
 
     data = asdict(verdict)  # type: ignore[call-overload]
     data["allowed"] = verdict.allowed  # type: ignore[attr-defined]
+    for side in ("egress", "ingress"):  # the tier that decided each side (docs/cli.md)
+        data[side]["decided_in"] = getattr(verdict, side).decided_in
     return data

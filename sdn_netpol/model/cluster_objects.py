@@ -15,7 +15,7 @@ protocol, is one `PolicyPort` per protocol.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Literal
 
@@ -83,7 +83,7 @@ class AdminRule:
     action: Action
     peers: tuple[AdminPeer, ...]
     ports: tuple[PolicyPort, ...] = ()
-    action_word: str = ""
+    action_word: str = field(default="", compare=False)  # for messages only: Accept and Allow are one action
 
     @property
     def has_networks(self) -> bool:

@@ -15,6 +15,7 @@ from functools import cached_property
 from operator import attrgetter
 from typing import Any, TypeVar
 
+from sdn_netpol.model.cluster_objects import ClusterPolicy
 from sdn_netpol.model.objects import Namespace, NetworkPolicy, Pod, PodKey
 from sdn_netpol.model.parse import ParseResult
 from sdn_netpol.policy.index import SelectorIndex
@@ -48,18 +49,25 @@ def _holds(items: list[_T], namespace: str, key: Callable[[_T], Any]) -> bool:
     return at < len(items) and key(items[at])[0] == namespace
 
 
+def in_order(policies: Iterable[ClusterPolicy]) -> tuple[ClusterPolicy, ...]:
+    """Cluster policies in the order they are evaluated (tier, priority, name, kind)."""
+    return tuple(sorted(policies, key=lambda p: p.order))
+
+
 @dataclass(frozen=True, eq=False)
 class ClusterState:
     """Sorted tuples so that equal inputs give equal outputs whatever their order.
 
     Namespaces referenced by a pod or policy but never declared are implied, with only the
     `kubernetes.io/metadata.name` label, as they would exist on a real cluster.
+    `cluster_policies` (admin and baseline tiers) are in evaluation order (`ClusterPolicy.order`).
     """
 
     namespaces: tuple[Namespace, ...] = ()
     pods: tuple[Pod, ...] = ()
     policies: tuple[NetworkPolicy, ...] = ()
     generation: int = field(default=0, compare=False)
+    cluster_policies: tuple[ClusterPolicy, ...] = ()
 
     @staticmethod
     def build(
@@ -67,6 +75,7 @@ class ClusterState:
         pods: Iterable[Pod] = (),
         policies: Iterable[NetworkPolicy] = (),
         generation: int = 0,
+        cluster_policies: Iterable[ClusterPolicy] = (),
     ) -> ClusterState:
         pod_list = sorted(pods, key=_KEY)  # C-level key: the controller builds one per change
         policy_list = sorted(policies, key=lambda p: (p.namespace, p.name))
@@ -74,7 +83,8 @@ class ClusterState:
         for name in set(map(_NAMESPACE, pod_list)) | {p.namespace for p in policy_list}:
             declared.setdefault(name, Namespace.implied(name))
         ns_list = sorted(declared.values(), key=lambda n: n.name)
-        return ClusterState(tuple(ns_list), tuple(pod_list), tuple(policy_list), generation)
+        return ClusterState(tuple(ns_list), tuple(pod_list), tuple(policy_list), generation,
+                            in_order(cluster_policies))
 
     def with_changes(
         self,
@@ -96,7 +106,7 @@ class ClusterState:
             elif name not in declared:
                 namespaces.pop(name, None)
         ns_list = tuple(namespaces[name] for name in sorted(namespaces))
-        patched = ClusterState(ns_list, tuple(pod_list), tuple(policy_list), generation)
+        patched = ClusterState(ns_list, tuple(pod_list), tuple(policy_list), generation, self.cluster_policies)
         # Where it came from (weakly: snapshots must not chain), so that the pods that differ
         # and the key map need not be found by walking every pod again.
         patched.__dict__["_patch"] = (weakref.ref(self), frozenset(pods))
@@ -109,7 +119,8 @@ class ClusterState:
 
     @staticmethod
     def from_parse(result: ParseResult, generation: int = 0) -> ClusterState:
-        return ClusterState.build(result.namespaces, result.pods, result.policies, generation)
+        return ClusterState.build(result.namespaces, result.pods, result.policies, generation,
+                                  result.cluster_policies)
 
     @cached_property
     def index(self) -> SelectorIndex:
@@ -163,11 +174,12 @@ class ClusterState:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, ClusterState):
             return NotImplemented
-        return (self.namespaces, self.pods, self.policies) == (
+        return (self.namespaces, self.pods, self.policies, self.cluster_policies) == (
             other.namespaces,
             other.pods,
             other.policies,
+            other.cluster_policies,
         )
 
     def __hash__(self) -> int:
-        return hash((self.namespaces, self.pods, self.policies))
+        return hash((self.namespaces, self.pods, self.policies, self.cluster_policies))

@@ -14,13 +14,14 @@ source also has (docs/semantics.md).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from netaddr import IPAddress
 
 from sdn_netpol.model.objects import Direction, NetworkPolicy, Peer, Pod, PolicyPort, Protocol, Rule
+from sdn_netpol.policy.matching import port_matches
 from sdn_netpol.policy.state import ClusterState
-
+from sdn_netpol.policy.tiers import SideContext, TierMatch, deciding_tier, side_allowed, tier_matches
 
 FAMILIES = (4, 6)
 
@@ -63,6 +64,8 @@ class SideVerdict:
 
     `subject` is the pod whose policies decide, None when NetworkPolicy does not apply to that
     end; `outside` then says why in plain words (an outside address, host network, ...).
+    `admin` and `baseline`: the cluster policies' rules that matched in those tiers (tiers.py);
+    `baseline` only when that tier was consulted (no final admin rule, no isolation).
     """
 
     direction: Direction
@@ -70,10 +73,17 @@ class SideVerdict:
     isolated_by: tuple[str, ...]
     allowed_by: tuple[RuleMatch, ...]
     outside: str | None = None
+    admin: TierMatch | None = None
+    baseline: TierMatch | None = None
 
     @property
     def allowed(self) -> bool:
-        return not self.isolated_by or bool(self.allowed_by)
+        return side_allowed(self.admin, bool(self.isolated_by), bool(self.allowed_by), self.baseline)
+
+    @property
+    def decided_in(self) -> str | None:
+        """Admin, NetworkPolicy, Baseline, or None (nothing applies: allowed)."""
+        return deciding_tier(self.admin, bool(self.isolated_by), self.baseline)
 
 
 @dataclass(frozen=True)
@@ -174,7 +184,11 @@ class _Connection:
             return SideVerdict(direction, None, (), (), outside=outside_reason(end))
         isolating = [p for p in self._selecting(pod) if p.affects(direction)]
         matches = tuple(m for p in isolating for m in self._rule_matches(p, direction))
-        return SideVerdict(direction, f"{pod.namespace}/{pod.name}", tuple(p.ref for p in isolating), matches)
+        peer, peer_ip = (self.dst, self.dst_ip) if direction == "Egress" else (self.src, self.src_ip)
+        context = SideContext(self.state, direction, pod, peer.pod, peer_ip, self.dst.pod, self.protocol, self.port)
+        admin, baseline = tier_matches(context, bool(isolating))
+        return SideVerdict(direction, f"{pod.namespace}/{pod.name}", tuple(p.ref for p in isolating), matches,
+                           None, admin, baseline)
 
     def _selecting(self, pod: Pod) -> list[NetworkPolicy]:
         return [
@@ -219,16 +233,7 @@ class _Connection:
         return ns_ok and (peer.pod_selector is None or peer.pod_selector.matches(pod.labels))
 
     def _port_matches(self, entry: PolicyPort) -> bool:
-        if entry.protocol != self.protocol:
-            return False
-        if entry.port is None:
-            return True
-        if isinstance(entry.port, int):
-            return entry.port <= self.port <= (entry.end_port or entry.port)
-        dst_pod = self.dst.pod  # a name means something only on a pod under NetworkPolicy
-        if dst_pod is None or not dst_pod.in_policy_scope:
-            return False
-        return self.port in dst_pod.resolve_named_port(entry.port, self.protocol)
+        return port_matches(entry, self.protocol, self.port, self.dst.pod)
 
 
 def outside_reason(end: Endpoint) -> str:
@@ -263,6 +268,16 @@ def _explain_side(side: SideVerdict) -> list[str]:
     word = "egress" if side.direction == "Egress" else "ingress"
     if side.subject is None:
         return [f"  {word}: {side.outside or 'not a pod'}: no {word} policy applies"]
+    if side.admin is not None:
+        lines = [f"  {word}: {side.admin.describe()}"]
+        if side.admin.final:
+            return lines
+        then = _explain_side(replace(side, admin=None))
+        return [*lines, f"    then {then[0].removeprefix(f'  {word}: ')}", *then[1:]]
+    if side.baseline is not None:
+        last = "" if side.baseline.final else ": no tier after it, allowed"
+        return [f"  {word}: {side.subject} is not isolated for {word} by a NetworkPolicy; "
+                f"{side.baseline.describe()}{last}"]
     if not side.isolated_by:
         reason = f"no policy selects it with policyType {side.direction}"
         return [f"  {word}: {side.subject} is not isolated for {word} ({reason}): allowed"]
