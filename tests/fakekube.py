@@ -49,12 +49,19 @@ class Resource:
         return "/api/v1" if self.group_version == "v1" else f"/apis/{self.group_version}"
 
 
-RESOURCES = (
+CORE_RESOURCES = (
     Resource("namespaces", "Namespace", "v1", False),
     Resource("pods", "Pod", "v1", True),
     Resource("networkpolicies", "NetworkPolicy", "networking.k8s.io/v1", True),
     Resource("nodes", "Node", "v1", False),  # the controller learns tunnel endpoints from them
 )
+CRD_RESOURCES = (  # the admin-policy CRDs, served unless FakeKube(crds=False)
+    Resource("clusternetworkpolicies", "ClusterNetworkPolicy", "policy.networking.k8s.io/v1alpha2", False),
+    Resource("adminnetworkpolicies", "AdminNetworkPolicy", "policy.networking.k8s.io/v1alpha1", False),
+    Resource("baselineadminnetworkpolicies", "BaselineAdminNetworkPolicy", "policy.networking.k8s.io/v1alpha1",
+             False),
+)
+RESOURCES = CORE_RESOURCES + CRD_RESOURCES
 
 
 @dataclass(frozen=True)
@@ -283,18 +290,19 @@ def _decode_continue(token: str) -> tuple[int, str]:
         raise ValueError(str(exc)) from exc
 
 
-def _discovery(path: str) -> Obj | None:
+def _discovery(path: str, served: tuple[Resource, ...] = RESOURCES) -> Obj | None:
     """The minimal discovery documents a client may fetch; None for unknown paths."""
-    groups = sorted({r.group_version for r in RESOURCES if r.group_version != "v1"})
+    groups = sorted({r.group_version for r in served if r.group_version != "v1"})
+    names = sorted({gv.split("/")[0] for gv in groups})
 
-    def group(gv: str) -> Obj:
-        ver = {"groupVersion": gv, "version": gv.split("/")[1]}
-        return {"name": gv.split("/")[0], "versions": [ver], "preferredVersion": ver}
+    def group(name: str) -> Obj:
+        versions = [{"groupVersion": gv, "version": gv.split("/")[1]} for gv in groups if gv.startswith(f"{name}/")]
+        return {"name": name, "versions": versions, "preferredVersion": versions[-1]}
 
     def resources(gv: str) -> Obj:
         res = [{"name": r.plural, "singularName": r.kind.lower(), "namespaced": r.namespaced,
                 "kind": r.kind, "verbs": ["get", "list", "watch"]}
-               for r in RESOURCES if r.group_version == gv]
+               for r in served if r.group_version == gv]
         return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv,
                 "resources": res}
 
@@ -306,11 +314,12 @@ def _discovery(path: str) -> Obj | None:
         "/api": {"kind": "APIVersions", "versions": ["v1"],
                  "serverAddressByClientCIDRs": []},
         "/apis": {"kind": "APIGroupList", "apiVersion": "v1",
-                  "groups": [group(gv) for gv in groups]},
+                  "groups": [group(name) for name in names]},
         "/api/v1": resources("v1"),
     }
+    for name in names:
+        docs[f"/apis/{name}"] = {"kind": "APIGroup", "apiVersion": "v1", **group(name)}
     for gv in groups:
-        docs[f"/apis/{gv.split('/')[0]}"] = {"kind": "APIGroup", "apiVersion": "v1", **group(gv)}
         docs[f"/apis/{gv}"] = resources(gv)
     return docs.get(path)
 
@@ -323,9 +332,9 @@ class Route:
     name: str | None
 
 
-def route(path: str, query: dict[str, str]) -> Route | None:
+def route(path: str, query: dict[str, str], served: tuple[Resource, ...] = RESOURCES) -> Route | None:
     """Map a URL onto (verb, resource, namespace, name) the way the real REST layout does."""
-    for res in RESOURCES:
+    for res in served:
         if not path.startswith(res.prefix + "/"):
             continue
         parts = path[len(res.prefix) + 1:].split("/")
@@ -374,8 +383,8 @@ class _Handler(BaseHTTPRequestHandler):
         path = url.path.rstrip("/") or "/"  # the client asks for "/version/"
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
         fake = self.server.fake
-        doc = _discovery(path)
-        rt = route(path, query)
+        doc = _discovery(path, fake.served)
+        rt = route(path, query, fake.served)
         fake._count(rt.verb if rt else "get", path, query)
         if doc is not None:
             self._send_json(200, doc)
@@ -513,8 +522,10 @@ class _Handler(BaseHTTPRequestHandler):
 class FakeKube(Store):
     """The fake API server: a Store (state and mutators) served over HTTP in the background."""
 
-    def __init__(self) -> None:
+    def __init__(self, crds: bool = True) -> None:
+        """`crds` False: a cluster without the admin-policy CRDs (their paths are 404)."""
         super().__init__()
+        self.served: tuple[Resource, ...] = RESOURCES if crds else CORE_RESOURCES
         self.errors: list[BaseException] = []
         self._lock = threading.Lock()
         self._counts: Counter[tuple[str, str]] = Counter()

@@ -329,7 +329,8 @@ def test_discovery_documents(fake: FakeKube) -> None:
     assert client.VersionApi(api_client).get_code().major == "1"
     assert client.CoreApi(api_client).get_api_versions().versions == ["v1"]
     groups = client.ApisApi(api_client).get_api_versions().groups
-    assert [g.name for g in groups] == ["networking.k8s.io"]
+    assert [g.name for g in groups] == ["networking.k8s.io", "policy.networking.k8s.io"]
+    assert [v.version for v in groups[1].versions] == ["v1alpha1", "v1alpha2"]
     core_names = {r.name for r in client.CoreV1Api(api_client).get_api_resources().resources}
     assert core_names == {"namespaces", "pods", "nodes"}
     net = client.NetworkingV1Api(api_client).get_api_resources().resources

@@ -11,6 +11,7 @@ class KubeOptions:
     watch_timeout: float = 300.0  # server-side timeoutSeconds of one watch request
     read_timeout: float = 90.0  # a watch silent this long (no event, no bookmark) is stalled
     backoff_max: float = 30.0
+    crd_recheck: float = 30.0  # seconds between looks for an admin-policy CRD not installed (404)
 
 
 @dataclass(frozen=True)

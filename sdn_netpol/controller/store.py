@@ -16,12 +16,13 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from sdn_netpol.controller.nodes import NODE_KIND, NodeInfo, place_pods
+from sdn_netpol.model.cluster_objects import ClusterPolicy
 from sdn_netpol.model.errors import ValidationError
 from sdn_netpol.model.objects import Namespace, NetworkPolicy, Pod, PodKey
 from sdn_netpol.model.parse import ObjectKey
 from sdn_netpol.policy.state import ClusterState
 
-StoredObject = Namespace | Pod | NetworkPolicy | NodeInfo
+StoredObject = Namespace | Pod | NetworkPolicy | ClusterPolicy | NodeInfo
 
 
 def node_key(name: str) -> ObjectKey:
@@ -75,6 +76,7 @@ class Snapshot:
             place_pods((o for o in values if isinstance(o, Pod)), self.nodes),
             (o for o in values if isinstance(o, NetworkPolicy)),
             self.generation,
+            (o for o in values if isinstance(o, ClusterPolicy)),
         )
 
 

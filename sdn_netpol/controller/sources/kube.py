@@ -1,4 +1,5 @@
-"""`--source kube`: list + watch of Namespaces, Pods, NetworkPolicies and Nodes.
+"""`--source kube`: list + watch of Namespaces, Pods, NetworkPolicies, Nodes and the admin
+policies (ClusterNetworkPolicy, AdminNetworkPolicy, BaselineAdminNetworkPolicy).
 
 One thread per resource, each the classic reflector loop:
     list (paged, resourceVersion R) → replace that kind in the store
@@ -15,12 +16,19 @@ client's typed models would refuse some objects an API server accepts (and cost 
 pod to build), which would wedge a watch on one event. Watch lines are split with the
 client's own `iter_resp_lines`; an ERROR event becomes an ApiException with its code.
 
-The state's source version is the lowest resourceVersion the four streams have reached
+The state's source version is the lowest resourceVersion the streams have reached
 (bookmarks advance idle ones): every change up to it is in the state.
+
+The admin policies are CRDs, which a cluster may not have: a 404 means "not installed", so
+that kind has no objects (those it had are gone with the CRD) and does not hold back the
+sync; it is looked for again every `crd_recheck` seconds. A 403 (a role without them) is a
+problem in /status, but the objects already listed stay enforced: a lost permission must
+never open what an admin policy denies.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import random
@@ -39,6 +47,7 @@ from sdn_netpol.controller.metrics import Metrics
 from sdn_netpol.controller.sources.events import EventRecorder
 from sdn_netpol.controller.sources.objects import convert, raw_key
 from sdn_netpol.controller.store import Store, StoredObject
+from sdn_netpol.model.cluster_objects import CLUSTER_API_VERSIONS, GROUP
 from sdn_netpol.model.errors import ValidationError
 from sdn_netpol.model.parse import ObjectKey
 
@@ -47,6 +56,8 @@ PAGE = 500
 CONNECT_TIMEOUT = 10.0
 LIST_READ_TIMEOUT = 60.0
 GONE = 410
+NOT_FOUND = 404
+FORBIDDEN = 403
 
 
 @dataclass(frozen=True)
@@ -54,6 +65,13 @@ class Resource:
     plural: str
     kind: str
     lister: Callable[[client.ApiClient], Callable[..., Any]]
+    optional: bool = False  # a CRD: may not be installed (module docstring)
+
+
+def _custom(kind: str, plural: str) -> Resource:
+    version = CLUSTER_API_VERSIONS[kind].split("/")[1]
+    return Resource(plural, kind, lambda c: functools.partial(
+        client.CustomObjectsApi(c).list_cluster_custom_object, GROUP, version, plural), optional=True)
 
 
 RESOURCES = (
@@ -62,6 +80,9 @@ RESOURCES = (
     Resource("networkpolicies", "NetworkPolicy",
              lambda c: client.NetworkingV1Api(c).list_network_policy_for_all_namespaces),
     Resource("nodes", "Node", lambda c: client.CoreV1Api(c).list_node),
+    _custom("ClusterNetworkPolicy", "clusternetworkpolicies"),
+    _custom("AdminNetworkPolicy", "adminnetworkpolicies"),
+    _custom("BaselineAdminNetworkPolicy", "baselineadminnetworkpolicies"),
 )
 
 
@@ -110,19 +131,30 @@ class Versions:
 
     def __init__(self, kinds: list[str]) -> None:
         self._rv: dict[str, str | None] = dict.fromkeys(kinds)
+        self._absent: set[str] = set()  # kinds whose CRD is not installed: no stream to wait for
         self._lock = threading.Lock()
 
     def update(self, kind: str, rv: str) -> str | None:
         with self._lock:
             self._rv[kind] = rv
-            known = [v for v in self._rv.values() if v is not None]
-            if len(known) < len(self._rv):
-                return None
-            return min(known, key=_rv_key)
+            self._absent.discard(kind)
+            return self._lowest()
+
+    def absent(self, kind: str) -> str | None:
+        with self._lock:
+            self._rv[kind] = None
+            self._absent.add(kind)
+            return self._lowest()
+
+    def _lowest(self) -> str | None:
+        known = [v for k, v in self._rv.items() if k not in self._absent and v is not None]
+        if len(known) < len(self._rv) - len(self._absent) or not known:
+            return None
+        return min(known, key=_rv_key)
 
     def all_listed(self) -> bool:
         with self._lock:
-            return all(v is not None for v in self._rv.values())
+            return all(v is not None or k in self._absent for k, v in self._rv.items())
 
 
 class Backoff:
@@ -159,6 +191,10 @@ class Reflector:
                     self.restart("expired", f"410 Gone: {explain(exc)}")
                     rv = None
                     continue
+                if self.resource.optional and exc.status in (NOT_FOUND, FORBIDDEN):
+                    self.unavailable(exc)
+                    rv = None
+                    continue
                 self.restart(f"http_{exc.status}", f"API error {exc.status}: {explain(exc)}", pause=True)
             except urllib3.exceptions.ReadTimeoutError:
                 self.restart("stalled", f"no data for {self.options.read_timeout:g} s")
@@ -174,6 +210,20 @@ class Reflector:
         if pause:
             self.source.problem(self.resource.plural, message)
             self.source.stopped.wait(self.backoff.next())
+
+    def unavailable(self, exc: ApiException) -> None:
+        """An admin-policy CRD not installed (404) or not allowed (403): see the module
+        docstring. Looked for again (listed) after `crd_recheck` seconds."""
+        installed = exc.status != NOT_FOUND
+        message = f"API error {exc.status}: {explain(exc)}"
+        if installed:
+            self.source.problem(self.resource.plural, message)
+        else:
+            self.source.problem(self.resource.plural, None)
+            LOG.info("%s: not served (%s); enforcing none, looking again in %g s", self.resource.plural,
+                     message, self.options.crd_recheck)
+        self.source.absent(self.resource.kind, clear=not installed)
+        self.source.stopped.wait(self.options.crd_recheck)
 
     def relist(self) -> str:
         objects: dict[ObjectKey, StoredObject] = {}
@@ -267,7 +317,8 @@ class Reflector:
 
 
 class KubeSource:
-    """Four reflectors feeding one store; synced once every resource has been listed."""
+    """One reflector per resource feeding one store; synced once every resource has been listed
+    (or found not installed)."""
 
     def __init__(self, store: Store, report: Callable[[str | None], None], metrics: Metrics,
                  options: KubeOptions, node: str = "") -> None:
@@ -327,6 +378,16 @@ class KubeSource:
         """An invalid NetworkPolicy version: an Event on the object (events.py)."""
         if self.events is not None and body.get("kind") == "NetworkPolicy":
             self.events.invalid_policy(body, errors)
+
+    def absent(self, kind: str, clear: bool) -> None:
+        """A CRD kind with no stream: no objects when `clear` (the CRD is not installed), else
+        the ones listed before stay; the sync no longer waits for it."""
+        version = self.versions.absent(kind)
+        synced = True if self.versions.all_listed() else None
+        if clear:
+            self.store.replace([kind], {}, {}, version, synced=synced)
+        elif synced:
+            self.store.mark_synced()
 
     def deleted(self, kind: str, key: ObjectKey, rv: str) -> None:
         self.store.delete(key, self.versions.update(kind, rv))

@@ -13,6 +13,7 @@ from typing import Any
 
 from sdn_netpol.controller.nodes import NODE_KIND, parse_node
 from sdn_netpol.controller.store import StoredObject
+from sdn_netpol.model.cluster_objects import CLUSTER_KINDS
 from sdn_netpol.model.errors import ValidationError
 from sdn_netpol.model.parse import API_VERSIONS, KINDS, ObjectKey, parse_object
 
@@ -37,7 +38,7 @@ def raw_key(body: Mapping[str, Any]) -> ObjectKey | None:
     name = metadata.get("name") if isinstance(metadata, dict) else None
     if not isinstance(kind, str) or not isinstance(name, str) or not name:
         return None
-    if kind in ("Namespace", NODE_KIND):
+    if kind in ("Namespace", NODE_KIND, *CLUSTER_KINDS):  # cluster-scoped
         return (kind, "", name)
     namespace = metadata.get("namespace") if isinstance(metadata, dict) else None
     return (kind, namespace if isinstance(namespace, str) and namespace else "default", name)
