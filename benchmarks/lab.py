@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/lab.py            # everything (~2 minutes, root)
     .venv/bin/python benchmarks/lab.py --quick    # 3 × 9 bring-up, probe and iperf3 only
+    .venv/bin/python benchmarks/lab.py --throughput-only --ip-family dual   # iperf3 over IPv4 and IPv6
 
 Prints a Markdown section for docs/benchmarks.md. Every lab goes through the product path
 (CNI plugin, one controller per node); each lab lives in its own workdir and is torn down.
@@ -11,7 +12,9 @@ Prints a Markdown section for docs/benchmarks.md. Every lab goes through the pro
   cost the probe timeout) are part of it;
 - iperf3 (one stream, best of two 3 s runs) server pod on node1, clients on node1 and node2, with no policy
   and then with 1,000 policies all selecting the server's namespace (one of them allowing
-  the client on 5201), in the same lab and run, so the ratio compares like with like.
+  the client on 5201), in the same lab and run, so the ratio compares like with like. With
+  `--ip-family dual` each figure is taken over IPv4 and over IPv6, alternately, in one
+  dual-stack lab (IPv6 over the IPv4 VXLAN underlay), so the families compare like with like.
 """
 
 from __future__ import annotations
@@ -102,19 +105,20 @@ def probe_time(lab: Lab, tmp: Path, deny_ns: str) -> dict[str, Any]:
             "wall": round(wall, 2), "mismatches": len(report.mismatches)}
 
 
-def iperf(lab: Lab, client: str, server: str, seconds: int = 3, runs: int = 2) -> float:
+def iperf(lab: Lab, client: str, server: str, seconds: int = 3, runs: int = 2, family: int = 4) -> float:
     """Gbit/s received, one TCP stream: the best of `runs` (other jobs share these 2 vCPUs)."""
-    return max(_iperf_once(lab, client, server, seconds) for _ in range(runs))
+    return max(_iperf_once(lab, client, server, seconds, family) for _ in range(runs))
 
 
-def _iperf_once(lab: Lab, client: str, server: str, seconds: int) -> float:
+def _iperf_once(lab: Lab, client: str, server: str, seconds: int, family: int) -> float:
     state = lab.state()
+    address = state.pods[server].ip_of(family)
     srv = subprocess.Popen(["ip", "netns", "exec", state.pods[server].netns, "iperf3", "-s", "-1", "-p", "5201"],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         time.sleep(0.3)
         out = subprocess.run(["ip", "netns", "exec", state.pods[client].netns, "iperf3", "-c",
-                              state.pods[server].ip, "-p", "5201", "-t", str(seconds), "-J"],
+                              str(address), "-p", "5201", "-t", str(seconds), "-J"],
                              capture_output=True, text=True, timeout=seconds + 20, check=True)
         doc = json.loads(out.stdout)
         return float(doc["end"]["sum_received"]["bits_per_second"]) / 1e9
@@ -123,10 +127,11 @@ def _iperf_once(lab: Lab, client: str, server: str, seconds: int) -> float:
         srv.wait()
 
 
-def thousand_policies() -> list[dict[str, Any]]:
+def thousand_policies(families: tuple[int, ...] = (4,)) -> list[dict[str, Any]]:
     """1,000 policies selecting every pod of `bench`: one allows the clients on 5201; the
-    others allow the clients on other ports, or other addresses (ipBlock /32s) on 5201,
-    so the server's packets walk a rule table of thousands of flows."""
+    others allow the clients on other ports, or other addresses (ipBlock /32s, and /128s
+    where the pods have IPv6, so both families walk as many flows) on 5201, so the server's
+    packets walk a rule table of thousands of flows."""
     docs = []
     for i in range(1000):
         if i == 0:
@@ -135,14 +140,24 @@ def thousand_policies() -> list[dict[str, Any]]:
         elif i % 2:
             rule = {"from": [{"podSelector": {"matchLabels": {"app": "client"}}}], "ports": [{"port": 10000 + i}]}
         else:
-            rule = {"from": [{"ipBlock": {"cidr": f"192.168.{i // 256}.{i % 256}/32"}}], "ports": [{"port": 5201}]}
+            blocks = {4: f"192.168.{i // 256}.{i % 256}/32", 6: f"fd00:192:168::{i:x}/128"}
+            rule = {"from": [{"ipBlock": {"cidr": blocks[f]}} for f in families], "ports": [{"port": 5201}]}
         docs.append({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
                      "metadata": {"name": f"p{i:04d}", "namespace": "bench"},
                      "spec": {"podSelector": {}, "ingress": [rule]}})
     return docs
 
 
-def throughput(tmp: Path) -> dict[str, Any]:
+def paths(lab: Lab) -> dict[str, float]:
+    """Each path in each family of the lab, the families alternating (load drifts)."""
+    figures = {}
+    for path, client in (("same node", "bench/local"), ("across nodes", "bench/remote")):
+        for family in lab.state().families:
+            figures[f"{path}|{family}"] = iperf(lab, client, "bench/server", family=family)
+    return figures
+
+
+def throughput(tmp: Path, ip_family: str = "4") -> dict[str, Any]:
     model = write(tmp / "iperf.yaml", [
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "bench"}},
         pod("bench", "server", {"app": "server"}, "node1", (("TCP", 80),)),
@@ -150,16 +165,14 @@ def throughput(tmp: Path) -> dict[str, Any]:
         pod("bench", "remote", {"app": "client"}, "node2", (("TCP", 80),)),
     ])
     lab = Lab(tmp / "lab-iperf")
-    lab.up([model], 2)
+    lab.up([model], 2, ip_family=ip_family)
     try:
-        base = {"same node": iperf(lab, "bench/local", "bench/server"),
-                "across nodes": iperf(lab, "bench/remote", "bench/server")}
+        base = paths(lab)
         start = time.monotonic()
-        lab.apply([write(tmp / "policies.yaml", thousand_policies())])
+        lab.apply([write(tmp / "policies.yaml", thousand_policies(lab.state().families))])
         realized = time.monotonic() - start
         flows = sum((lab.status()["nodes"][i]["controller"] or {}).get("flows", {}).get("total", 0) for i in (0, 1))
-        loaded = {"same node": iperf(lab, "bench/local", "bench/server"),
-                  "across nodes": iperf(lab, "bench/remote", "bench/server")}
+        loaded = paths(lab)
     finally:
         lab.down()
     return {"base": base, "policies": loaded, "apply_1000_s": round(realized, 2), "flows_total": flows}
@@ -168,38 +181,45 @@ def throughput(tmp: Path) -> dict[str, Any]:
 def report(ups: list[dict[str, Any]], probes: dict[str, dict[str, Any]], tput: dict[str, Any]) -> str:
     load = Path("/proc/loadavg").read_text().split()[0]
     lines = ["## Lab", "", "Measured by `benchmarks/lab.py` (2 vCPU VM, userspace OVS 3.1, VXLAN, one controller "
-             f"per node, pods attached by the CNI plugin; load average {load} when it finished).", "",
-             "| lab | bring-up | nodes / controllers / pods (CNI + servers) / realized | RSS: OVS + controllers + "
-             "pod servers | used memory Δ |", "|---|---|---|---|---|"]
+             f"per node, pods attached by the CNI plugin; load average {load} when it finished).", ""]
+    if ups:
+        lines += ["| lab | bring-up | nodes / controllers / pods (CNI + servers) / realized | RSS: OVS + "
+                  "controllers + pod servers | used memory Δ |", "|---|---|---|---|---|"]
     for up in ups:
         t, rss = up["timings"], up["rss_mib"]
         lines.append(f"| {up['label']} ({up['pods']} pods) | {t['total']:.1f} s | {t['nodes']:.1f} / "
                      f"{t['controllers']:.2f} / {t['pods']:.1f} / {t['realized']:.2f} s | "
                      f"{sum(rss.values()):.0f} MiB = {rss['ovs']:.0f} + {rss['controllers']:.0f} + "
                      f"{rss['servers']:.0f} | {up['used_delta_mib']:.0f} MiB |")
-    lines += ["", "| probe (TCP, one namespace default-deny; silences confirmed) | pairs | allowed | mismatches | "
-              "probe time | command wall time |", "|---|---|---|---|---|---|"]
+    if probes:
+        lines += ["", "| probe (TCP, one namespace default-deny; silences confirmed) | pairs | allowed | mismatches | "
+                  "probe time | command wall time |", "|---|---|---|---|---|---|"]
     for label, p in probes.items():
         lines.append(f"| {label} | {p['pairs']} | {p['allowed']} | {p['mismatches']} | {p['seconds']:.2f} s | "
                      f"{p['wall']:.2f} s |")
     lines += ["", "iperf3, one TCP stream, best of two 3 s runs; 1,000 policies selecting the server "
               f"({tput['flows_total']} flows over both nodes, applied and realized in "
               f"{tput['apply_1000_s']:.1f} s):", "",
-              "| path | no policy | 1,000 policies | ratio |", "|---|---|---|---|"]
-    for path in ("same node", "across nodes"):
-        base, loaded = tput["base"][path], tput["policies"][path]
-        lines.append(f"| {path} | {base:.2f} Gbit/s | {loaded:.2f} Gbit/s | {loaded / base:.2f} |")
+              "| path | family | no policy | 1,000 policies | ratio |", "|---|---|---|---|---|"]
+    for key, base in tput["base"].items():
+        path, family = key.split("|")
+        loaded = tput["policies"][key]
+        lines.append(f"| {path} | IPv{family} | {base:.2f} Gbit/s | {loaded:.2f} Gbit/s | {loaded / base:.2f} |")
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="skip the 5 × 20 lab")
+    parser.add_argument("--throughput-only", action="store_true", help="only iperf3 (no bring-up or probe labs)")
+    parser.add_argument("--ip-family", choices=["4", "6", "dual"], default="4",
+                        help="pod addresses of the iperf3 lab; dual: every figure over IPv4 and IPv6")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="sdnlab-bench-") as raw:
         tmp = Path(raw)
         ups, probes = [], {}
         sizes = [("3 × 9", MODEL, 3, "x")] + ([] if args.quick else [("5 × 20", big_model(tmp, 100), 5, "ns0")])
+        sizes = [] if args.throughput_only else sizes
         for label, model, nodes, deny_ns in sizes:
             lab, figures = bring_up(tmp, model, nodes, label.replace(" ", ""))
             try:
@@ -207,7 +227,7 @@ def main() -> None:
                 probes[f"{label}: {figures['pods']}×{figures['pods']}"] = probe_time(lab, tmp, deny_ns)
             finally:
                 lab.down()
-        tput = throughput(tmp)
+        tput = throughput(tmp, args.ip_family)
     print(report(ups, probes, tput))
 
 
