@@ -13,7 +13,7 @@ from pathlib import Path
 
 from sdn_netpol.lab import cleanup
 from sdn_netpol.lab.lab import Lab
-from sdn_netpol.lab.soak import Step, open_fds, soak
+from sdn_netpol.lab.soak import SoakReport, Step, open_fds, soak
 
 MODEL = Path(__file__).resolve().parents[1] / "examples" / "conformance" / "model.yaml"
 
@@ -36,22 +36,26 @@ def main() -> None:
         try:
             lab.up([MODEL], nodes=3)
             report = soak(lab, Path(tmp), args.minutes * 60, args.seed, show)
+            summarize(report)  # before `down`: the figures stand whatever teardown does
         finally:
             lab.down()
         left = cleanup.leftovers(lab.workdir)
+    print(f"after down: {left}, descriptors {open_fds() - fds:+d}")
+
+
+def summarize(report: SoakReport) -> None:
     traffic = report.traffic
     print(f"steps {len(report.steps)}, mismatches {report.mismatches}, stale megaflows {report.stale}")
     print(f"continuous probes: {report.probe_rounds} rounds, {report.probe_samples} samples, "
-          f"false allows {len(traffic.false_allows)}, false denies {len(traffic.false_denies)}")
+          f"false allows {len(traffic.false_allows)}, false denies {len(traffic.false_denies)}, "
+          f"longest false deny {traffic.false_deny_seconds:.1f} s")
     rss = [s.controller_rss_kib for s in report.steps]
     flows = [s.flows for s in report.steps]
     if rss:
         print(f"controller RSS (3 nodes) first {rss[0]} KiB, last {rss[-1]} KiB, max {max(rss)} KiB; "
               f"flows {min(flows)}-{max(flows)}")
     print(f"controller RSS slope {report.slope(lambda s: s.controller_rss_kib, 0.5):.2f} KiB/step (second half), "
-          f"flows slope {report.slope(lambda s: s.flows):.3f}/step")
-    print(f"after down: {left}, descriptors {open_fds() - fds:+d}")
-
+          f"flows slope {report.slope(lambda s: s.flows):.3f}/step", flush=True)
 
 if __name__ == "__main__":
     main()

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from netaddr import IPAddress
 
-from sdn_netpol.lab import hostlimits, sctp
+from sdn_netpol.lab import cleanup, hostlimits, sctp
 from sdn_netpol.lab.lab import ProbeReport
 from sdn_netpol.lab.pods import cni_config, place, served_ports
 from sdn_netpol.lab.state import LabState, lab_prefix, new_state
@@ -262,3 +262,9 @@ def test_probe_json_is_the_matrix_shape_plus_expected_and_mismatches() -> None:
     assert doc["protocol"] == "TCP" and doc["port"] == 80 and doc["pods"] == ["x/a", "x/b"]
     assert doc["expected"]["x/a"]["x/b"] is False and doc["allowed"]["x/a"]["x/b"] is True
     assert doc["mismatches"] == [["x/a", "x/b"]]
+
+
+def test_another_lab_counts_while_its_state_file_exists_even_one_this_code_cannot_read(tmp_path: Path) -> None:
+    (tmp_path / "state.json").write_text('{"nodes": [{"name": "node1", "a-field-of-a-newer-version": 1}]}')
+    assert cleanup._has_state(tmp_path)
+    assert not cleanup._has_state(tmp_path / "gone")
