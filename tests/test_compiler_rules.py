@@ -302,7 +302,8 @@ def test_empty_from_means_every_peer_so_no_peer_clause() -> None:
 def test_cookies_identify_policy_and_rule() -> None:
     state = golden_state()
     without = ClusterState.build(state.namespaces, state.pods,
-                                 [p for p in state.policies if p.ref != "default/test-network-policy"])
+                                 [p for p in state.policies if p.ref != "default/test-network-policy"], 0,
+                                 state.cluster_policies)
     flows = compile_node(state, assign_ports(state, N1))
     before = compile_node(without, assign_ports(without, N1))
     own = flows.by_cookie(*policy_cookie_and_mask("default/test-network-policy"))
@@ -319,13 +320,14 @@ def test_cookies_identify_policy_and_rule() -> None:
 
 def test_ids_and_cookies_are_stable_across_recompiles_and_processes() -> None:
     state = golden_state()
-    shuffled = ClusterState.build(reversed(state.namespaces), reversed(state.pods), reversed(state.policies))
+    shuffled = ClusterState.build(reversed(state.namespaces), reversed(state.pods), reversed(state.policies), 0,
+                                  reversed(state.cluster_policies))
     first = compile_node(state, assign_ports(state, N1))
     assert compile_node(shuffled, assign_ports(shuffled, N1)) == first
     grown = ClusterState.build(state.namespaces, state.pods, (*state.policies, *build(policy_yaml("late", """
 podSelector: {}
 ingress: [{ports: [{port: 1234}]}]
-""", "alice")).policies))
+""", "alice")).policies), 0, state.cluster_policies)
     cookie, mask = policy_cookie_and_mask("default/test-network-policy")
     assert compile_node(grown, assign_ports(grown, N1)).by_cookie(cookie, mask) == first.by_cookie(cookie, mask)
     paths = [GOLDEN / "cluster.yaml", *sorted(GOLDEN.glob("*/policy.yaml"))]

@@ -25,6 +25,7 @@ from tests.ovs_fixtures import private_ovs
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "flows"
 SEED_EXAMPLES = [
+    "admin-tiers",  # not from the seed page: the cluster-wide admin policy tiers (issue 18)
     "allow-all-egress", "allow-all-ingress", "default-deny-all", "default-deny-egress",
     "default-deny-ingress", "namespace-and-pod-selector", "namespace-or-pod-selector", "test-network-policy",
 ]

@@ -74,7 +74,7 @@ def pipeline_flows(node: NodeContext) -> Iterator[Flow]:
                     (Ct(commit=True, zone=CT_ZONE), GotoTable(Table.OUTPUT)))
     yield from _conntrack_state_flows()
     yield from _sctp_reply_flows()
-    yield _flow(Table.INGRESS_RULE, Priority.BYPASS, Match.build(None, **{REG_FLAGS: (FLAG_BYPASS, FLAG_BYPASS)}),
+    yield _flow(Table.INGRESS_ADMIN, Priority.TIER_BYPASS, Match.build(None, **{REG_FLAGS: (FLAG_BYPASS, FLAG_BYPASS)}),
                 (GotoTable(Table.COMMIT),))
     yield from _edge_port_flows(node)
     yield from _node_local_flows(node)
@@ -89,9 +89,9 @@ def _node_local_flows(node: NodeContext) -> Iterator[Flow]:
     if address is None:
         return
     family, src_field, dst_field = _family_fields(address)
-    yield _flow(Table.EGRESS_RULE, Priority.BYPASS, Match.build(family, **{dst_field: address}),
+    yield _flow(Table.EGRESS_ADMIN, Priority.TIER_BYPASS, Match.build(family, **{dst_field: address}),
                 (GotoTable(Table.L3_FORWARDING),))
-    yield _flow(Table.INGRESS_RULE, Priority.BYPASS - 1, Match.build(family, **{src_field: address}),
+    yield _flow(Table.INGRESS_ADMIN, Priority.TIER_BYPASS - 1, Match.build(family, **{src_field: address}),
                 (GotoTable(Table.COMMIT),))
 
 
@@ -172,12 +172,16 @@ def _misses() -> Iterator[Flow]:
         Table.CONNTRACK: drop,
         Table.CONNTRACK_STATE: drop,
         Table.SCTP_REPLY: drop,  # reached by resubmit only: a miss just learns nothing
-        Table.SCTP_REPLY_VERDICT: (GotoTable(Table.EGRESS_RULE),),
+        Table.SCTP_REPLY_VERDICT: (GotoTable(Table.EGRESS_ADMIN),),
+        Table.EGRESS_ADMIN: (GotoTable(Table.EGRESS_RULE),),
         Table.EGRESS_RULE: (GotoTable(Table.EGRESS_DEFAULT),),
-        Table.EGRESS_DEFAULT: (GotoTable(Table.L3_FORWARDING),),
+        Table.EGRESS_DEFAULT: (GotoTable(Table.EGRESS_BASELINE),),
+        Table.EGRESS_BASELINE: (GotoTable(Table.L3_FORWARDING),),
         Table.L3_FORWARDING: drop,
+        Table.INGRESS_ADMIN: (GotoTable(Table.INGRESS_RULE),),
         Table.INGRESS_RULE: (GotoTable(Table.INGRESS_DEFAULT),),
-        Table.INGRESS_DEFAULT: (GotoTable(Table.COMMIT),),
+        Table.INGRESS_DEFAULT: (GotoTable(Table.INGRESS_BASELINE),),
+        Table.INGRESS_BASELINE: (GotoTable(Table.COMMIT),),
         Table.COMMIT: (GotoTable(Table.OUTPUT),),
         Table.OUTPUT: drop,
     }
@@ -207,7 +211,7 @@ def _conntrack_state_flows() -> Iterator[Flow]:
     bypass = (SetField(REG_FLAGS, FLAG_BYPASS), GotoTable(Table.L3_FORWARDING))
     yield _flow(table, Priority.BYPASS, Match.build(ct_state=ct_state(est=True, rpl=True, trk=True)), bypass)
     yield _flow(table, Priority.BYPASS, Match.build(ct_state=ct_state(rel=True, trk=True)), bypass)
-    yield _flow(table, Priority.DEFAULT, Match.build(ct_state=ct_state(trk=True)), (GotoTable(Table.EGRESS_RULE),))
+    yield _flow(table, Priority.DEFAULT, Match.build(ct_state=ct_state(trk=True)), (GotoTable(Table.EGRESS_ADMIN),))
 
 
 def _sctp_reply_flows() -> Iterator[Flow]:
@@ -296,7 +300,7 @@ def _local_pod_flows(binding: PortBinding) -> tuple[Flow, ...]:
             SetField.of("eth_dst", binding.mac),
             DecTtl(),
             SetField(REG_OUT_PORT, port),
-            GotoTable(Table.INGRESS_RULE),
+            GotoTable(Table.INGRESS_ADMIN),
         )
         flows.append(Flow(Table.L3_FORWARDING, Priority.NORMAL, Match.build(family, **{dst_field: ip}), actions,
                           pod_cookie))

@@ -21,6 +21,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from sdn_netpol.compiler.admin_flows import admin_flows
 from sdn_netpol.compiler.audit_flows import audit_allow_flows
 from sdn_netpol.compiler.base_flows import local_pod_flows, node_route_flows, pipeline_flows, remote_pod_flows
 from sdn_netpol.compiler.diff import FlowDiff, diff, diff_ids
@@ -29,6 +30,7 @@ from sdn_netpol.compiler.flowset import DuplicateFlowError, FlowSet
 from sdn_netpol.compiler.policy_flows import Placement, PolicyTables, place
 from sdn_netpol.compiler.topology import NodeContext, PortBinding
 from sdn_netpol.model.objects import Pod, PodKey
+from sdn_netpol.policy.admin_resolve import resolve_cluster_policies
 from sdn_netpol.policy.incremental import Resolution, resolve
 from sdn_netpol.policy.state import ClusterState
 
@@ -39,7 +41,8 @@ class NodeCompilation:
 
     `change` is the difference from the previous compilation's flows (None for a first one).
     `counts` holds how many fragments give each flow: a flow two fragments give (two pods
-    with one route) stays while either does.
+    with one route) stays while either does. `admin`: the tier tables' flows (admin_flows.py),
+    compiled whole each time (cluster policies are few; their flows are diffed).
     """
 
     node: NodeContext
@@ -48,6 +51,7 @@ class NodeCompilation:
     counts: Mapping[Flow, int]
     flows: FlowSet
     change: FlowDiff | None = None
+    admin: tuple[Flow, ...] = ()
 
 
 def compile_node(state: ClusterState, node: NodeContext) -> FlowSet:
@@ -82,10 +86,18 @@ def _build(node: NodeContext, resolution: Resolution) -> NodeCompilation:
     denied = _audit_denied(resolution.state)
     tables = PolicyTables.build({p.ref: place(p, ports, memo, denied) for p in resolution.policies})
     flows.extend(tables.flows())
+    admin = _admin_flows(resolution, node)
+    flows.extend(admin)
     counts: dict[Flow, int] = {}
     for flow in flows:
         counts[flow] = counts.get(flow, 0) + 1
-    return NodeCompilation(node, resolution, tables, counts, FlowSet(counts))
+    return NodeCompilation(node, resolution, tables, counts, FlowSet(counts), admin=admin)
+
+
+def _admin_flows(resolution: Resolution, node: NodeContext) -> tuple[Flow, ...]:
+    if not resolution.state.cluster_policies:
+        return ()
+    return tuple(admin_flows(resolve_cluster_policies(resolution.state), _ports(node)))
 
 
 def _update(previous: NodeCompilation, node: NodeContext, resolution: Resolution) -> NodeCompilation | None:
@@ -103,8 +115,13 @@ def _update(previous: NodeCompilation, node: NodeContext, resolution: Resolution
     update = previous.tables.update(_placement_changes(previous.resolution, resolution, _ports(node), moved))
     if update is None:
         return None
+    admin = _admin_flows(resolution, node)
+    old_admin, new_admin = set(previous.admin), set(admin)
+    removed.extend(f for f in previous.admin if f not in new_admin)
+    added.extend(f for f in admin if f not in old_admin)
     counts, flows, changed = _apply(previous, [*removed, *update.removed], [*added, *update.added])
-    return NodeCompilation(node, resolution, update.tables, counts, flows, diff_ids(previous.flows, flows, changed))
+    return NodeCompilation(node, resolution, update.tables, counts, flows, diff_ids(previous.flows, flows, changed),
+                           admin)
 
 
 def _binding_changes(old: tuple[PortBinding, ...],

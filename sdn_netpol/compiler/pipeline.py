@@ -6,8 +6,11 @@ a real dump). Nothing here builds flows.
 Packet walk:
   Classifier → SpoofGuard → (ARP: ArpResponder; NS: NdpResponder → NdpAdvertisement)
     → Conntrack → ConntrackState
-    → EgressRule → EgressDefault → L3Forwarding → IngressRule → IngressDefault
-    → Commit → Output
+    → EgressAdmin → EgressRule → EgressDefault → EgressBaseline → L3Forwarding
+    → IngressAdmin → IngressRule → IngressDefault → IngressBaseline → Commit → Output
+The Admin and Baseline tiers of cluster-wide policies (compiler/admin_flows.py) wrap the
+NetworkPolicy tables: an Admin Allow skips to L3Forwarding/Commit, a Pass goes on to the
+NetworkPolicy table, and only packets no NetworkPolicy isolates reach the Baseline table.
 Replies and related packets skip both policy directions (reg3 bit 0); packets in the
 original direction of an established connection are checked again, so withdrawing an
 allow cuts the connection, and SCTP (tracked without ports by OVS 3.1) stays per-port.
@@ -30,11 +33,15 @@ class Table(IntEnum):
     CONNTRACK_STATE = 31
     SCTP_REPLY = 32  # learned reply 5-tuples of SCTP associations policy allowed
     SCTP_REPLY_VERDICT = 33
+    EGRESS_ADMIN = 38  # the Admin tier of cluster-wide policies, before NetworkPolicy
     EGRESS_RULE = 40
     EGRESS_DEFAULT = 41
+    EGRESS_BASELINE = 42  # the Baseline tier: reached only by pods no NetworkPolicy isolates
     L3_FORWARDING = 50
+    INGRESS_ADMIN = 58
     INGRESS_RULE = 60
     INGRESS_DEFAULT = 61
+    INGRESS_BASELINE = 62
     COMMIT = 70
     AUDIT_EGRESS = 71  # resubmitted from Commit: copies of allowed new connections to the controller
     AUDIT_INGRESS = 72
@@ -57,6 +64,14 @@ class Priority(IntEnum):
     ND_SOLICIT = 430  # ...but a Neighbor Solicitation from a port's own address goes to the responder
     SCTP_REPLY = 450  # above the generic reply bypass: SCTP replies must prove their ports
     INVALID = 500
+    TIER_BYPASS = 65535  # Admin tables: replies and node-local traffic, above every admin rule
+
+
+#: Admin and Baseline tables: a rule's priority is TIER_RULE_BASE + its rank's band and place
+#: (compiler/admin_flows.py), 1 .. 64128, below TIER_BYPASS.
+TIER_RULE_BASE = 1
+TIER_BAND = 64  # rules of one policy priority a band holds (more: ranks are dense instead)
+TIER_BANDS = 1002  # policy priorities 0..1000, and the BaselineAdminNetworkPolicy (1001)
 
 
 # Registers (32-bit NXM registers reg0..reg7).

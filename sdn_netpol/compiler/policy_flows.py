@@ -101,7 +101,7 @@ def place(policy: ResolvedPolicy, ports: Mapping[PodKey, int], memo: dict[Any, A
         rcookie = rule_cookie(rule.policy, rule.direction, rule.index)
         for position, grant in enumerate(rule.grants):
             key = f"{rule.policy}|{rule.direction}|{rule.index}|{position}|{_ports_key(grant.ports)}"
-            placed = _place(key, rule.direction, rcookie, grant, ports, memo)
+            placed = place_grant(key, rule.direction, rcookie, grant, ports, memo)
             if placed is None:
                 continue
             if len(placed.dimensions) == 1:
@@ -336,7 +336,7 @@ def _ports_key(ports: tuple[PortRange, ...]) -> str:
     return ",".join(f"{p.protocol}:{p.lo}-{p.hi}" for p in ports) or "all"
 
 
-def _place(key: str, direction: Direction, rcookie: int, grant: Grant, ports: Mapping[PodKey, int],
+def place_grant(key: str, direction: Direction, rcookie: int, grant: Grant, ports: Mapping[PodKey, int],
            memo: dict[Any, Any]) -> _Conj | None:
     local = sorted(ports[k] for k in grant.targets if k in ports)
     if not local:

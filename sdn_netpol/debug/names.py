@@ -29,7 +29,7 @@ class Owner:
     """What a flow's cookie says about who owns it, with names."""
 
     category: str | None  # "rule", "pod", "isolation", …; None: not an sdn-netpol cookie
-    policy: str | None  # NS/NAME of a rule's flow
+    policy: str | None  # NS/NAME of a rule's flow (Kind/NAME of a cluster policy's)
     direction: str | None
     rule: int | None
     pod: str | None  # NS/NAME of a pod's, route's or isolation flow
@@ -42,7 +42,8 @@ class Names:
 
     @classmethod
     def of(cls, cluster: ClusterState) -> Names:
-        return cls({policy_object_id(p.ref): p.ref for p in cluster.policies},
+        refs = [*(p.ref for p in cluster.policies), *(p.ref for p in cluster.cluster_policies)]  # Kind/name
+        return cls({policy_object_id(ref): ref for ref in refs},
                    {pod_object_id(f"{p.namespace}/{p.name}"): f"{p.namespace}/{p.name}" for p in cluster.pods})
 
     def policy(self, object_id: int) -> str | None:

@@ -16,6 +16,7 @@ from typing import Any
 
 from sdn_netpol.compiler.pipeline import MASK_CATEGORY, CookieCategory, Table, cookie, decode_cookie
 from sdn_netpol.debug.names import Names
+from sdn_netpol.model.cluster_objects import CLUSTER_KINDS
 from sdn_netpol.ovs.dumpflows import DumpedFlow
 
 FILTERS = tuple(f"cookie={cookie(c):#x}/{MASK_CATEGORY:#x}"
@@ -93,8 +94,9 @@ def aggregate(node: str, flows: Iterable[DumpedFlow], names: Names) -> Stats:
 
 
 def _split(ref: str) -> tuple[str, str]:
+    """NS/NAME → (NS, NAME); a cluster-scoped admin policy's Kind/NAME → ("", Kind/NAME)."""
     namespace, _, name = ref.partition("/")
-    return namespace, name
+    return ("", ref) if namespace in CLUSTER_KINDS else (namespace, name)
 
 
 def read(node: str, dump: Callable[[str], Sequence[DumpedFlow]], names: Names) -> Stats:

@@ -224,6 +224,9 @@ def _denied(cluster: ClusterState, packet: Packet, steps: list[StepView], nodes:
                          f"denied by {direction.lower()} isolation of {last.pod or side.subject} "
                          f"(policies {policies})")
         return TraceReport(report.verdict, report.reason, report.nodes, report.steps, None, side.isolated_by)
+    if table in _TIER_TABLES and last.category == "rule":  # an admin or baseline Deny rule
+        return _finish(cluster, packet, steps, nodes, "denied",
+                       f"denied by {last.policy} {str(last.direction).lower()} rule {last.rule} ({last.table_name})")
     reasons = {Table.CLASSIFIER: "dropped: unknown port (no flows for it yet)",
                Table.SPOOF_GUARD: "dropped: spoofed source (address or MAC not the port's own)",
                Table.CONNTRACK_STATE: "dropped: invalid connection state",
@@ -232,6 +235,9 @@ def _denied(cluster: ClusterState, packet: Packet, steps: list[StepView], nodes:
     return _finish(cluster, packet, steps, nodes, "denied",
                    reasons.get(Table(table), f"dropped in table {table} ({last.table_name})")
                    if table in Table._value2member_map_ else f"dropped in table {table}")
+
+
+_TIER_TABLES = (Table.EGRESS_ADMIN, Table.EGRESS_BASELINE, Table.INGRESS_ADMIN, Table.INGRESS_BASELINE)
 
 
 def _engine(cluster: ClusterState, packet: Packet) -> Any:

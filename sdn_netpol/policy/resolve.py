@@ -59,30 +59,31 @@ def resolve_policy(state: ClusterState, policy: NetworkPolicy) -> ResolvedPolicy
     rules: list[ResolvedRule] = []
     for direction in sorted(policy.policy_types):
         for index, rule in enumerate(policy.rules(direction)):
-            grants = _rule_grants(resolver, policy, direction, rule, applied_to)
+            grants = rule_grants(resolver, policy.namespace, direction, rule, applied_to)
             rules.append(ResolvedRule(policy.ref, direction, index, grants))
     return ResolvedPolicy(policy.ref, applied_to, policy.policy_types, tuple(rules))
 
 
-def _rule_grants(
-    resolver: Resolver, policy: NetworkPolicy, direction: Direction, rule: Rule, targets: frozenset[PodKey]
+def rule_grants(
+    resolver: Resolver, namespace: str, direction: Direction, rule: Rule, targets: frozenset[PodKey]
 ) -> tuple[Grant, ...]:
+    """A rule's grants; `namespace` is its policy's (what a peer without namespaceSelector means)."""
     if not targets:
         return ()
     numeric = tuple(sorted({r for pp in rule.ports if not isinstance(pp.port, str) for r in _numeric(pp)}))
     named = tuple(pp for pp in rule.ports if isinstance(pp.port, str))
     grants: list[Grant] = []
     if not rule.ports or numeric:
-        peers = resolver.peers(policy.namespace, rule.peers)
+        peers = resolver.peers(namespace, rule.peers)
         if not peers.empty:
             grants.append(Grant(targets, peers, numeric))
     if named and direction == "Ingress":
-        peers = resolver.peers(policy.namespace, rule.peers)
+        peers = resolver.peers(namespace, rule.peers)
         if not peers.empty:
             groups = resolver.group_by_named_ports(targets, named)
             grants.extend(Grant(frozenset(keys), peers, ports) for ports, keys in groups)
     elif named:
-        reached = resolver.egress_named(policy.namespace, rule, named)
+        reached = resolver.egress_named(namespace, rule, named)
         grants.extend(Grant(targets, peers, ports) for ports, peers in reached)
     return tuple(grants)
 
