@@ -17,11 +17,12 @@ from typing import Any
 import yaml
 
 from sdn_netpol.inputs.manifests import ManifestError, read_documents, read_paths
+from sdn_netpol.model.cluster_objects import CLUSTER_KINDS
 from sdn_netpol.model.errors import one_line
 from sdn_netpol.model.parse import API_VERSIONS, Document, ParseResult, flatten, parse_documents
 
 NAMESPACED = ("Pod", "NetworkPolicy")
-KNOWN = ("Namespace", "Pod", "NetworkPolicy")
+KNOWN = ("Namespace", "Pod", "NetworkPolicy", *CLUSTER_KINDS)  # cluster policies are cluster-scoped
 
 
 class LabError(Exception):
@@ -57,7 +58,7 @@ def ref_of(body: dict[str, Any]) -> ObjectRef:
 def read_objects(paths: Iterable[Path]) -> list[dict[str, Any]]:
     """The objects in files/folders, validated as the API server would (all or nothing).
 
-    Kinds other than Namespace, Pod and NetworkPolicy are refused: the lab owns its nodes.
+    Kinds other than Namespace, Pod, NetworkPolicy and the admin-policy kinds are refused: the lab owns its nodes.
     So are those kinds in another API (a Calico NetworkPolicy), which the model skips.
     """
     try:
@@ -73,7 +74,8 @@ def read_objects(paths: Iterable[Path]) -> list[dict[str, Any]]:
         if not isinstance(body, dict) or body.get("kind") not in KNOWN:
             kind = body.get("kind") if isinstance(body, dict) else type(body).__name__
             raise LabError(one_line(f"object {i + 1}: kind {kind!r} cannot be applied to the lab "
-                                    "(Namespace, Pod, NetworkPolicy only)", 1000))
+                                    "(Namespace, Pod, NetworkPolicy, ClusterNetworkPolicy, AdminNetworkPolicy, "
+                                    "BaselineAdminNetworkPolicy only)", 1000))
         api_version, expected = body.get("apiVersion"), API_VERSIONS[body["kind"]]
         if api_version is not None and api_version != expected:
             raise LabError(one_line(f"object {i + 1}: {api_version!r} {body['kind']} cannot be applied to the lab "
