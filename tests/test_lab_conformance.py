@@ -18,6 +18,7 @@ sockets do so in each family of the lab.
 from __future__ import annotations
 
 import errno
+import json
 import socket
 import struct
 import subprocess
@@ -27,11 +28,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from click.testing import CliRunner, Result
 from netaddr import IPAddress, IPNetwork
 from scapy.layers.inet import IP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 
+from sdn_netpol.cli import main
 from sdn_netpol.compiler.pipeline import GATEWAY_MAC, is_learned
 from sdn_netpol.lab import cleanup, netns, probe
 from sdn_netpol.lab.families import pod_cidr
@@ -487,6 +490,29 @@ def test_a_pod_address_of_a_family_the_lab_lacks_is_refused(cluster: FamilyClust
     for family in state.families:
         report = cluster.lab.probe("UDP", 81, family=family)
         assert report.to_json()["family"] == family and not report.mismatches
+
+
+def test_the_cli_probes_each_family_and_says_which(lab: Lab) -> None:
+    """`lab probe --family F -o json` for each family of the lab names it; a family the lab
+    lacks is exit 1 with the reason; `status -o json` has the lab's family and every pod's
+    addresses; `up --ip-family 6 --external IPv4` is refused before anything is made."""
+    def cli(*args: str) -> Result:
+        return CliRunner().invoke(main, ["lab", "--workdir", str(lab.workdir), *args])
+
+    state = lab.state()
+    for family in (4, 6):
+        result = cli("probe", "--port", "81", "--protocol", "UDP", "--family", str(family), "-o", "json")
+        if family in state.families:
+            doc = json.loads(result.stdout)
+            assert (result.exit_code, doc["family"], doc["mismatches"]) == (0, family, []), result.output
+        else:
+            assert result.exit_code == 1 and f"this lab's pods have no IPv{family} address" in result.output
+    status = json.loads(cli("status", "-o", "json").stdout)
+    assert status["ip_family"] == state.ip_family
+    assert {k: p["ips"] for k, p in status["pods"].items()} == {k: p.ips for k, p in state.pods.items()}
+    result = cli("up", "-f", str(MODEL), "--ip-family", "6", "--external", "172.17.0.10")
+    assert result.exit_code == 1 and "the external host takes IPv4 addresses" in result.output
+    assert lab.state() == state, "refused before the lab in this workdir was touched"
 
 
 def test_zz_down_leaves_nothing(lab: Lab, links_before: set[str]) -> None:

@@ -40,6 +40,7 @@ else:
         test_removing_the_allow_cuts_an_established_connection,
         test_sctp_rule,
         test_spoofed_source_is_dropped,
+        test_the_cli_probes_each_family_and_says_which,
         test_zz_down_leaves_nothing,
     )
 
