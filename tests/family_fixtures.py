@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +20,6 @@ from sdn_netpol.lab import netns, probe
 from sdn_netpol.lab.families import family_of, policy_in_ipv6
 from sdn_netpol.lab.lab import Lab, ProbeReport
 from sdn_netpol.lab.state import PodState
-from sdn_netpol.lab.traffic import Stream
 from tests.lab_fixtures import MODEL, Cluster
 
 ETH_P = {4: 0x0800, 6: 0x86DD}
@@ -92,20 +89,3 @@ def sniffer(pod: PodState, family: int) -> Iterator[socket.socket]:
         yield sock
     finally:
         sock.close()
-
-
-@dataclass
-class FamilyStream(Stream):
-    """traffic.Stream to the destination's address of `family` (Stream.start opens IPv4)."""
-
-    family: int = 4
-
-    def start(self) -> FamilyStream:
-        address = self.destination.ip_of(self.family)
-        assert address is not None, (self.destination.key, self.family)
-        sock = connect(self.source, address, self.port, timeout=10)
-        sock.settimeout(self.stall_limit)
-        self._sock, self.last_echo = sock, time.monotonic()
-        self._thread = threading.Thread(target=self._run, name=f"stream {self.name}", daemon=True)
-        self._thread.start()
-        return self

@@ -117,25 +117,6 @@ def allowed_pairs(report: ProbeReport) -> set[tuple[str, str]]:
     return {(s, d) for s in report.measured.pods for d in report.measured.pods if report.expected.allowed[s][d]}
 
 
-def connect(src: PodState, dst: PodState, port: int, timeout: float = 3.0) -> socket.socket:
-    sock = netns.socket_in(src.netns, socket.AF_INET, socket.SOCK_STREAM)
-    sock.settimeout(timeout)
-    sock.connect((dst.ip, port))
-    return sock
-
-
-@contextlib.contextmanager
-def sniffer(pod: PodState) -> Iterator[socket.socket]:
-    """An AF_PACKET socket on the pod's eth0: every IPv4 frame the pod receives."""
-    sock = netns.socket_in(pod.netns, socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0800))
-    try:
-        sock.bind(("eth0", 0))
-        sock.settimeout(0.2)
-        yield sock
-    finally:
-        sock.close()
-
-
 def received(sock: socket.socket, marker: bytes, seconds: float = 1.0) -> list[bytes]:
     """Frames carrying `marker` that the pod receives within `seconds` (its own replies,
     which an AF_PACKET socket also sees, are left out)."""

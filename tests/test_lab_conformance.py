@@ -41,8 +41,9 @@ from sdn_netpol.lab.families import pod_cidr
 from sdn_netpol.lab.lab import Lab
 from sdn_netpol.lab.store import LabError
 from sdn_netpol.lab.topology import ovs
+from sdn_netpol.lab.traffic import Stream
 from sdn_netpol.ovs.instance import daemon_pids
-from tests.family_fixtures import AF, FamilyCluster, FamilyStream, connect, sniffer
+from tests.family_fixtures import AF, FamilyCluster, connect, sniffer
 from tests.lab_fixtures import (
     MODEL,
     allowed_pairs,
@@ -399,7 +400,7 @@ def test_controller_restart_does_not_break_a_long_tcp_stream(cluster: FamilyClus
         "podSelector": {"matchLabels": {"pod": "b"}},
         "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"ns": "x"}}}],
                      "ports": [{"port": 80}]}]}))
-    streams = [FamilyStream(cluster.pod("x/a"), cluster.pod("y/b"), 80, period=0.02, family=family).start()
+    streams = [Stream(cluster.pod("x/a"), cluster.pod("y/b"), 80, period=0.02, family=family).start()
                for family in cluster.lab.state().families]
     try:
         time.sleep(0.5)

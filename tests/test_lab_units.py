@@ -83,11 +83,13 @@ def test_arp_table_need_counts_same_node_peers() -> None:
 def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A /proc/sys of files and a host record of this test's own."""
     root = tmp_path / "sys"
-    for key, value in {**dict.fromkeys(hostlimits.NEIGH_KEYS, 1024), hostlimits.RMEM_DEFAULT: 212992}.items():
+    keys = (*hostlimits.NEIGH_KEYS, *hostlimits.NEIGH6_KEYS)
+    for key, value in {**dict.fromkeys(keys, 1024), hostlimits.RMEM_DEFAULT: 212992}.items():
         (root / key).parent.mkdir(parents=True, exist_ok=True)
         (root / key).write_text(f"{value}\n")
-    (root / "net/ipv4/neigh/default/gc_thresh1").write_text("128\n")
-    (root / "net/ipv4/neigh/default/gc_thresh2").write_text("512\n")
+    for family in ("ipv4", "ipv6"):
+        (root / f"net/{family}/neigh/default/gc_thresh1").write_text("128\n")
+        (root / f"net/{family}/neigh/default/gc_thresh2").write_text("512\n")
     monkeypatch.setattr(hostlimits, "SYSCTL", root)
     monkeypatch.setattr(hostlimits, "RECORD", tmp_path / "run" / "host-sysctls.json")
     return tmp_path
@@ -104,12 +106,14 @@ def test_a_small_lab_leaves_the_host_arp_limits_alone(host: Path) -> None:
     assert hostlimits.originals() == {}
 
 
-def test_a_big_lab_raises_the_arp_limits_and_the_last_lab_down_restores_them(host: Path) -> None:
+def test_a_big_lab_raises_the_arp_and_ndp_limits_and_the_last_lab_down_restores_them(host: Path) -> None:
     hostlimits.ensure_capacity(host / "a", ["node1"] * 40)
-    assert hostlimits.read(hostlimits.NEIGH_KEYS) == dict(zip(hostlimits.NEIGH_KEYS, (800, 3200, 6400), strict=True))
-    assert hostlimits.release(host / "a", alive=lambda _lab: True) == dict(
-        zip(hostlimits.NEIGH_KEYS, (128, 512, 1024), strict=True))
-    assert hostlimits.read(hostlimits.NEIGH_KEYS)["net/ipv4/neigh/default/gc_thresh3"] == 1024
+    for keys in (hostlimits.NEIGH_KEYS, hostlimits.NEIGH6_KEYS):
+        assert hostlimits.read(keys) == dict(zip(keys, (800, 3200, 6400), strict=True))
+    assert hostlimits.release(host / "a", alive=lambda _lab: True) == {
+        key: value for keys in (hostlimits.NEIGH_KEYS, hostlimits.NEIGH6_KEYS)
+        for key, value in zip(keys, (128, 512, 1024), strict=True)}
+    assert hostlimits.read(hostlimits.NEIGH6_KEYS)["net/ipv6/neigh/default/gc_thresh3"] == 1024
 
 
 def test_a_lab_going_down_leaves_the_buffers_raised_while_another_lab_relies_on_them(host: Path) -> None:

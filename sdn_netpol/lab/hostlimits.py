@@ -1,12 +1,13 @@
-"""The two host settings a lab needs: room in the kernel's ARP table, and socket buffers
-that absorb bursts in front of the userspace datapath.
+"""The two host settings a lab needs: room in the kernel's neighbour tables, and socket
+buffers that absorb bursts in front of the userspace datapath.
 
-- ARP table. Pods get their subnet's prefix (10.244.N.x/24), so a pod resolves every
-  same-node peer itself (the flows' ARP responder answers with the gateway MAC) and keeps
-  one neighbour entry per peer. Linux keeps ONE neighbour table for all network
-  namespaces, with global limits (`net.ipv4.neigh.default.gc_thresh3`, 1024 by default):
-  measured, a 5 × 20 lab (~2,000 entries) hits "neighbour: arp_cache: neighbor table
-  overflow!" and same-node connections fail at random.
+- Neighbour tables (ARP's, and NDP's for IPv6 labs). Pods get their subnet's prefix
+  (10.244.N.x/24, fd00:10:244:N::/64), so a pod resolves every same-node peer itself (the
+  flows' responders answer with the gateway MAC) and keeps one neighbour entry per peer.
+  Linux keeps ONE table per protocol for all network namespaces, with global limits
+  (`net.ipv4.neigh.default.gc_thresh3`, and the ipv6 one, 1024 by default): measured, a
+  5 × 20 lab (~2,000 entries) hits "neighbour: arp_cache: neighbor table overflow!" and
+  same-node connections fail at random.
 - Receive buffers. The userspace datapath reads each veth through its own AF_PACKET
   socket, whose buffer is `net.core.rmem_default` when the port is added (OVS never sets
   SO_RCVBUF): 208 KiB by default, ~250 small frames. A burst beyond that, while the one
@@ -40,6 +41,7 @@ from typing import Any
 SYSCTL = Path("/proc/sys")
 RECORD = Path(os.environ.get("SDN_NETPOL_HOST_RECORD", "/run/sdn-netpol/host-sysctls.json"))
 NEIGH_KEYS = tuple(f"net/ipv4/neigh/default/gc_thresh{n}" for n in (1, 2, 3))
+NEIGH6_KEYS = tuple(f"net/ipv6/neigh/default/gc_thresh{n}" for n in (1, 2, 3))  # NDP's own table
 RMEM_DEFAULT = "net/core/rmem_default"
 RECEIVE_BUFFER = 4 << 20
 MARGIN = 2
@@ -118,9 +120,12 @@ def originals() -> dict[str, int]:
 
 
 def ensure_capacity(lab: Path, pod_nodes: Iterable[str]) -> None:
-    """Raise the ARP table limits if `lab` needs more."""
+    """Raise the neighbour table limits if `lab` needs more: ARP's, and NDP's (a table of
+    its own with the same limits) where the host has IPv6."""
     need = needed_entries(pod_nodes) * MARGIN
-    _raise(lab, dict(zip(NEIGH_KEYS, (need // 4, need, need * 2), strict=True)))
+    limits = (need // 4, need, need * 2)
+    keys = [NEIGH_KEYS, *([NEIGH6_KEYS] if (SYSCTL / NEIGH6_KEYS[0]).exists() else [])]
+    _raise(lab, {key: limit for group in keys for key, limit in zip(group, limits, strict=True)})
 
 
 def ensure_receive_buffers(lab: Path) -> None:

@@ -86,6 +86,7 @@ class Stream:
     destination: PodState
     port: int
     period: float = 0.05
+    family: int = 4  # to the destination's address of this IP version
     stall_limit: float = 30.0  # no echo for this long counts as cut
     echoed: int = 0
     cut_at: float | None = None
@@ -101,9 +102,13 @@ class Stream:
         return f"{self.source.key}->{self.destination.key}:{self.port}"
 
     def start(self) -> Stream:
-        sock = netns.socket_in(self.source.netns, socket.AF_INET, socket.SOCK_STREAM)
+        address = self.destination.ip_of(self.family)
+        if address is None:
+            raise ValueError(f"pod {self.destination.key} has no IPv{self.family} address")
+        kind = socket.AF_INET6 if self.family == 6 else socket.AF_INET
+        sock = netns.socket_in(self.source.netns, kind, socket.SOCK_STREAM)
         sock.settimeout(10)
-        sock.connect((self.destination.ip, self.port))
+        sock.connect((address, self.port))
         sock.settimeout(self.stall_limit)
         self._sock, self.last_echo = sock, time.monotonic()
         self._thread = threading.Thread(target=self._run, name=f"stream {self.name}", daemon=True)
