@@ -49,6 +49,7 @@ from sdn_netpol.compiler.flowset import FlowSet
 from sdn_netpol.compiler.ofctl import render_flows
 from sdn_netpol.compiler.topology import mac_for_ip
 from sdn_netpol.controller import app, wire
+from sdn_netpol.controller.audit import AuditLog
 from sdn_netpol.controller.config import Config
 from sdn_netpol.controller.nodes import NodeInfo
 from sdn_netpol.controller.portmap import InterfaceMonitor
@@ -223,7 +224,8 @@ def start_controller(sw: Switch, pods: list[Pod], config: Config | None = None) 
     probe = Probe(parts)
     parts.realizer.start()
     InterfaceMonitor(f"unix:{sw.ovs.db_sock}", BRIDGE, parts.ports).start()
-    app.start(f"{sw.root_ip}:6653", app.Link(parts.switch, parts.ports))
+    no_audit = AuditLog(NODE, None, lambda: parts.realizer.realized_state)  # no namespace audited here
+    app.start(f"{sw.root_ip}:6653", app.Link(parts.switch, parts.ports, no_audit))
     wait_for(lambda: len(parts.ports.view().switch_ports) >= len(pods), 60, "ports")
     return parts, probe
 

@@ -268,3 +268,24 @@ def test_gc_policy_freezes_survivors_and_collects_cycles_when_idle() -> None:
         assert ref() is None  # the idle full collection reclaimed it
     finally:
         gc.unfreeze()
+
+
+def test_gc_policy_collects_the_garbage_cycles_of_the_interval_before_freezing() -> None:
+    import gc
+    import weakref
+
+    from sdn_netpol.controller.gcpolicy import GcPolicy
+
+    class Node:
+        other: object = None
+
+    policy = GcPolicy(full_every=3600.0)  # never idle in this test
+    try:
+        node = Node()
+        node.other = node
+        ref = weakref.ref(node)
+        del node  # garbage since the last realization, as a status request's JSON encoder leaves
+        policy.realized()
+        assert ref() is None, "a dead cycle frozen would live until the next full collection"
+    finally:
+        gc.unfreeze()
