@@ -6,11 +6,13 @@ and incremental compiles equal to full ones. Real-OVS behaviour: test_admin_diff
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from netaddr import IPNetwork, cidr_merge
 
 from sdn_netpol.compiler.admin_flows import TABLES, TierOverflow, rule_actions, tier_priorities
 from sdn_netpol.compiler.compile import compile_node, compile_node_incremental
@@ -25,9 +27,9 @@ from sdn_netpol.compiler.pipeline import (
 )
 from sdn_netpol.compiler.topology import assign_ports
 from sdn_netpol.inputs.node_inputs import load_inputs
-from sdn_netpol.model.objects import PodKey
+from sdn_netpol.model.labels import Labels
 from sdn_netpol.policy.state import ClusterState
-from tests.admin_strategies import admin_cluster_states, with_cluster_policies
+from tests.admin_strategies import admin_cluster_states, cluster_policies, with_cluster_policies
 from tests.builders import build
 
 GOLDEN = Path(__file__).resolve().parent.parent / "flows"
@@ -115,21 +117,29 @@ def test_flows_stay_additive_in_subjects_peers_and_ports() -> None:
     cookie, mask = policy_cookie_and_mask("ClusterNetworkPolicy/protect-default")
     pass_rule = [f for f in flows.by_cookie(cookie, mask) if decode_cookie(f.cookie).rule_index == 1]
     local_default = 2  # default/db, default/backend on node1
-    assert len(pass_rule) == local_default + 10 + 1  # every pod's address is a peer; no ports
+    peers = cidr_merge([IPNetwork(str(ip)) for p in state.pods for ip in p.ips])  # every pod: .10-.14 of each node
+    assert len(peers) == 6  # 10.244.N.10/31, .12/31, .14/32 for N = 1, 2: exactly those ten addresses
+    assert len(pass_rule) == local_default + len(peers) + 1  # no ports
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(admin_cluster_states(), st.data())
 def test_incremental_compiles_with_admin_policies_equal_full_compiles(state: ClusterState,
                                                                      data: st.DataObject) -> None:
-    node = assign_ports(state, "node-1")
-    compiled = compile_node_incremental(state, node)
+    """A chain of changes as the controller sees them: a pod relabelled, a pod gone (both
+    patched snapshots), the cluster policies changed (a snapshot built anew)."""
+    compiled = compile_node_incremental(state, assign_ports(state, "node-1"))
+    declared = {ns.name for ns in state.namespaces}
     victim = data.draw(st.sampled_from(state.pods))
-    relabelled = state.with_changes({victim.key: None}, {}, {ns.name for ns in state.namespaces})
-    node = assign_ports(relabelled, "node-1")
-    again = compile_node_incremental(relabelled, node, compiled)
-    fresh = ClusterState.build(relabelled.namespaces, relabelled.pods, relabelled.policies, 0,
-                               relabelled.cluster_policies)
-    assert again.flows == compile_node(fresh, node)
-    assert relabelled.cluster_policies == state.cluster_policies
-    assert PodKey(victim.namespace, victim.name) not in {b.pod for b in node.bindings}
+    relabelled = replace(victim, labels=Labels({**victim.labels, "app": data.draw(st.sampled_from(("x", "y")))}))
+    other = data.draw(cluster_policies("cp-new"))
+    chain = [
+        state.with_changes({victim.key: relabelled}, {}, declared),
+        state.with_changes({victim.key: None}, {}, declared),
+        with_cluster_policies(state, [*(p for p in state.cluster_policies[1:] if p.ref != other.ref), other]),
+    ]
+    for step in chain:
+        node = assign_ports(step, "node-1")
+        compiled = compile_node_incremental(step, node, compiled)
+        fresh = ClusterState.build(step.namespaces, step.pods, step.policies, 0, step.cluster_policies)
+        assert compiled.flows == compile_node(fresh, node)

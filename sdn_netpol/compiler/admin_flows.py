@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from sdn_netpol.compiler.flow import Action, Conjunction, Flow, GotoTable, Match
@@ -68,41 +69,74 @@ def tier_priorities(ranks: list[tuple[int, int]]) -> list[int]:
     return [TIER_RULE_BASE + len(ranks) - 1 - i for i in range(len(ranks))]
 
 
-def admin_flows(rules: Iterable[ResolvedAdminRule], ports: Mapping[PodKey, int]) -> list[Flow]:
-    """The tier tables' flows of one node (`ports`: its local pods' OpenFlow ports)."""
+@dataclass(frozen=True)
+class RulePart:
+    """One rule's flows on this node and everything they were made from: a rule whose part
+    has the same signature next time is not placed and rendered again (a thousand pods
+    change without touching most rules)."""
+
+    signature: tuple[object, ...]
+    flows: tuple[Flow, ...]
+
+
+AdminParts = dict[str, RulePart]  # by rule: tier|Kind/name|direction|index
+
+
+def admin_flows(rules: Iterable[ResolvedAdminRule], ports: Mapping[PodKey, int],
+                previous: Mapping[str, RulePart] | None = None) -> tuple[list[Flow], AdminParts]:
+    """The tier tables' flows of one node (`ports`: its local pods' OpenFlow ports), and the
+    parts to pass as `previous` next time."""
     groups: dict[tuple[Tier, Direction], list[ResolvedAdminRule]] = defaultdict(list)
     for rule in rules:
         groups[(rule.tier, rule.direction)].append(rule)
-    flows: list[Flow] = []
-    for (tier, direction), group in sorted(groups.items()):
-        flows.extend(_table_flows(TABLES[(tier, direction)], group, ports))
-    return flows
+    parts: AdminParts = {}
+    for (_, _), group in sorted(groups.items()):
+        parts.update(_table_parts(group, ports, previous or {}))
+    return [f for part in parts.values() for f in part.flows], parts
 
 
-def _table_flows(table: Table, rules: list[ResolvedAdminRule], ports: Mapping[PodKey, int]) -> Iterator[Flow]:
+def _rule_key(rule: ResolvedAdminRule) -> str:
+    return f"{rule.tier}|{rule.policy}|{rule.direction}|{rule.index}"
+
+
+def _table_parts(rules: list[ResolvedAdminRule], ports: Mapping[PodKey, int],
+                 previous: Mapping[str, RulePart]) -> Iterator[tuple[str, RulePart]]:
+    """Conjunction ids over every grant of the table (placed on this node or not), so an id
+    never depends on where pods run."""
+    ids = conjunction_ids([f"{_rule_key(r)}|{i}" for r in rules for i in range(len(r.grants))])
     memo: dict[Any, Any] = {}
-    placed = []
     for rule, priority in zip(rules, tier_priorities([r.rank for r in rules]), strict=True):
-        rcookie = rule_cookie(rule.policy, rule.direction, rule.index)
+        key = _rule_key(rule)
         actions = rule_actions(rule.tier, rule.direction, rule.action)
-        for position, grant in enumerate(rule.grants):
-            key = f"{rule.tier}|{rule.policy}|{rule.direction}|{rule.index}|{position}"
-            conj = place_grant(key, rule.direction, rcookie, grant, ports, memo)
-            if conj is not None:
-                placed.append((conj, priority, actions))
-    ids = conjunction_ids([conj.key for conj, _, _ in placed])
-    clauses: dict[tuple[int, Match], tuple[int, list[Conjunction]]] = {}
-    for conj, priority, actions in placed:
+        signature = (priority, actions, tuple(
+            (ids[f"{key}|{i}"], grant, tuple(sorted(ports[k] for k in grant.targets if k in ports)))
+            for i, grant in enumerate(rule.grants)))
+        old = previous.get(key)
+        if old is not None and old.signature == signature:
+            yield key, old
+            continue
+        yield key, RulePart(signature, tuple(_rule_flows(rule, key, priority, actions, ids, ports, memo)))
+
+
+def _rule_flows(rule: ResolvedAdminRule, key: str, priority: int, actions: tuple[Action, ...],
+                ids: Mapping[str, int], ports: Mapping[PodKey, int], memo: dict[Any, Any]) -> Iterator[Flow]:
+    table = TABLES[(rule.tier, rule.direction)]
+    rcookie = rule_cookie(rule.policy, rule.direction, rule.index)
+    clauses: dict[Match, list[Conjunction]] = {}
+    for position, grant in enumerate(rule.grants):
+        conj_key = f"{key}|{position}"
+        conj = place_grant(conj_key, rule.direction, rcookie, grant, ports, memo)
+        if conj is None:
+            continue
         n = len(conj.dimensions)
         if n == 1:  # one dimension (no peer or port to check): the rule's action directly
             for match in conj.dimensions[0]:
-                yield Flow(table, priority, match, actions, conj.cookie)
+                yield Flow(table, priority, match, actions, rcookie)
             continue
-        yield Flow(table, priority, Match.build(None, conj_id=ids[conj.key]), actions, conj.cookie)
+        yield Flow(table, priority, Match.build(None, conj_id=ids[conj_key]), actions, rcookie)
         for clause, matches in enumerate(conj.dimensions, start=1):
             for match in matches:
-                clauses.setdefault((priority, match), (conj.cookie, []))[1].append(
-                    Conjunction(ids[conj.key], clause, n))
-    for (priority, match), (cookie, conjunctions) in clauses.items():  # one rule per priority: one cookie
-        ordered = tuple(sorted(set(conjunctions), key=lambda c: (c.id, c.clause)))
-        yield Flow(table, priority, match, ordered, cookie)
+                clauses.setdefault(match, []).append(Conjunction(ids[conj_key], clause, n))
+    for match, conjunctions in clauses.items():  # a rule's grants share its priority: one flow per match
+        ordered: tuple[Conjunction, ...] = tuple(sorted(set(conjunctions), key=lambda c: (c.id, c.clause)))
+        yield Flow(table, priority, match, ordered, rcookie)

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from sdn_netpol.compiler.admin_flows import admin_flows
+from sdn_netpol.compiler.admin_flows import AdminParts, admin_flows
 from sdn_netpol.compiler.audit_flows import audit_allow_flows
 from sdn_netpol.compiler.base_flows import local_pod_flows, node_route_flows, pipeline_flows, remote_pod_flows
 from sdn_netpol.compiler.diff import FlowDiff, diff, diff_ids
@@ -29,8 +29,9 @@ from sdn_netpol.compiler.flow import Flow, FlowId
 from sdn_netpol.compiler.flowset import DuplicateFlowError, FlowSet
 from sdn_netpol.compiler.policy_flows import Placement, PolicyTables, place
 from sdn_netpol.compiler.topology import NodeContext, PortBinding
+from sdn_netpol.model.cluster_objects import ClusterPolicy
 from sdn_netpol.model.objects import Pod, PodKey
-from sdn_netpol.policy.admin_resolve import resolve_cluster_policies
+from sdn_netpol.policy.admin_resolve import PolicyGrants, policy_grants, resolve_cluster_policies, sees
 from sdn_netpol.policy.incremental import Resolution, resolve
 from sdn_netpol.policy.state import ClusterState
 
@@ -42,7 +43,9 @@ class NodeCompilation:
     `change` is the difference from the previous compilation's flows (None for a first one).
     `counts` holds how many fragments give each flow: a flow two fragments give (two pods
     with one route) stays while either does. `admin`: the tier tables' flows (admin_flows.py),
-    compiled whole each time (cluster policies are few; their flows are diffed).
+    kept per rule (`admin_parts`), and each cluster policy's grants (`admin_grants`): a pod
+    change re-resolves only the cluster policies that see the pod, and only rules whose
+    grants changed are rendered again.
     """
 
     node: NodeContext
@@ -52,6 +55,8 @@ class NodeCompilation:
     flows: FlowSet
     change: FlowDiff | None = None
     admin: tuple[Flow, ...] = ()
+    admin_parts: AdminParts | None = None
+    admin_grants: Mapping[str, tuple[ClusterPolicy, PolicyGrants]] | None = None
 
 
 def compile_node(state: ClusterState, node: NodeContext) -> FlowSet:
@@ -68,11 +73,11 @@ def compile_node_incremental(
     updated = _update(previous, node, resolution)
     if updated is not None:
         return updated
-    full = _build(node, resolution)
+    full = _build(node, resolution, previous)
     return replace(full, change=diff(previous.flows, full.flows))
 
 
-def _build(node: NodeContext, resolution: Resolution) -> NodeCompilation:
+def _build(node: NodeContext, resolution: Resolution, previous: NodeCompilation | None = None) -> NodeCompilation:
     flows: list[Flow] = [*pipeline_flows(node), *node_route_flows(node)]
     audited = resolution.state.audited_namespaces
     for binding in node.bindings:
@@ -86,18 +91,50 @@ def _build(node: NodeContext, resolution: Resolution) -> NodeCompilation:
     denied = _audit_denied(resolution.state)
     tables = PolicyTables.build({p.ref: place(p, ports, memo, denied) for p in resolution.policies})
     flows.extend(tables.flows())
-    admin = _admin_flows(resolution, node)
-    flows.extend(admin)
+    admin = _admin_flows(resolution, node, previous, None)  # previous: only its rendered rules are reused
+    flows.extend(admin.flows)
     counts: dict[Flow, int] = {}
     for flow in flows:
         counts[flow] = counts.get(flow, 0) + 1
-    return NodeCompilation(node, resolution, tables, counts, FlowSet(counts), admin=admin)
+    return NodeCompilation(node, resolution, tables, counts, FlowSet(counts), admin=admin.flows,
+                           admin_parts=admin.parts, admin_grants=admin.grants)
 
 
-def _admin_flows(resolution: Resolution, node: NodeContext) -> tuple[Flow, ...]:
-    if not resolution.state.cluster_policies:
-        return ()
-    return tuple(admin_flows(resolve_cluster_policies(resolution.state), _ports(node)))
+@dataclass(frozen=True)
+class _Admin:
+    flows: tuple[Flow, ...] = ()
+    parts: AdminParts | None = None
+    grants: Mapping[str, tuple[ClusterPolicy, PolicyGrants]] | None = None
+
+
+def _unchanged_for(policy: ClusterPolicy, was: ClusterPolicy, old: ClusterState, new: ClusterState,
+                   touched: set[PodKey]) -> bool:
+    """The same policy, and no touched pod that it sees, before or after."""
+    if was is not policy and was != policy:
+        return False
+    return not any(sees(old, policy, old.pods_by_key.get(k)) or sees(new, policy, new.pods_by_key.get(k))
+                   for k in touched)
+
+
+def _admin_flows(resolution: Resolution, node: NodeContext, previous: NodeCompilation | None,
+                 touched: set[PodKey] | None) -> _Admin:
+    """The tier tables. With `previous` and the pods `touched` since (None: unknown), a
+    cluster policy that did not change and sees none of them keeps its grants."""
+    state = resolution.state
+    if not state.cluster_policies:
+        return _Admin()
+    kept = previous.admin_grants if previous is not None and touched is not None else None
+    grants: dict[str, tuple[ClusterPolicy, PolicyGrants]] = {}
+    for policy in state.cluster_policies:
+        was = kept.get(policy.ref) if kept is not None else None
+        if was is not None and previous is not None and touched is not None \
+                and _unchanged_for(policy, was[0], previous.resolution.state, state, touched):
+            grants[policy.ref] = was
+        else:
+            grants[policy.ref] = (policy, policy_grants(state, policy))
+    rules = resolve_cluster_policies(state, {ref: found for ref, (_, found) in grants.items()})
+    flows, parts = admin_flows(rules, _ports(node), previous.admin_parts if previous is not None else None)
+    return _Admin(tuple(flows), parts, grants)
 
 
 def _update(previous: NodeCompilation, node: NodeContext, resolution: Resolution) -> NodeCompilation | None:
@@ -115,13 +152,14 @@ def _update(previous: NodeCompilation, node: NodeContext, resolution: Resolution
     update = previous.tables.update(_placement_changes(previous.resolution, resolution, _ports(node), moved))
     if update is None:
         return None
-    admin = _admin_flows(resolution, node)
-    old_admin, new_admin = set(previous.admin), set(admin)
+    touched = moved | {pod.key for pair in resolution.changed for pod in pair if pod is not None}
+    admin = _admin_flows(resolution, node, previous, touched)
+    old_admin, new_admin = set(previous.admin), set(admin.flows)
     removed.extend(f for f in previous.admin if f not in new_admin)
-    added.extend(f for f in admin if f not in old_admin)
+    added.extend(f for f in admin.flows if f not in old_admin)
     counts, flows, changed = _apply(previous, [*removed, *update.removed], [*added, *update.added])
     return NodeCompilation(node, resolution, update.tables, counts, flows, diff_ids(previous.flows, flows, changed),
-                           admin)
+                           admin.flows, admin.parts, admin.grants)
 
 
 def _binding_changes(old: tuple[PortBinding, ...],
