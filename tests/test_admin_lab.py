@@ -13,6 +13,9 @@ from typing import Any
 
 import pytest
 
+from sdn_netpol.compiler.pipeline import Table
+from sdn_netpol.debug.flows import Selection
+from sdn_netpol.lab import debug as lab_debug
 from sdn_netpol.lab.lab import Lab
 from tests.lab_fixtures import Cluster, allowed_pairs, deny_ingress, lab_up, netpol
 
@@ -138,3 +141,16 @@ def test_networks_match_pod_addresses(cluster: Cluster) -> None:
                                                "to": [{"networks": [f"{address}/32"]}]}]))
     allowed = check_all(cluster)
     assert ("x/a", "z/c") not in allowed and ("x/a", "z/b") in allowed
+
+
+def test_flows_and_stats_name_admin_rules_like_network_policy_rules(cluster: Cluster) -> None:
+    cluster.apply(cnp("deny-to-x", 10, egress=[{"name": "block", "action": "Deny", "to": [ns("x")]}]))
+    cluster.check("TCP", 80)  # y/a's probes to x hit the rule
+    state, pods_cluster = cluster.lab.state(), cluster.lab.cluster()
+    selection = Selection(policy="ClusterNetworkPolicy/deny-to-x", direction="Egress", rule=0)
+    found = lab_debug.flows(state, pods_cluster, None, selection)
+    assert found and {f.policy for f in found} == {"ClusterNetworkPolicy/deny-to-x"}
+    assert {f.flow.table for f in found} == {Table.EGRESS_ADMIN}
+    stats = lab_debug.rule_stats(state, pods_cluster)
+    counted = [r for r in stats.rules if r.policy == "ClusterNetworkPolicy/deny-to-x"]
+    assert counted and all(r.namespace == "" for r in counted) and sum(r.packets for r in counted) > 0

@@ -44,8 +44,10 @@ class Selection:
     pod: str | None = None
 
     def check(self, cluster: ClusterState) -> None:
-        if self.policy is not None and self.policy not in {p.ref for p in cluster.policies}:
-            raise DebugError(f"--policy {self.policy}: no such NetworkPolicy")
+        known = {p.ref for p in cluster.policies} | {p.ref for p in cluster.cluster_policies}  # NS/NAME, Kind/NAME
+        if self.policy is not None and self.policy not in known:
+            raise DebugError(f"--policy {self.policy}: no such NetworkPolicy (NS/NAME) or cluster policy "
+                             "(ClusterNetworkPolicy/NAME, AdminNetworkPolicy/NAME, BaselineAdminNetworkPolicy/default)")
         if self.pod is not None and self.pod not in {f"{p.namespace}/{p.name}" for p in cluster.pods}:
             raise DebugError(f"--pod {self.pod}: no such pod")
         if (self.rule is not None or self.direction is not None) and self.policy is None:
