@@ -16,8 +16,10 @@ import yaml
 from sdn_netpol.controller.config import KubeOptions
 from sdn_netpol.controller.metrics import Metrics
 from sdn_netpol.controller.sources.directory import DirectorySource
+from sdn_netpol.controller.sources.events import event_body
 from sdn_netpol.controller.sources.kube import KubeSource
 from sdn_netpol.controller.store import Store
+from sdn_netpol.model.errors import ValidationError
 from sdn_netpol.policy.state import ClusterState
 from tests.fakekube import RESOURCES, FakeKube
 
@@ -119,3 +121,14 @@ def test_dir_source_reads_admin_policies_and_keeps_the_last_valid_version(tmp_pa
         '"Accept", "Deny", "Pass"']
     assert snapshot.state.cluster_policies[0].egress[0].action == "Deny"
     assert isinstance(snapshot.state, ClusterState)
+
+
+def test_an_invalid_admin_policy_gets_an_event_in_default_naming_it() -> None:
+    body = {**cnp("deny-metadata", priority=5000), "metadata": {"name": "deny-metadata", "uid": "u1",
+                                                                "resourceVersion": "7"}}
+    errors = (ValidationError("ClusterNetworkPolicy/deny-metadata", "spec.priority", "5000: out of range"),)
+    event = event_body(body, errors, "node-1", "2026-12-04T00:00:00Z")
+    assert event["metadata"]["namespace"] == "default"
+    assert event["involvedObject"] == {"apiVersion": CNP, "kind": "ClusterNetworkPolicy", "name": "deny-metadata",
+                                       "uid": "u1", "resourceVersion": "7"}
+    assert event["message"] == "not enforced (the last valid version stays): spec.priority: 5000: out of range"

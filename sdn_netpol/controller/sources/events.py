@@ -1,4 +1,4 @@
-"""Kubernetes Events on invalid NetworkPolicies, where `kubectl describe` shows them.
+"""Kubernetes Events on invalid NetworkPolicies and admin policies, where `kubectl describe` shows them.
 
 The controller skips an invalid policy version and keeps enforcing the last valid one
 (store.py); the log says so, but the user looks at the object. So each invalid version
@@ -17,7 +17,9 @@ from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from typing import Any, cast
 
+from sdn_netpol.model.cluster_objects import CLUSTER_KINDS
 from sdn_netpol.model.errors import ValidationError
+from sdn_netpol.model.parse import API_VERSIONS
 
 LOG = logging.getLogger(__name__)
 REASON = "InvalidPolicy"
@@ -27,16 +29,22 @@ ATTEMPTS = 3
 
 
 def event_body(policy: Mapping[str, Any], errors: Iterable[ValidationError], node: str, now: str) -> dict[str, Any]:
-    """A core/v1 Event about `policy` (its raw manifest as the API server gave it)."""
+    """A core/v1 Event about `policy` (its raw manifest as the API server gave it). A
+    cluster-scoped admin policy's Event lives in `default`, as kubectl puts those of Nodes."""
     metadata = policy.get("metadata") or {}
-    namespace, name = metadata.get("namespace", "default"), metadata.get("name", "")
+    kind = str(policy.get("kind") or "NetworkPolicy")
+    cluster = kind in CLUSTER_KINDS
+    namespace, name = "default" if cluster else metadata.get("namespace", "default"), metadata.get("name", "")
     message = "; ".join(f"{e.path}: {e.message}" for e in errors) or "invalid"
+    involved = {"apiVersion": policy.get("apiVersion") or API_VERSIONS.get(kind, "networking.k8s.io/v1"),
+                "kind": kind, "namespace": namespace, "name": name, "uid": metadata.get("uid"),
+                "resourceVersion": metadata.get("resourceVersion")}
+    if cluster:
+        del involved["namespace"]
     return {
         "apiVersion": "v1", "kind": "Event",
         "metadata": {"generateName": f"{name}.", "namespace": namespace},
-        "involvedObject": {"apiVersion": policy.get("apiVersion", "networking.k8s.io/v1"), "kind": "NetworkPolicy",
-                           "namespace": namespace, "name": name, "uid": metadata.get("uid"),
-                           "resourceVersion": metadata.get("resourceVersion")},
+        "involvedObject": involved,
         "reason": REASON, "type": "Warning",
         "message": f"not enforced (the last valid version stays): {message}"[:1024],
         "source": {"component": COMPONENT, "host": node},

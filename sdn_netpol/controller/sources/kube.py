@@ -47,7 +47,7 @@ from sdn_netpol.controller.metrics import Metrics
 from sdn_netpol.controller.sources.events import EventRecorder
 from sdn_netpol.controller.sources.objects import convert, raw_key
 from sdn_netpol.controller.store import Store, StoredObject
-from sdn_netpol.model.cluster_objects import CLUSTER_API_VERSIONS, GROUP
+from sdn_netpol.model.cluster_objects import CLUSTER_API_VERSIONS, CLUSTER_KINDS, GROUP
 from sdn_netpol.model.errors import ValidationError
 from sdn_netpol.model.parse import ObjectKey
 
@@ -375,8 +375,8 @@ class KubeSource:
         self.store.put(key, obj, errors, self.versions.update(kind, rv))
 
     def invalid(self, body: dict[str, Any], errors: tuple[ValidationError, ...]) -> None:
-        """An invalid NetworkPolicy version: an Event on the object (events.py)."""
-        if self.events is not None and body.get("kind") == "NetworkPolicy":
+        """An invalid NetworkPolicy or admin-policy version: an Event on the object (events.py)."""
+        if self.events is not None and body.get("kind") in ("NetworkPolicy", *CLUSTER_KINDS):
             self.events.invalid_policy(body, errors)
 
     def absent(self, kind: str, clear: bool) -> None:
