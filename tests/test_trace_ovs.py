@@ -24,6 +24,7 @@ from sdn_netpol.model.objects import PodKey, Protocol
 from sdn_netpol.ovs import OvsInstance, Tracer
 from sdn_netpol.policy.state import ClusterState
 from sdn_netpol.policy.verdict import Endpoint, Verdict, connection_addresses, decide
+from tests.admin_strategies import admin_cluster_states
 from tests.differential import NODE_ADDRESSES, TUNNEL_PORT, bridge_name, create_bridges, load
 from tests.ovs_fixtures import private_ovs
 from tests.strategies import cluster_states, probes
@@ -92,6 +93,8 @@ def _disagreements(what: str, report: TraceReport, verdict: Verdict) -> list[str
         return [f"{what}: trace {report.verdict} ({report.reason}), explain {expected}"]
     allowing = {(r.policy, r.direction, r.rule_index) for side in (verdict.egress, verdict.ingress)
                 for r in side.allowed_by}
+    allowing |= {(m.policy, m.direction, m.rule_index) for side in (verdict.egress, verdict.ingress)
+                 for m in (side.admin, side.baseline) if m is not None and m.action == "Allow"}  # admin tiers
     isolated = bool(verdict.egress.isolated_by or verdict.ingress.isolated_by)
     if report.verdict == "allowed":
         decided = report.decided_by
@@ -120,6 +123,15 @@ def test_trace_agrees_with_explain_on_every_seed_example(ovs: OvsInstance, trace
 @settings(max_examples=GENERATED, deadline=None, suppress_health_check=list(HealthCheck))
 @given(state=cluster_states(max_pods=5, max_policies=3))
 def test_trace_agrees_with_explain_on_generated_clusters(ovs: OvsInstance, tracer: Tracer, state: ClusterState) -> None:
+    problems = check_cluster(ovs, tracer, state, tuple(sorted(probes(state)))[:4])
+    assert problems == [], "\n".join(problems[:10])
+
+
+@settings(max_examples=GENERATED, deadline=None, suppress_health_check=list(HealthCheck))
+@given(state=admin_cluster_states(max_admin=3))
+def test_trace_agrees_with_explain_on_generated_clusters_with_admin_policies(ovs: OvsInstance, tracer: Tracer,
+                                                                            state: ClusterState) -> None:
+    """The tiers too: an admin or baseline Allow is named as the deciding rule, a Pass never."""
     problems = check_cluster(ovs, tracer, state, tuple(sorted(probes(state)))[:4])
     assert problems == [], "\n".join(problems[:10])
 

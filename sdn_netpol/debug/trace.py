@@ -240,6 +240,18 @@ def _denied(cluster: ClusterState, packet: Packet, steps: list[StepView], nodes:
 _TIER_TABLES = (Table.EGRESS_ADMIN, Table.EGRESS_BASELINE, Table.INGRESS_ADMIN, Table.INGRESS_BASELINE)
 
 
+def _passes(cluster: ClusterState, step: StepView) -> bool:
+    """A cluster policy's Pass rule: it hands the packet on (to NetworkPolicy, or out of the
+    Baseline to the default allow); it admits nothing itself."""
+    if step.table not in _TIER_TABLES or step.category != "rule" or step.rule is None:
+        return False
+    policy = next((p for p in cluster.cluster_policies if p.ref == step.policy), None)
+    if policy is None or step.direction not in ("Ingress", "Egress"):
+        return False
+    rules = policy.ingress if step.direction == "Ingress" else policy.egress
+    return step.rule < len(rules) and rules[step.rule].action == "Pass"
+
+
 def _engine(cluster: ClusterState, packet: Packet) -> Any:
     src_pod = _pod_at(cluster, packet.source_ip)
     dst_pod = _pod_at(cluster, packet.destination_ip)
@@ -257,8 +269,10 @@ def _finish(cluster: ClusterState, packet: Packet, steps: list[StepView], nodes:
             reason: str, continues_on: str | None = None) -> TraceReport:
     decided = None
     if verdict == "allowed":
-        tables = {Table.EGRESS_RULE: "Egress", Table.INGRESS_RULE: "Ingress"}
-        allowing = [s for s in steps if s.table in tables and s.category in ("rule", "shared")]
+        tables = {Table.EGRESS_ADMIN: "Egress", Table.EGRESS_RULE: "Egress", Table.EGRESS_BASELINE: "Egress",
+                  Table.INGRESS_ADMIN: "Ingress", Table.INGRESS_RULE: "Ingress", Table.INGRESS_BASELINE: "Ingress"}
+        allowing = [s for s in steps if s.table in tables and s.category in ("rule", "shared")
+                    and not _passes(cluster, s)]
         ingress = [s for s in allowing if tables[Table(s.table)] == "Ingress"]
         chosen = (ingress or allowing)[-1:]
         if chosen:
