@@ -21,6 +21,7 @@ from sdn_netpol.compiler.pipeline import Table
 from sdn_netpol.controller.nodes import NodeInfo
 from sdn_netpol.controller.portmap import Interface, PortMap, PortView, node_context
 from sdn_netpol.inputs.manifests import load_paths
+from sdn_netpol.ovs.datapath import trace_key
 from sdn_netpol.policy.state import ClusterState
 from tests.differential import node_contexts
 
@@ -60,3 +61,16 @@ def test_the_controller_compiles_for_its_bridges_datapath() -> None:
     assert ports.view().datapath == "system"
     ports.set_interfaces({}, True, "netdev")
     assert ports.view().datapath == "netdev"
+
+
+def test_kernel_megaflow_keys_trace_as_ofproto_trace_wants_them() -> None:
+    """`lab verify` on the kernel datapath: its dumps put recirc_id() before tunnel(), and
+    Linux 6.1 has an attribute OVS 3.1 only knows by number (key32: IPv6 extension headers),
+    which the trace parser refuses; netdev keys are unchanged."""
+    kernel = ("recirc_id(0x1),tunnel(tun_id=0x1,src=10.10.0.2,dst=10.10.0.1,flags(-df-csum+key)),in_port(2),"
+              "ct_state(-inv+trk),eth_type(0x86dd),ipv6(proto=58,frag=no),key32(00 00/00 00),icmpv6(type=128)")
+    assert trace_key(kernel, {2: 4789}) == (
+        "recirc_id(0x1),tunnel(ttl=64,tp_dst=4789,tun_id=0x1,src=10.10.0.2,dst=10.10.0.1,flags(-df-csum+key)),"
+        "in_port(2),ct_state(-inv+trk),eth(),eth_type(0x86dd),ipv6(proto=58,frag=no),icmpv6(type=128)")
+    netdev = "tunnel(tun_id=0x1,src=10.10.0.2,dst=10.10.0.1,flags(+key)),recirc_id(0),in_port(3),eth(),eth_type(0x0800)"
+    assert trace_key(netdev, {3: 4789}) == "tunnel(ttl=64,tp_dst=4789," + netdev[len("tunnel("):]

@@ -32,6 +32,8 @@ _FLOW_LINE = re.compile(
 _DATAPATH_ACTIONS = "Datapath actions: "
 _TUNNEL_PORT = re.compile(r"^\s*port (\d+): \S+_sys_(\d+) ", re.M)
 _IN_PORT = re.compile(r"(?:^|,)in_port\((\d+)\)")
+_TUNNEL = re.compile(r"(?:^|,)tunnel\(")
+_UNKNOWN_ATTR = re.compile(r",key\d+\([^)]*\)")
 _RECIRC_ID = re.compile(r"recirc\(0x[0-9a-f]+\)")
 _DATAPATH_NAME = re.compile(r"^(\w+)@", re.M)
 _VERSION = re.compile(r"Open vSwitch\)\s+(\d+)\.(\d+)\.(\d+)")
@@ -112,15 +114,19 @@ def trace_key(key: str, tunnel_ports: dict[int, int]) -> str:
     the key parses as an L3 packet, which no Ethernet port or tunnel receives), and for
     a tunnel a TTL (any value translates the same) and the UDP port that picks the
     OpenFlow tunnel port."""
+    # an attribute of a newer kernel than this OVS knows (Linux 6.1's IPv6 extension headers,
+    # OVS 3.1: `key32(00 00/00 00)`) is dumped by number, which the trace parser refuses
+    key = _UNKNOWN_ATTR.sub("", key)
     if "eth(" not in key and ",eth_type(" in key and "packet_type(ns=1," not in key:
         key = key.replace(",eth_type(", ",eth(),eth_type(", 1)
-    if not key.startswith("tunnel("):
+    tunnel = _TUNNEL.search(key)  # first in a userspace dump; after recirc_id() in a kernel one
+    if tunnel is None:
         return key
     in_port = _IN_PORT.search(key)
     extra = "ttl=64,"
     if in_port and int(in_port[1]) in tunnel_ports:
         extra += f"tp_dst={tunnel_ports[int(in_port[1])]},"
-    return "tunnel(" + extra + key[len("tunnel("):]
+    return key[:tunnel.end()] + extra + key[tunnel.end():]
 
 
 def first_datapath_actions(trace_output: str) -> str:
