@@ -7,7 +7,9 @@ model is the conformance lab's (examples/conformance/model.yaml: x, y, z × a, b
 80 and 81 on TCP, UDP and SCTP), spread round-robin: node1 holds x/a x/c y/b z/a z/c, node2
 x/b y/a y/c z/b. Each change returns once both controllers report that folder realized.
 
-The short version of the lab's conformance, reliability and security tests (make test):
+The lab is brought up by `sdn-netpol lab up --datapath kernel` (issue 16, point 1) and the
+last test runs every lab command as a separate process. The short version of the lab's
+conformance, reliability and security tests (make test):
 matrices on TCP, UDP and SCTP against the engine, an SCTP rule, the reverse of an allowed
 SCTP association, an established connection cut when its allow goes, "realized means
 enforced" with clients retrying across nodes through policy changes, and spoofed sources.
@@ -15,32 +17,49 @@ enforced" with clients retrying across nodes through policy changes, and spoofed
 
 from __future__ import annotations
 
-import os
+import json
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
-from sdn_netpol.lab.store import ObjectRef, read_objects, ref_of
+from sdn_netpol.lab.store import ObjectRef, ref_of
 from sdn_netpol.lab.vm import qemu_pids
 from sdn_netpol.lab.vmlab import VmLab
 from tests.lab_fixtures import deny_ingress, netpol
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = REPO / "examples" / "conformance" / "model.yaml"
+SDN_NETPOL = str(Path(sys.executable).parent / "sdn-netpol")
+
+
+def cli(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """`sdn-netpol lab --workdir W ARGS` as a user runs it: a process of its own."""
+    done = subprocess.run([SDN_NETPOL, "lab", "--workdir", str(workdir), *args], capture_output=True, text=True,
+                          timeout=900, check=False)
+    if check:
+        assert done.returncode == 0, f"lab {' '.join(args)}: exit {done.returncode}\n{done.stdout}\n{done.stderr}"
+    return done
 
 
 @pytest.fixture(scope="module")
 def vmlab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VmLab]:
-    lab = VmLab(tmp_path_factory.mktemp("kernel-lab"), nodes=2)
-    lab.up(read_objects([MODEL]))
+    """Brought up by `lab up --datapath kernel`, then commanded from this process."""
+    workdir = tmp_path_factory.mktemp("kernel-lab")
     try:
+        up = cli(workdir, "up", "-f", str(MODEL), "--nodes", "2", "--datapath", "kernel")
+        assert "9 pod(s)" in up.stdout and "ready in" in up.stdout
+        lab = VmLab.load(workdir)
+        assert lab is not None
         yield lab
+        lab.close()
     finally:
-        lab.down()
+        VmLab(workdir).down()
 
 
 class Changes:
@@ -71,8 +90,9 @@ def changes(vmlab: VmLab) -> Iterator[Changes]:
 
 def allowed(lab: VmLab, protocol: str, port: int) -> set[tuple[str, str]]:
     """The measured pairs (no self pairs), after checking them against the engine."""
-    measured, _, wrong = lab.probe(protocol, port)
-    assert wrong == [], f"{protocol}/{port}: measured differs from the engine for {wrong}"
+    report = lab.probe(protocol, port)
+    assert report.mismatches == [], f"{protocol}/{port}: measured differs from the engine for {report.mismatches}"
+    measured = report.measured
     return {(s, d) for s in measured.pods for d in measured.pods if s != d and measured.allowed[s][d]}
 
 
@@ -199,12 +219,33 @@ def test_spoofed_source_is_dropped(vmlab: VmLab) -> None:
         assert seen == ["genuine"], (target.key, seen)
 
 
-def test_zz_down_leaves_nothing(vmlab: VmLab) -> None:
+def test_zz_every_lab_command_as_a_process(vmlab: VmLab, tmp_path: Path) -> None:
+    """The lab's commands from a shell, on the kernel lab: apply/probe/status/verify/trace/
+    flows/delete, stats refused with a reason, and down leaving nothing behind."""
     workdir = vmlab.workdir
     netns = vmlab.group.netns if vmlab.group else ""
-    vmlab.down()
+    vmlab.close()
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(yaml.safe_dump(netpol("from-y", "x", {
+        "podSelector": {}, "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"ns": "y"}}}]}]})))
+    assert "realized on every node" in cli(workdir, "apply", "-f", str(policy)).stdout
+    report = json.loads(cli(workdir, "probe", "--protocol", "TCP", "--port", "80", "-o", "json").stdout)
+    assert set(report) == {"protocol", "port", "pods", "allowed", "expected", "mismatches"}
+    assert report["mismatches"] == [] and report["allowed"] == report["expected"]
+    assert report["allowed"]["y/a"]["x/a"] and not report["allowed"]["z/a"]["x/a"]
+    status = json.loads(cli(workdir, "status", "-o", "json").stdout)
+    assert [n["controller_running"] for n in status["nodes"]] == [True, True]
+    assert all(p["server_running"] for p in status["pods"].values()) and len(status["pods"]) == 9
+    verify = json.loads(cli(workdir, "verify", "-o", "json").stdout)
+    assert all(r["checked"] > 0 and r["stale"] == [] for r in verify.values())
+    traced = cli(workdir, "trace", "--from", "z/a", "--to", "x/b", "--port", "80").stdout
+    assert "DENIED" in traced or "denied" in traced, traced
+    flows = cli(workdir, "flows", "--policy", "x/from-y", "--node", "node2").stdout
+    assert flows.count("x/from-y ingress[0]") > 2 and "== node2" in flows
+    refused = cli(workdir, "stats", check=False)
+    assert refused.returncode == 1 and "not available on a kernel-datapath lab" in refused.stderr
+    assert "realized on every node" in cli(workdir, "delete", "-f", str(policy)).stdout
+    assert "lab down in" in cli(workdir, "down").stdout
     assert qemu_pids(workdir) == []
     assert netns not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    assert not (workdir / "vms").exists()
-    leftovers = [p for p in Path(os.environ.get("TMPDIR", "/var/tmp")).glob("vl.*")]
-    assert leftovers == []  # qemu's snapshot overlays would be vl.XXXXXX
+    assert not (workdir / "vms").exists() and not VmLab.exists(workdir)

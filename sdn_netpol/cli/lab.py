@@ -14,13 +14,12 @@ from pathlib import Path
 from typing import cast
 
 import click
-from rich.columns import Columns
 from rich.console import Console
 from rich.table import Table
 
-from sdn_netpol.cli import debugview
+from sdn_netpol.cli import debugview, vmlab
 from sdn_netpol.cli.options import PATHS, PORT, PROTOCOL
-from sdn_netpol.cli.render import matrix_table, wide_console
+from sdn_netpol.cli.render import show_report, wide_console
 from sdn_netpol.debug.flows import DIRECTIONS, FlowView, Selection
 from sdn_netpol.debug.stats import Stats
 from sdn_netpol.debug.trace import TraceReport
@@ -28,6 +27,7 @@ from sdn_netpol.lab import debug
 from sdn_netpol.lab.lab import ExternalResult, Lab, ProbeReport
 from sdn_netpol.lab.state import DEFAULT_WORKDIR
 from sdn_netpol.lab.store import LabError
+from sdn_netpol.lab.vmlab import STATE_FILE as VM_LAB_STATE
 
 WORKDIR = click.option("--workdir", type=click.Path(path_type=Path), default=DEFAULT_WORKDIR, show_default=True,
                        envvar="SDN_NETPOL_LAB_WORKDIR", help="Lab state, OVS rundirs, manifests folder, logs.")
@@ -49,6 +49,14 @@ class _LabGroup(click.Group):
         except LabError as exc:
             raise click.ClickException(str(exc)) from exc
 
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        """A workdir holding a kernel-datapath lab (`up --datapath kernel`) gets the commands
+        of sdn_netpol/cli/vmlab.py, same names and options; `up` stays this group's."""
+        workdir = ctx.params.get("workdir")
+        if cmd_name != "up" and workdir is not None and (Path(workdir) / VM_LAB_STATE).exists():
+            return vmlab.COMMANDS.get(cmd_name) or vmlab.unavailable(cmd_name)
+        return super().get_command(ctx, cmd_name)
+
 
 @click.group(name="lab", cls=_LabGroup)
 @WORKDIR
@@ -69,11 +77,21 @@ def lab(ctx: click.Context, workdir: Path) -> None:
 @click.option("--ip-family", type=click.Choice(["4", "6", "dual"]), default="4", show_default=True,
               help="Pod addresses: IPv4 (10.244.N.0/24 per node), IPv6 (fd00:10:244:N::/64) or both, "
                    "IPv4 first; the tunnels stay on the IPv4 underlay.")
+@click.option("--datapath", type=click.Choice(["netdev", "kernel"]), default="netdev", show_default=True,
+              help="netdev: nodes are namespaces with a userspace OVS each; kernel: nodes are qemu VMs "
+                   "with OVS on the guest kernel's datapath (make vm-image; docs/lab.md).")
 @click.pass_context
 def up(ctx: click.Context, paths: tuple[Path, ...], nodes: int, tunnel: str, external: tuple[str, ...],
-       flows: str, ip_family: str) -> None:
+       flows: str, ip_family: str, datapath: str) -> None:
     """Create the lab from a model (cleans up a previous or crashed lab in the same workdir first)."""
     lab_ = _lab(ctx)
+    if datapath == "kernel":
+        if (tunnel, external, flows, ip_family) != ("vxlan", (), "controller", "4"):
+            raise LabError("--datapath kernel: VXLAN, IPv4, controllers and no --external only")
+        lab_.down()  # a netdev lab in this workdir
+        vmlab.up(lab_.workdir, paths, nodes)
+        return
+    vmlab.down_quietly(lab_.workdir)  # a kernel lab in this workdir
     state = lab_.up(paths, nodes, tunnel, external, flows, ip_family)
     family = {"4": "IPv4", "6": "IPv6", "dual": "dual-stack"}[ip_family]
     table = Table(title=f"lab up: {len(state.nodes)} node(s), {len(state.pods)} pod(s), {tunnel}, {family}")
@@ -133,25 +151,6 @@ def probe(ctx: click.Context, protocol: str, port: int, family: str | None, outp
             show_external(console, lab_.probe_external(protocol, port))
     if report.mismatches:
         ctx.exit(1)
-
-
-def show_report(console: Console, report: ProbeReport) -> None:
-    """Measured (✗ where it differs) beside expected, then the mismatches by name."""
-    proto = f"{report.measured.protocol}/{report.measured.port}"
-    if report.measured.family_shown and report.measured.family:
-        proto += f" IPv{report.measured.family}"
-    measured = matrix_table(report.measured, f"measured {proto} ({report.seconds:.1f} s)", report.expected)
-    expected = matrix_table(report.expected, f"expected {proto} (policy engine)")
-    console.print(Columns([measured, expected], padding=(0, 4)))
-    console.print("  ✓ allowed   · denied   ✗ measured differs from expected")
-    if report.mismatches:
-        console.print(f"[bold red]{len(report.mismatches)} mismatch(es):[/]")
-        for src, dst in report.mismatches:
-            got = "allowed" if report.measured.allowed[src][dst] else "denied"
-            console.print(f"  {src} → {dst}: measured {got} ({report.outcomes.get((src, dst))}), "
-                          f"expected {'allowed' if report.expected.allowed[src][dst] else 'denied'}")
-    else:
-        console.print("[green]measured = expected[/]")
 
 
 def show_external(console: Console, results: list[ExternalResult]) -> None:

@@ -1,5 +1,5 @@
 """Human-readable rendering shared by the command groups (rich): the reachability matrix
-that `matrix` prints and `lab probe` prints measured beside expected.
+that `matrix` prints and `lab probe` prints measured beside expected (netdev and kernel labs).
 
 JSON contracts live with their values (Matrix.to_json, ProbeReport.to_json); the flow text of
 `compile` is cli/flowtext.py's.
@@ -7,11 +7,17 @@ JSON contracts live with their values (Matrix.to_json, ProbeReport.to_json); the
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from rich import box
+from rich.columns import Columns
 from rich.console import Console, RenderableType
 from rich.table import Table
 
 from sdn_netpol.policy.matrix import Matrix
+
+if TYPE_CHECKING:  # not at run time: `matrix` must not load the lab
+    from sdn_netpol.lab.lab import ProbeReport
 
 ALLOW, DENY = "✓", "·"
 
@@ -59,3 +65,22 @@ def fit_width(console: Console, renderable: RenderableType) -> None:
     needed = console.measure(renderable, options=console.options.update(max_width=100_000)).maximum
     if needed > console.width:
         console.width = needed
+
+
+def show_report(console: Console, report: ProbeReport) -> None:
+    """Measured (✗ where it differs) beside expected, then the mismatches by name."""
+    proto = f"{report.measured.protocol}/{report.measured.port}"
+    if report.measured.family_shown and report.measured.family:
+        proto += f" IPv{report.measured.family}"
+    measured = matrix_table(report.measured, f"measured {proto} ({report.seconds:.1f} s)", report.expected)
+    expected = matrix_table(report.expected, f"expected {proto} (policy engine)")
+    console.print(Columns([measured, expected], padding=(0, 4)))
+    console.print("  ✓ allowed   · denied   ✗ measured differs from expected")
+    if report.mismatches:
+        console.print(f"[bold red]{len(report.mismatches)} mismatch(es):[/]")
+        for src, dst in report.mismatches:
+            got = "allowed" if report.measured.allowed[src][dst] else "denied"
+            console.print(f"  {src} → {dst}: measured {got} ({report.outcomes.get((src, dst))}), "
+                          f"expected {'allowed' if report.expected.allowed[src][dst] else 'denied'}")
+    else:
+        console.print("[green]measured = expected[/]")

@@ -32,6 +32,7 @@ import socket
 import subprocess
 import threading
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,16 +99,19 @@ class Agent:
         self._buffer = b""
         self._lock = threading.Lock()
         self._next_id = 0
+        # ids unique to this connection: a reply the agent owed an earlier, gone host process
+        # arrives first on the next connection and must not pass for an answer
+        self._prefix = uuid.uuid4().hex[:12]
 
     def request(self, wait: float, **request: Any) -> dict[str, Any]:
         with self._lock:
             self._next_id += 1
-            request["id"] = self._next_id
+            request["id"] = f"{self._prefix}-{self._next_id}"
             self._sock.sendall((json.dumps(request) + "\n").encode())
             deadline = time.monotonic() + wait
             while True:
                 reply = self.read_line(deadline)
-                if reply.get("id") == self._next_id:
+                if reply.get("id") == request["id"]:
                     break
         if "fault" in reply:
             raise VmError(f"{self._name}: agent fault on {request.get('op')}: {reply['fault']}")
@@ -139,7 +143,7 @@ class Vm:
     name: str
     dir: Path
     ip: str | None
-    proc: subprocess.Popen[bytes]
+    proc: subprocess.Popen[bytes] | None  # None: attached to a VM another process booted
     agent: Agent | None = None
     launched: float = field(default_factory=time.monotonic)
     boot_seconds: float = 0.0
@@ -179,7 +183,12 @@ class Vm:
 
     def rss_bytes(self) -> int:
         """The qemu process's resident memory (the VM's cost on the host)."""
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+        pids = [self.proc.pid] if self.proc is not None else qemu_pids(self.dir.parent.parent, self.name)
+        try:
+            status = Path(f"/proc/{pids[0]}/status").read_text()
+        except (IndexError, OSError):
+            return 0
+        for line in status.splitlines():
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
         return 0
@@ -220,6 +229,15 @@ class Vm:
             except VmError:
                 pass  # no hello yet
 
+    def attach(self) -> None:
+        """Connect to the agent of a VM booted (and left running) by another process."""
+        if not qemu_pids(self.dir.parent.parent, self.name):
+            raise VmError(f"{self.name}: its qemu is not running (see {self.serial_log})")
+        sock = self._connect()
+        if sock is None:
+            raise VmError(f"{self.name}: cannot connect to {self.dir / 'ctl.sock'}")
+        self.agent = Agent(sock, self.name)
+
     def _connect(self) -> socket.socket | None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -231,12 +249,13 @@ class Vm:
 
     def _failure(self) -> str | None:
         """The guest init's FAILED marker (it powers off right after), or qemu's exit."""
-        exited = self.proc.poll() is not None
+        exited = self.proc is not None and self.proc.poll() is not None
         with contextlib.suppress(OSError):
             for line in self.serial_log.read_text(errors="replace").splitlines():
                 if MARKER + " FAILED" in line:
                     return line.split(MARKER, 1)[1].strip()
         if exited:
+            assert self.proc is not None
             return f"qemu exited (status {self.proc.returncode}): {tail(self.dir / 'qemu.log', 5)}"
         return None
 
@@ -248,9 +267,10 @@ def group_netns(workdir: Path) -> str:
     return "sdnvm-" + hashlib.sha256(str(workdir.resolve()).encode()).hexdigest()[:8]
 
 
-def qemu_pids(workdir: Path) -> list[int]:
-    """Live qemu processes of VMs under ``workdir`` (by the serial log path in their argv)."""
-    marker = f"file:{workdir.resolve()}/"
+def qemu_pids(workdir: Path, name: str = "") -> list[int]:
+    """Live qemu processes of VMs under ``workdir`` (by the serial log path in their argv),
+    or of the one called ``name``."""
+    marker = f"file:{workdir.resolve()}/" + (f"vms/{name}/serial.log" if name else "")
     found = []
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
@@ -341,8 +361,17 @@ class VmGroup:
                 vm.agent.close()
         cleanup(self.workdir)
         for vm in self.vms.values():
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                vm.proc.wait(timeout=10)
+            if vm.proc is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    vm.proc.wait(timeout=10)
+
+    def attach(self) -> VmGroup:
+        """The VMs of this group that an earlier process booted: connect to their agents."""
+        for index, name in enumerate(self.names, start=1):
+            vm = Vm(name, self.workdir / "vms" / name, f"10.10.0.{index}" if self.underlay else None, None)
+            vm.attach()
+            self.vms[name] = vm
+        return self
 
     def __enter__(self) -> VmGroup:
         return self

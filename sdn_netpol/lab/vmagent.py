@@ -122,9 +122,13 @@ def handle(request: dict[str, Any], unixctl: Unixctl) -> dict[str, Any]:
     op = request.get("op")
     if op == "run":
         try:
+            # Never the init's console: no stdin given means /dev/null, and a session of its own
+            # (no controlling terminal; `sdn-netpol trace` hung on the console otherwise).
+            feed: dict[str, Any] = ({"input": request["stdin"]} if request.get("stdin") is not None
+                                    else {"stdin": subprocess.DEVNULL})
             proc = subprocess.run(
-                request["argv"], input=request.get("stdin"), capture_output=True, text=True,
-                timeout=request.get("timeout", 60), env=_env(request.get("env")), check=False,
+                request["argv"], capture_output=True, text=True, timeout=request.get("timeout", 60),
+                env=_env(request.get("env")), check=False, start_new_session=True, **feed,
             )
         except subprocess.TimeoutExpired:
             return {"rc": -1, "stdout": "", "stderr": f"timed out after {request.get('timeout', 60)} s"}

@@ -37,14 +37,16 @@ from netaddr import IPNetwork
 
 from sdn_netpol.compiler.pipeline import GATEWAY_MAC
 from sdn_netpol.controller.sources.directory import folder_version
-from sdn_netpol.lab import controllers, netns, pods, probe
+from sdn_netpol.lab import controllers, netns, pods, probe, procs
 from sdn_netpol.lab.state import OFP_PORT, LabState, NodeState, PodState
 from sdn_netpol.lab.store import ObjectRef, Store, node_manifest, ref_of
 from sdn_netpol.lab.topology import TUNNEL_PORT
 from sdn_netpol.model.objects import Pod
 from sdn_netpol.model.parse import parse_object
 from sdn_netpol.node.bridge import BridgeSpec, bridge_args, controller_args
+from sdn_netpol.ovs import datapath
 from sdn_netpol.ovs.instance import OvsInstance
+from sdn_netpol.ovs.trace import Tracer
 
 WORKDIR = Path("/run/sdn-netpol")
 NODE_NETNS = "sdnvm-node"
@@ -131,10 +133,11 @@ def realized(req: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_probe(req: dict[str, Any]) -> dict[str, dict[str, str]]:
-    """From every local pod to every target (or only the given [source, destination] pairs)."""
+    """From every local pod to every target, itself included as in the netdev lab (or only the
+    given [source, destination] pairs)."""
     state = _state()
     targets: dict[str, str] = req["targets"]
-    pairs = req.get("pairs") or [[key, dst] for key in state.pods for dst in targets if dst != key]
+    pairs = req.get("pairs") or [[key, dst] for key in state.pods for dst in targets]
     todo = [probe.Probe(src, dst, state.pods[src].netns, targets[dst]) for src, dst in pairs if src in state.pods]
     outcomes = probe.run_probes(todo, req["protocol"], int(req["port"]), req.get("timeout", probe.TIMEOUT))
     found: dict[str, dict[str, str]] = {}
@@ -274,10 +277,37 @@ def now(req: dict[str, Any]) -> dict[str, Any]:
     return {"now": time.monotonic()}
 
 
+def status(req: dict[str, Any]) -> dict[str, Any]:
+    """The node's controller (/status) and each pod's server, as `lab status` shows them."""
+    state = _state()
+    node = state.nodes[0]
+    entry: dict[str, Any] = {"controller_running": procs.alive(node.controller_pid), "controller": None}
+    try:
+        entry["controller"] = controllers.status(node)
+    except (OSError, ValueError) as exc:
+        entry["controller_error"] = str(exc)
+    entry["pods"] = {key: {"server_running": procs.alive(pod.server_pid),
+                           "ports": [f"{proto}:{port}" for proto, port in pod.ports]}
+                     for key, pod in sorted(state.pods.items())}
+    return entry
+
+
+def verify(req: dict[str, Any]) -> dict[str, Any]:
+    """Every kernel megaflow against a fresh translation of its key (`lab verify`)."""
+    with Tracer(OvsInstance(SYSTEM_RUNDIR)) as unixctl:
+        report = datapath.verify(unixctl, "system")
+        if report.stale:
+            unixctl.call("revalidator/wait")
+            report = datapath.recheck(unixctl, report, "system")
+    return {"checked": report.checked, "unverifiable": report.unverifiable,
+            "stale": [{"key": s.flow.key, "installed": s.flow.actions, "expected": s.expected,
+                       "packets": s.flow.packets} for s in report.stale]}
+
+
 COMMANDS = {"node-up": node_up, "pods-add": pods_add, "objects": objects, "realized": realized,
             "probe": run_probe, "conn-open": conn_open, "conn-echo": conn_echo, "conn-close": conn_close,
             "sniff-start": sniff_start, "sniff-read": sniff_read, "send-udp": send_udp, "now": now,
-            "clients-start": clients_start, "clients-stop": clients_stop}
+            "clients-start": clients_start, "clients-stop": clients_stop, "status": status, "verify": verify}
 
 
 def main() -> int:

@@ -11,21 +11,30 @@ to every pod; the expected matrix is the engine's, from the host's own copy of t
 
 from __future__ import annotations
 
+import fcntl
+import json
+import shutil
 import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import IO, Any, cast
 
+from sdn_netpol.lab.lab import ProbeReport
+from sdn_netpol.lab.probe import REACHABLE
 from sdn_netpol.lab.store import LabError, ObjectRef, Store, node_manifest, ref_of, with_pod_status
 from sdn_netpol.lab.vm import Vm, VmError, VmGroup
+from sdn_netpol.lab.vm import cleanup as vm_cleanup
+from sdn_netpol.lab.vmguest import WORKDIR as GUEST_WORKDIR
 from sdn_netpol.model.objects import Protocol
 from sdn_netpol.policy.matrix import Matrix, build_matrix
 from sdn_netpol.policy.state import ClusterState
 
 VM_MEMORY_MIB = 768  # OVS, the controller (~70 MiB), a server per pod (~14 MiB each)
 REALIZE_TIMEOUT = 120.0
+GUEST_MANIFESTS = GUEST_WORKDIR / "manifests"  # each node's copy of the folder, in its VM
+STATE_FILE = "vmlab.json"
 
 
 @dataclass
@@ -61,6 +70,7 @@ class VmLab:
     group: VmGroup | None = None
     pods: dict[str, VmPod] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    lock: IO[str] | None = None
 
     @property
     def store(self) -> Store:
@@ -84,6 +94,7 @@ class VmLab:
 
     def up(self, objects: Sequence[dict[str, Any]]) -> None:
         start = time.monotonic()
+        self.down()  # whatever an earlier or crashed VM lab left here
         names = [f"node{i}" for i in range(1, self.nodes + 1)]
         self.group = VmGroup(self.workdir, names, memory_mib=self.memory_mib)
         try:
@@ -109,19 +120,38 @@ class VmLab:
             self.down()
             raise
         self.timings["up"] = round(time.monotonic() - start, 1)
+        self.save()
 
     def down(self) -> None:
+        """No qemu, netns, overlay, socket or state file left (also after a crash: by marker)."""
         if self.group is not None:
             self.group.stop()
             self.group = None
+        vm_cleanup(self.workdir)
+        (self.workdir / STATE_FILE).unlink(missing_ok=True)
+        shutil.rmtree(self.workdir / "manifests", ignore_errors=True)
 
     # ------------------------------------------------------------ changes
 
     def apply(self, objects: Iterable[dict[str, Any]]) -> None:
-        self._change(list(objects), ())
+        """Namespaces and NetworkPolicies; a Pod only if it exists (relabelled in place: it
+        keeps its node and address, as a running pod does). New pods come from `up`."""
+        docs = []
+        for doc in objects:
+            key = ref_of(doc).key
+            if doc.get("kind") == "Pod":
+                if key not in self.pods:
+                    raise LabError(f"pod {key}: the kernel-datapath lab creates pods at `lab up` only")
+                doc = with_pod_status(doc, self.pods[key].node, self.pods[key].ip)
+            docs.append(doc)
+        self._change(docs, ())
 
     def delete(self, refs: Iterable[ObjectRef]) -> None:
-        self._change([], list(refs))
+        refs = list(refs)
+        for ref in refs:
+            if ref.kind == "Pod" or (ref.kind == "Namespace" and any(k.startswith(f"{ref.name}/") for k in self.pods)):
+                raise LabError(f"{ref}: the kernel-datapath lab does not delete pods (lab down does)")
+        self._change([], refs)
 
     def _change(self, write: list[dict[str, Any]], remove: list[ObjectRef]) -> None:
         """Every node's folder copy, then wait until every node's controller realized it."""
@@ -148,20 +178,80 @@ class VmLab:
     def cluster(self) -> ClusterState:
         return ClusterState.from_parse(self.store.parse())
 
-    def probe(self, protocol: str, port: int) -> tuple[Matrix, Matrix, list[tuple[str, str]]]:
-        """(measured, expected, mismatches) for every pod pair, with real packets."""
+    def probe(self, protocol: str, port: int) -> ProbeReport:
+        """Every pod to every pod with real packets (each VM probes from its own pods), next to
+        the engine's matrix: `lab probe`'s report."""
         expected = build_matrix(self.cluster(), cast(Protocol, protocol.upper()), port)
-        targets = {key: pod.ip for key, pod in self.pods.items()}
-        outcome: dict[str, dict[str, str]] = {}
+        targets = {key: pod.ip for key, pod in self.pods.items() if key in expected.pods}
+        outcomes: dict[tuple[str, str], str] = {}
         request = {"protocol": protocol, "port": port, "targets": targets}
+        start = time.monotonic()
         for found in self._each({n: ("probe", request) for n in self.vms}).values():
-            outcome.update(found)
-        allowed = {s: {d: outcome.get(s, {}).get(d, "self") in ("connected", "refused", "self")
-                       for d in expected.pods} for s in expected.pods}
+            outcomes.update({(s, d): o for s, row in found.items() for d, o in row.items()})
+        seconds = time.monotonic() - start
+        allowed = {s: {d: outcomes.get((s, d), "missing") in REACHABLE for d in expected.pods} for s in expected.pods}
         measured = Matrix(expected.protocol, port, expected.pods, allowed)
-        wrong = [(s, d) for s in expected.pods for d in expected.pods if s != d
-                 and allowed[s][d] != expected.allowed[s][d]]
-        return measured, expected, wrong
+        return ProbeReport(measured, expected, measured.differences(expected), seconds, outcomes)
+
+    def status(self) -> dict[str, Any]:
+        """`lab status`'s document: nodes (address, VM memory, controller), pods."""
+        found = self._each({n: ("status", {}) for n in self.vms})
+        nodes = [{"name": n, "address": self.vms[n].ip, "pod_cidr": f"10.244.{i}.0/24", "datapath": "kernel",
+                  "vm_rss_mib": self.vms[n].rss_bytes() >> 20, "controller_running": doc["controller_running"],
+                  "controller": doc["controller"], "controller_error": doc.get("controller_error")}
+                 for i, (n, doc) in enumerate(found.items(), start=1)]
+        pods = {key: {"node": p.node, "ip": p.ip, "ips": [p.ip], "netns": p.netns,
+                      **found[p.node]["pods"].get(key, {"server_running": False, "ports": []})}
+                for key, p in sorted(self.pods.items())}
+        return {"workdir": str(self.workdir), "datapath": "kernel", "tunnel": "vxlan", "nodes": nodes,
+                "pods": pods, "external": []}
+
+    def verify(self) -> dict[str, dict[str, Any]]:
+        """Per node: every kernel megaflow against a fresh translation of its key."""
+        return self._each({n: ("verify", {}) for n in self.vms})
+
+    # ------------------------------------------------------------ state on disk
+
+    def save(self) -> None:
+        doc = {"nodes": self.nodes, "memory_mib": self.memory_mib, "pods": {k: asdict(p) for k, p in self.pods.items()}}
+        (self.workdir / STATE_FILE).write_text(json.dumps(doc, indent=1, sort_keys=True))
+
+    @classmethod
+    def load(cls, workdir: Path) -> VmLab | None:
+        """The VM lab another process brought up in `workdir` (its VMs still running), or None."""
+        try:
+            doc = json.loads((workdir / STATE_FILE).read_text())
+        except (OSError, ValueError):
+            return None
+        lab = cls(workdir.resolve(), doc["nodes"], doc["memory_mib"])
+        # qemu serves one agent connection per VM at a time: a second process would connect
+        # and then wait forever, so commands on one workdir take turns (held until exit)
+        lab.lock = (workdir / ".vmlab.lock").open("w")
+        fcntl.flock(lab.lock, fcntl.LOCK_EX)
+        lab.pods = {k: VmPod(**p) for k, p in doc["pods"].items()}
+        group = VmGroup(lab.workdir, [f"node{i}" for i in range(1, lab.nodes + 1)], memory_mib=lab.memory_mib)
+        try:
+            lab.group = group.attach()
+        except VmError as exc:
+            raise LabError(f"the kernel-datapath lab in {workdir} is broken ({exc}); run `lab down`") from exc
+        return lab
+
+    def close(self) -> None:
+        """Let another process command the lab: the agents' connections and the lock go (the
+        VMs keep running)."""
+        if self.group is not None:
+            for vm in self.group.vms.values():
+                if vm.agent is not None:
+                    vm.agent.close()
+                    vm.agent = None
+            self.group = None
+        if self.lock is not None:
+            self.lock.close()
+            self.lock = None
+
+    @staticmethod
+    def exists(workdir: Path) -> bool:
+        return (workdir / STATE_FILE).exists()
 
     def rss_mib(self) -> dict[str, int]:
         return {name: vm.rss_bytes() >> 20 for name, vm in self.vms.items()}
