@@ -61,17 +61,25 @@ def _lab(ctx: click.Context) -> VmLab:
     return lab
 
 
+def _change(ctx: click.Context, paths: tuple[Path, ...], delete: bool) -> None:
+    start = time.monotonic()
+    objects = read_objects(paths)
+    lab = _lab(ctx)
+    if delete:
+        lab.delete([ref_of(doc) for doc in objects])
+    else:
+        lab.apply(objects)
+    for doc in objects:
+        click.echo(f"{'deleted' if delete else 'applied'} {ref_of(doc)}")
+    click.echo(f"realized on every node in {time.monotonic() - start:.2f} s")
+
+
 @click.command()
 @PATHS
 @click.pass_context
 def apply(ctx: click.Context, paths: tuple[Path, ...]) -> None:
     """Create or update objects; returns once every node has realized the change."""
-    start = time.monotonic()
-    objects = read_objects(paths)
-    _lab(ctx).apply(objects)
-    for doc in objects:
-        click.echo(f"applied {ref_of(doc)}")
-    click.echo(f"realized on every node in {time.monotonic() - start:.2f} s")
+    _change(ctx, paths, delete=False)
 
 
 @click.command()
@@ -79,12 +87,7 @@ def apply(ctx: click.Context, paths: tuple[Path, ...]) -> None:
 @click.pass_context
 def delete(ctx: click.Context, paths: tuple[Path, ...]) -> None:
     """Delete objects; returns once every node has realized the change."""
-    start = time.monotonic()
-    refs = [ref_of(doc) for doc in read_objects(paths)]
-    _lab(ctx).delete(refs)
-    for ref in refs:
-        click.echo(f"deleted {ref}")
-    click.echo(f"realized on every node in {time.monotonic() - start:.2f} s")
+    _change(ctx, paths, delete=True)
 
 
 @click.command()

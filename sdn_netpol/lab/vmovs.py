@@ -12,13 +12,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from sdn_netpol.lab.vm import Vm
-from sdn_netpol.ovs.dumpflows import DumpedFlow, parse_dump_flows
-from sdn_netpol.ovs.instance import BRIDGE_PROTOCOLS, OF_VERSION, OvsError
-from sdn_netpol.ovs.trace import TraceResult, parse_trace
+from sdn_netpol.ovs.instance import OF_VERSION, BridgeCommands, OvsError
+from sdn_netpol.ovs.trace import TraceResult, parse_trace, trace_args
 
 
-class VmSwitch:
-    """``ovs-vsctl``/``ovs-ofctl``/``ovs-appctl`` on the VM's system OVS."""
+class VmSwitch(BridgeCommands):
+    """``ovs-vsctl``/``ovs-ofctl``/``ovs-appctl`` on the VM's system OVS; bridges are
+    created on the kernel datapath."""
 
     datapath_type = "system"
 
@@ -41,26 +41,6 @@ class VmSwitch:
     def appctl(self, *args: str) -> str:
         return self._tool(["ovs-appctl", "--timeout=60", *args])
 
-    def add_bridge(self, name: str, datapath_id: int | None = None, fail_mode: str = "secure") -> None:
-        """A kernel-datapath bridge, configured in the transaction that creates it."""
-        settings = [
-            f"datapath_type={self.datapath_type}", f"fail_mode={fail_mode}",
-            f"protocols={BRIDGE_PROTOCOLS}", "other_config:disable-in-band=true",
-        ]
-        if datapath_id is not None:
-            settings.append(f"other_config:datapath-id={datapath_id:016x}")
-        self.vsctl("--", "add-br", name, "--", "set", "Bridge", name, *settings)
-
-    def replace_flows(self, bridge: str, flows_text: str) -> None:
-        self.ofctl("--bundle", "replace-flows", bridge, "-", stdin=flows_text)
-
-    def add_flows(self, bridge: str, flows_text: str) -> None:
-        self.ofctl("--bundle", "add-flows", bridge, "-", stdin=flows_text)
-
-    def dump_flows(self, bridge: str) -> list[DumpedFlow]:
-        flows = parse_dump_flows(self.ofctl("--no-names", "dump-flows", bridge))
-        return sorted(flows, key=lambda f: (f.table, -f.priority, f.match, f.actions))
-
 
 class VmTracer:
     """``ofproto/trace`` in the VM, like :class:`sdn_netpol.ovs.Tracer` on the host."""
@@ -69,10 +49,7 @@ class VmTracer:
         self.vm = vm
 
     def trace(self, bridge: str, flow: str, ct_next: Sequence[str] = ()) -> TraceResult:
-        args = [bridge, flow]
-        for flags in ct_next:
-            args += ["--ct-next", flags]
-        return parse_trace(self.call("ofproto/trace", *args), bridge)
+        return parse_trace(self.call("ofproto/trace", *trace_args(bridge, flow, ct_next)), bridge)
 
     def call(self, command: str, *args: str) -> str:
         error, result = self.vm.unixctl(command, args)

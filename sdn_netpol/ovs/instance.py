@@ -39,6 +39,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import ClassVar
 
 from sdn_netpol.node.bridge import PROTOCOLS
 from sdn_netpol.ovs.dumpflows import DumpedFlow, parse_dump_flows
@@ -149,8 +150,49 @@ def _socket_accepts(path: Path) -> bool:
 # ---------------------------------------------------------------- the instance
 
 
+class BridgeCommands:
+    """Bridge and flow-table commands built on ``vsctl``/``ofctl``: the same for a private
+    userspace OVS here (:class:`OvsInstance`) and a VM's kernel-datapath OVS driven through
+    its agent (sdn_netpol/lab/vmovs.py)."""
+
+    datapath_type: ClassVar[str] = "netdev"
+
+    def vsctl(self, *args: str) -> str:
+        raise NotImplementedError
+
+    def ofctl(self, *args: str, stdin: str | None = None) -> str:
+        raise NotImplementedError
+
+    def add_bridge(
+        self, name: str, datapath_id: int | None = None, fail_mode: str = "secure"
+    ) -> None:
+        """A bridge of this switch's datapath type, in one DB transaction so vswitchd never
+        sees a half-configured (default-datapath, standalone) bridge."""
+        settings = [
+            f"datapath_type={self.datapath_type}", f"fail_mode={fail_mode}", f"protocols={BRIDGE_PROTOCOLS}",
+            "other_config:disable-in-band=true",
+        ]
+        if datapath_id is not None:
+            settings.append(f"other_config:datapath-id={datapath_id:016x}")
+        self.vsctl("--", "add-br", name, "--", "set", "Bridge", name, *settings)
+
+    def replace_flows(self, bridge: str, flows_text: str) -> None:
+        """Atomically make ``flows_text`` the bridge's whole flow table (one OF1.5 bundle)."""
+        self.ofctl("--bundle", "replace-flows", bridge, "-", stdin=flows_text)
+
+    def add_flows(self, bridge: str, flows_text: str) -> None:
+        """Atomically add ``flows_text`` (one OF1.5 bundle: all or nothing)."""
+        self.ofctl("--bundle", "add-flows", bridge, "-", stdin=flows_text)
+
+    def dump_flows(self, bridge: str) -> list[DumpedFlow]:
+        """All flows, port numbers not names, sorted by (table, -priority, match, actions)
+        because OVS dumps in hash order."""
+        flows = parse_dump_flows(self.ofctl("--no-names", "dump-flows", bridge))
+        return sorted(flows, key=lambda f: (f.table, -f.priority, f.match, f.actions))
+
+
 @dataclass(frozen=True)
-class OvsInstance:
+class OvsInstance(BridgeCommands):
     """Handle on the daemons of one ``rundir``; cheap to copy, holds no connections.
 
     ``OvsInstance(rundir)`` attaches to an instance that is already running;
@@ -266,33 +308,6 @@ class OvsInstance:
     def appctl(self, *args: str, target: str = "ovs-vswitchd") -> str:
         """``ovs-appctl`` to ``target`` (a daemon name resolved in rundir, or a socket path)."""
         return run_tool(["ovs-appctl", "-t", target, "--timeout=10", *args], self.env)
-
-    def add_bridge(
-        self, name: str, datapath_id: int | None = None, fail_mode: str = "secure"
-    ) -> None:
-        """A userspace-datapath bridge, in one DB transaction so vswitchd never sees a
-        half-configured (kernel-datapath, standalone) bridge."""
-        settings = [
-            "datapath_type=netdev", f"fail_mode={fail_mode}", f"protocols={BRIDGE_PROTOCOLS}",
-            "other_config:disable-in-band=true",
-        ]
-        if datapath_id is not None:
-            settings.append(f"other_config:datapath-id={datapath_id:016x}")
-        self.vsctl("--", "add-br", name, "--", "set", "Bridge", name, *settings)
-
-    def replace_flows(self, bridge: str, flows_text: str) -> None:
-        """Atomically make ``flows_text`` the bridge's whole flow table (one OF1.5 bundle)."""
-        self.ofctl("--bundle", "replace-flows", bridge, "-", stdin=flows_text)
-
-    def add_flows(self, bridge: str, flows_text: str) -> None:
-        """Atomically add ``flows_text`` (one OF1.5 bundle: all or nothing)."""
-        self.ofctl("--bundle", "add-flows", bridge, "-", stdin=flows_text)
-
-    def dump_flows(self, bridge: str) -> list[DumpedFlow]:
-        """All flows, port numbers not names, sorted by (table, -priority, match, actions)
-        because OVS dumps in hash order."""
-        flows = parse_dump_flows(self.ofctl("--no-names", "dump-flows", bridge))
-        return sorted(flows, key=lambda f: (f.table, -f.priority, f.match, f.actions))
 
     # ------------------------------------------------------------ internals
 

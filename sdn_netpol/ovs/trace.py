@@ -229,6 +229,14 @@ def _note(walk: _Walk, text: str) -> None:
         walk.tunnel_dst = tunneling.group("ip")
 
 
+def trace_args(bridge: str, flow: str, ct_next: Sequence[str] = ()) -> list[str]:
+    """``ofproto/trace``'s arguments: one ``--ct-next FLAGS`` pair per recirculation."""
+    args = [bridge, flow]
+    for flags in ct_next:
+        args += ["--ct-next", flags]
+    return args
+
+
 class UnixctlChannel:
     """One JSON-RPC connection to a unixctl socket.
 
@@ -318,10 +326,7 @@ class Tracer:
 
     def trace(self, bridge: str, flow: str, ct_next: Sequence[str] = ()) -> TraceResult:
         """``ofproto/trace BRIDGE FLOW [--ct-next FLAGS]...``; OvsError if OVS rejects it."""
-        args = [bridge, flow]
-        for flags in ct_next:
-            args += ["--ct-next", flags]
-        return parse_trace(self.call("ofproto/trace", *args), bridge)
+        return parse_trace(self.call("ofproto/trace", *trace_args(bridge, flow, ct_next)), bridge)
 
     def call(self, command: str, *args: str) -> str:
         """Any unixctl command; a server-side error raises OvsError (exit code 2 like
