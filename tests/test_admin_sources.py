@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
+from netaddr import IPAddress
 
 from sdn_netpol.controller.config import KubeOptions
 from sdn_netpol.controller.metrics import Metrics
@@ -20,6 +21,9 @@ from sdn_netpol.controller.sources.events import event_body
 from sdn_netpol.controller.sources.kube import KubeSource
 from sdn_netpol.controller.store import Store
 from sdn_netpol.model.errors import ValidationError
+from sdn_netpol.model.labels import Labels
+from sdn_netpol.model.objects import Pod
+from sdn_netpol.model.parse import Document, object_key, parse_documents
 from sdn_netpol.policy.state import ClusterState
 from tests.fakekube import RESOURCES, FakeKube
 
@@ -132,3 +136,18 @@ def test_an_invalid_admin_policy_gets_an_event_in_default_naming_it() -> None:
     assert event["involvedObject"] == {"apiVersion": CNP, "kind": "ClusterNetworkPolicy", "name": "deny-metadata",
                                        "uid": "u1", "resourceVersion": "7"}
     assert event["message"] == "not enforced (the last valid version stays): spec.priority: 5000: out of range"
+
+
+def test_a_cluster_policy_change_patches_the_snapshot_and_equals_a_full_build() -> None:
+    store = Store()
+    pod = Pod("x", "a", Labels({"app": "a"}), (IPAddress("10.244.1.2"),), "node-1")
+    store.replace(("Pod",), {object_key(pod): pod}, {}, "1", synced=True)
+    first = store.snapshot().state
+    [policy] = parse_documents([Document("d", cnp("deny-metadata"))]).cluster_policies
+    store.put(object_key(policy), policy)
+    patched = store.snapshot().state
+    assert patched.patched_from(first) is not None  # patched, not built again over every pod
+    assert patched.cluster_policies == (policy,)
+    assert patched == ClusterState.build(first.namespaces, first.pods, first.policies, 0, (policy,))
+    store.delete(object_key(policy))
+    assert store.snapshot().state.cluster_policies == ()

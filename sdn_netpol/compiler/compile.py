@@ -42,7 +42,7 @@ class NodeCompilation:
 
     `change` is the difference from the previous compilation's flows (None for a first one).
     `counts` holds how many fragments give each flow: a flow two fragments give (two pods
-    with one route) stays while either does. `admin`: the tier tables' flows (admin_flows.py),
+    with one route) stays while either does. The tier tables' flows (admin_flows.py) are
     kept per rule (`admin_parts`), and each cluster policy's grants (`admin_grants`): a pod
     change re-resolves only the cluster policies that see the pod, and only rules whose
     grants changed are rendered again.
@@ -54,7 +54,6 @@ class NodeCompilation:
     counts: Mapping[Flow, int]
     flows: FlowSet
     change: FlowDiff | None = None
-    admin: tuple[Flow, ...] = ()
     admin_parts: AdminParts | None = None
     admin_grants: Mapping[str, tuple[ClusterPolicy, PolicyGrants]] | None = None
 
@@ -96,8 +95,8 @@ def _build(node: NodeContext, resolution: Resolution, previous: NodeCompilation 
     counts: dict[Flow, int] = {}
     for flow in flows:
         counts[flow] = counts.get(flow, 0) + 1
-    return NodeCompilation(node, resolution, tables, counts, FlowSet(counts), admin=admin.flows,
-                           admin_parts=admin.parts, admin_grants=admin.grants)
+    return NodeCompilation(node, resolution, tables, counts, FlowSet(counts), admin_parts=admin.parts,
+                           admin_grants=admin.grants)
 
 
 @dataclass(frozen=True)
@@ -154,12 +153,12 @@ def _update(previous: NodeCompilation, node: NodeContext, resolution: Resolution
         return None
     touched = moved | {pod.key for pair in resolution.changed for pod in pair if pod is not None}
     admin = _admin_flows(resolution, node, previous, touched)
-    old_admin, new_admin = set(previous.admin), set(admin.flows)
-    removed.extend(f for f in previous.admin if f not in new_admin)
-    added.extend(f for f in admin.flows if f not in old_admin)
+    old_parts, new_parts = previous.admin_parts or {}, admin.parts or {}
+    removed.extend(f for key, part in old_parts.items() if new_parts.get(key) is not part for f in part.flows)
+    added.extend(f for key, part in new_parts.items() if old_parts.get(key) is not part for f in part.flows)
     counts, flows, changed = _apply(previous, [*removed, *update.removed], [*added, *update.added])
     return NodeCompilation(node, resolution, update.tables, counts, flows, diff_ids(previous.flows, flows, changed),
-                           admin.flows, admin.parts, admin.grants)
+                           admin.parts, admin.grants)
 
 
 def _binding_changes(old: tuple[PortBinding, ...],

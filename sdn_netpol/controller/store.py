@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from sdn_netpol.controller.nodes import NODE_KIND, NodeInfo, place_pods
-from sdn_netpol.model.cluster_objects import ClusterPolicy
+from sdn_netpol.model.cluster_objects import CLUSTER_KINDS, ClusterPolicy
 from sdn_netpol.model.errors import ValidationError
 from sdn_netpol.model.objects import Namespace, NetworkPolicy, Pod, PodKey
 from sdn_netpol.model.parse import ObjectKey
@@ -83,9 +83,13 @@ class Snapshot:
     def _patched_state(self, base: ClusterState, touched: frozenset[ObjectKey]) -> ClusterState:
         pods: dict[PodKey, Pod | None] = {}
         policies: dict[tuple[str, str], NetworkPolicy | None] = {}
+        cluster: list[ClusterPolicy] | None = None  # all of them again when one changed (they are few)
         for kind, namespace, name in touched:
             found = self.objects.get((kind, namespace, name))
-            if kind == "Pod":
+            if kind in CLUSTER_KINDS:
+                if cluster is None:
+                    cluster = [o for o in self.objects.values() if isinstance(o, ClusterPolicy)]
+            elif kind == "Pod":
                 pods[found.key if isinstance(found, Pod) else PodKey(namespace, name)] = found \
                     if isinstance(found, Pod) else None
             else:
@@ -93,10 +97,10 @@ class Snapshot:
         placed = place_pods([p for p in pods.values() if p is not None], self.nodes)
         pods.update((pod.key, pod) for pod in placed)
         declared = {ns for _, ns, _ in touched if ("Namespace", "", ns) in self.objects}
-        return base.with_changes(pods, policies, declared, self.generation)
+        return base.with_changes(pods, policies, declared, self.generation, cluster)
 
 
-_PATCHABLE = frozenset({"Pod", "NetworkPolicy"})
+_PATCHABLE = frozenset({"Pod", "NetworkPolicy", *CLUSTER_KINDS})
 _MAX_PATCH = 512  # changed objects beyond which a snapshot's state is built, not patched
 
 

@@ -92,11 +92,13 @@ class ClusterState:
         policies: Mapping[tuple[str, str], NetworkPolicy | None],
         declared: Container[str],
         generation: int = 0,
+        cluster_policies: Iterable[ClusterPolicy] | None = None,
     ) -> ClusterState:
         """`build` of this snapshot's objects with `pods` and `policies` replaced (None: gone),
         in time proportional to the change: a controller takes one snapshot per event, and
         sorting 10k pods for each was a third of its latency. `declared`: which of the touched
-        namespaces exist as Namespace objects (they stay without pods; implied ones do not)."""
+        namespaces exist as Namespace objects (they stay without pods; implied ones do not).
+        `cluster_policies`: every cluster policy, when they changed (None: this snapshot's)."""
         pod_list = _patched(self.pods, pods, _KEY)
         policy_list = _patched(self.policies, policies, _POLICY_KEY)
         namespaces = {ns.name: ns for ns in self.namespaces}
@@ -106,7 +108,8 @@ class ClusterState:
             elif name not in declared:
                 namespaces.pop(name, None)
         ns_list = tuple(namespaces[name] for name in sorted(namespaces))
-        patched = ClusterState(ns_list, tuple(pod_list), tuple(policy_list), generation, self.cluster_policies)
+        admin = self.cluster_policies if cluster_policies is None else in_order(cluster_policies)
+        patched = ClusterState(ns_list, tuple(pod_list), tuple(policy_list), generation, admin)
         # Where it came from (weakly: snapshots must not chain), so that the pods that differ
         # and the key map need not be found by walking every pod again.
         patched.__dict__["_patch"] = (weakref.ref(self), frozenset(pods))
