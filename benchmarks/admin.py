@@ -4,6 +4,7 @@ flows against the additive bound; one pod relabelled and one admin rule changed,
 incrementally (what the controller does per event; the change is the bundle it sends).
 
     .venv/bin/python benchmarks/admin.py [--pods 10000] [--policies 1000] [--cluster-policies 100]
+    .venv/bin/python benchmarks/admin.py --realize [--samples 10]   # + end to end on a real OVS (root)
 
 Clusters come from tests/synthetic_cluster.py (100 namespaces, 10 nodes); cluster policy i
 is of one of five shapes: a tenant-to-tenant Deny on a named port, a Pass of a team's
@@ -14,6 +15,7 @@ on a port range, a Baseline default deny of one environment; the BANP denies the
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -21,10 +23,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from netaddr import IPAddress
+
 from sdn_netpol.compiler.admin_flows import TABLES
 from sdn_netpol.compiler.compile import compile_node, compile_node_incremental
 from sdn_netpol.compiler.portmask import port_range_masks
 from sdn_netpol.compiler.topology import assign_ports
+from sdn_netpol.model.cluster_objects import CLUSTER_KINDS
 from sdn_netpol.model.parse import Document, parse_documents
 from sdn_netpol.policy.admin_resolve import resolve_cluster_policies
 from sdn_netpol.policy.state import ClusterState
@@ -91,6 +96,38 @@ def additive_bound(state: ClusterState, ports: dict[Any, int]) -> int:
     return total
 
 
+def realize(state: ClusterState, docs: list[dict[str, Any]], samples: int) -> None:
+    """The controller's parts against a real userspace OVS (benchmarks/realize.py's harness):
+    the cluster installed, then one admin rule flipped Deny <-> Accept `samples` times, each
+    timed from the store hand-over to the barrier that acknowledges its bundle."""
+    import tempfile
+
+    from benchmarks.realize import NODE as BENCH_NODE
+    from benchmarks.realize import Run, objects_of, start_controller
+    from sdn_netpol.controller.nodes import NodeInfo
+    from sdn_netpol.model.parse import object_key
+    from tests.controller_fixtures import switch
+
+    assert BENCH_NODE == NODE
+    nodes = [NodeInfo(f"node{k}", IPAddress(f"192.168.0.{k + 1}")) for k in range(10)]
+    local = [p for p in state.pods if p.node_name == NODE]
+    with tempfile.TemporaryDirectory(prefix="admin-bench-") as tmp, switch(Path(tmp)) as sw:
+        parts, probe = start_controller(sw, local)
+        objects = {**objects_of(state, nodes), **{object_key(p): p for p in state.cluster_policies}}
+        start = time.monotonic()
+        parts.store.replace(("Namespace", "Pod", "NetworkPolicy", "Node", *CLUSTER_KINDS), objects, {}, "0",
+                            synced=True)
+        at, flows = probe.wait_generation(parts.store.generation)
+        print(f"  first install (controller, real OVS): {at - start:.2f} s, {flows} flow mods")
+        flips = [with_cluster_policies(state, [cluster_policy_doc(0, "Accept" if i % 2 == 0 else "Deny"),
+                                               *docs[1:]]).cluster_policies for i in range(samples)]
+        changes = ((object_key(p), p) for found in flips for p in found if p.name == "cp-000")
+        result = Run(sw, parts, probe, state).scenario("admin rule flip", changes)
+        print(f"  one admin rule flipped, realized end to end: p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms, "
+              f"compile p50 {result['compile_p50_ms']} ms, send+barrier p50 {result['send_p50_ms']} ms, "
+              f"{result['flow_mods_mean']} flow mods")
+
+
 def timed(fn: Any) -> tuple[float, Any]:
     start = time.perf_counter()
     result = fn()
@@ -102,6 +139,8 @@ def main() -> None:
     parser.add_argument("--pods", type=int, default=10_000)
     parser.add_argument("--policies", type=int, default=1_000)
     parser.add_argument("--cluster-policies", type=int, default=100)
+    parser.add_argument("--realize", action="store_true", help="also realize admin rule changes on a real OVS")
+    parser.add_argument("--samples", type=int, default=10)
     args = parser.parse_args()
     base = synthetic_state(args.pods, args.policies)
     docs = [cluster_policy_doc(i) for i in range(args.cluster_policies - 1)] + [BANP]
@@ -128,6 +167,10 @@ def main() -> None:
           f"{len(after_pod.change or ())} flow changes")
     print(f"  one admin rule Deny -> Accept:         {rule_time * 1000:.0f} ms, "
           f"{len(after_rule.change or ())} flow changes")
+    if args.realize:
+        realize(state, docs, args.samples)
+        sys.stdout.flush()
+        os._exit(0)  # os-ken's threads are not daemons and cannot be stopped (as benchmarks/realize.py)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """The tier tables (compiler/admin_flows.py) as values: priorities from (policy priority,
 rule place) without collisions and stable when other policies come, one cookie per rule,
 Pass to the NetworkPolicy table, Baseline behind the isolation table, additive flow counts,
-and incremental compiles equal to full ones. Real-OVS behaviour: test_admin_differential_ovs."""
+and incremental compiles equal to full ones. Real-OVS behaviour: tests/test_differential_ovs.py."""
 
 from __future__ import annotations
 

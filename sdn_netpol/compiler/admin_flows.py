@@ -105,17 +105,28 @@ def _table_parts(rules: list[ResolvedAdminRule], ports: Mapping[PodKey, int],
     never depends on where pods run."""
     ids = conjunction_ids([f"{_rule_key(r)}|{i}" for r in rules for i in range(len(r.grants))])
     memo: dict[Any, Any] = {}
+    local: dict[int, tuple[frozenset[PodKey], tuple[int, ...]]] = {}  # by id(targets): rules share subjects
     for rule, priority in zip(rules, tier_priorities([r.rank for r in rules]), strict=True):
         key = _rule_key(rule)
         actions = rule_actions(rule.tier, rule.direction, rule.action)
-        signature = (priority, actions, tuple(
-            (ids[f"{key}|{i}"], grant, tuple(sorted(ports[k] for k in grant.targets if k in ports)))
-            for i, grant in enumerate(rule.grants)))
+        signature = (priority, actions, tuple((ids[f"{key}|{i}"], grant, _local_ports(grant.targets, ports, local))
+                                              for i, grant in enumerate(rule.grants)))
         old = previous.get(key)
         if old is not None and old.signature == signature:
             yield key, old
             continue
         yield key, RulePart(signature, tuple(_rule_flows(rule, key, priority, actions, ids, ports, memo)))
+
+
+def _local_ports(targets: frozenset[PodKey], ports: Mapping[PodKey, int],
+                 memo: dict[int, tuple[frozenset[PodKey], tuple[int, ...]]]) -> tuple[int, ...]:
+    """The OpenFlow ports of the targets on this node (the memo keeps `targets` alive, so an
+    id is never reused while it holds)."""
+    found = memo.get(id(targets))
+    if found is None:
+        here = targets & ports.keys() if len(targets) > len(ports) else [k for k in targets if k in ports]
+        found = memo[id(targets)] = (targets, tuple(sorted(ports[k] for k in here)))
+    return found[1]
 
 
 def _rule_flows(rule: ResolvedAdminRule, key: str, priority: int, actions: tuple[Action, ...],

@@ -11,6 +11,7 @@ fields are errors, as for NetworkPolicy (kubectl's strict field validation).
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from typing import Any, cast
 
 from netaddr import IPNetwork
@@ -295,10 +296,16 @@ def _named(raw: Any, path: str, errors: FieldErrors) -> tuple[PolicyPort, ...] |
     return tuple(PolicyPort(protocol, raw) for protocol in PROTOCOLS)
 
 
-def _port_v1alpha1(raw: Any, path: str, errors: FieldErrors) -> tuple[PolicyPort, ...] | None:
-    present = _one_of(raw, path, ("portNumber", "namedPort", "portRange"), errors)
-    if present == "namedPort":
-        return _named(raw["namedPort"], f"{path}.namedPort", errors)
+PortBody = Callable[[str, str, dict[str, Any], FieldErrors], tuple[PolicyPort, ...] | None]
+
+
+def _port_entry(raw: Any, path: str, errors: FieldErrors, fields: tuple[str, ...], named: str,
+                parse_body: PortBody) -> tuple[PolicyPort, ...] | None:
+    """One ports/protocols entry: exactly one of `fields`; `named` is the named port, the
+    others objects that `parse_body(field, path, body, errors)` reads."""
+    present = _one_of(raw, path, fields, errors)
+    if present == named:
+        return _named(raw[present], f"{path}.{present}", errors)
     if present is None:
         return None
     at = f"{path}.{present}"
@@ -306,6 +313,19 @@ def _port_v1alpha1(raw: Any, path: str, errors: FieldErrors) -> tuple[PolicyPort
     if not isinstance(body, dict):
         errors.add(at, "must be an object")
         return None
+    return parse_body(present, at, body, errors)
+
+
+def _port_v1alpha1(raw: Any, path: str, errors: FieldErrors) -> tuple[PolicyPort, ...] | None:
+    return _port_entry(raw, path, errors, ("portNumber", "namedPort", "portRange"), "namedPort", _v1alpha1_body)
+
+
+def _protocol_v1alpha2(raw: Any, path: str, errors: FieldErrors) -> tuple[PolicyPort, ...] | None:
+    return _port_entry(raw, path, errors, ("tcp", "udp", "sctp", "destinationNamedPort"), "destinationNamedPort",
+                       _v1alpha2_body)
+
+
+def _v1alpha1_body(present: str, at: str, body: dict[str, Any], errors: FieldErrors) -> tuple[PolicyPort, ...] | None:
     before = len(errors.items)
     known_fields(body, ("protocol", "port") if present == "portNumber" else ("protocol", "start", "end"), at, errors)
     protocol = _protocol(body.get("protocol"), f"{at}.protocol", errors)
@@ -346,17 +366,7 @@ def _range(body: dict[str, Any], path: str, errors: FieldErrors) -> tuple[int, i
     return start, end
 
 
-def _protocol_v1alpha2(raw: Any, path: str, errors: FieldErrors) -> tuple[PolicyPort, ...] | None:
-    present = _one_of(raw, path, ("tcp", "udp", "sctp", "destinationNamedPort"), errors)
-    if present == "destinationNamedPort":
-        return _named(raw[present], f"{path}.destinationNamedPort", errors)
-    if present is None:
-        return None
-    at = f"{path}.{present}"
-    body = raw[present]
-    if not isinstance(body, dict):
-        errors.add(at, "must be an object")
-        return None
+def _v1alpha2_body(present: str, at: str, body: dict[str, Any], errors: FieldErrors) -> tuple[PolicyPort, ...] | None:
     known_fields(body, ("destinationPort",), at, errors)
     kind = _one_of(body.get("destinationPort"), f"{at}.destinationPort", ("number", "range"), errors)
     if kind is None:
