@@ -140,6 +140,7 @@ class Store:
         self.closed = False
         self.drop_gen = 0
         self.drop_clean: list[bool] = []  # how each drop ends a watch, by generation
+        self.abrupt_cuts = 0  # watches a drop_watches() really cut (truncated body)
         self.bookmark_gen = 0
         self.stall_until = 0.0
 
@@ -242,7 +243,10 @@ class Store:
                     # the first drop since this watch opened decides, even if another
                     # followed before this thread woke up (a busy machine)
                     first_clean = w.drop_gen < self.drop_gen and self.drop_clean[w.drop_gen]
-                    return [], "clean" if (first_clean and not self.closed) else "abrupt"
+                    if first_clean and not self.closed:
+                        return [], "clean"
+                    self.abrupt_cuts += not self.closed
+                    return [], "abrupt"
                 now = time.monotonic()
                 if now >= self.stall_until:
                     if w.deadline is not None and now >= w.deadline:

@@ -246,6 +246,26 @@ def test_the_status_server_closes_a_connection_that_sends_nothing(monkeypatch: p
             assert answer in fresh.recv(100).split(b"\r\n")[0] + b" "  # read-only: nothing but GET
 
 
+def test_the_status_server_logs_its_own_errors_but_not_a_client_hanging_up(caplog: pytest.LogCaptureFixture) -> None:
+    """A scraper that gives up before its answer (busy node) is no error of the controller's
+    and prints no traceback; a failure of the handler itself is logged with its traceback."""
+    server = status._TcpServer(("127.0.0.1", 0), status._Handler)
+    try:
+        for hang_up in (ConnectionResetError(104, "reset"), BrokenPipeError(32, "pipe"), TimeoutError()):
+            try:
+                raise hang_up
+            except OSError:
+                server.handle_error(None, ("127.0.0.1", 1))
+        assert caplog.records == []
+        try:
+            raise ValueError("a bug")
+        except ValueError:
+            server.handle_error(None, ("127.0.0.1", 1))
+        assert [(r.levelname, r.exc_info is not None) for r in caplog.records] == [("ERROR", True)]
+    finally:
+        server.server_close()
+
+
 # ---------------------------------------------------------------------------- spoofing
 
 

@@ -29,8 +29,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import socketserver
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -42,6 +44,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 
 from sdn_netpol.controller.metrics import Metrics
 from sdn_netpol.controller.store import Invalid
+
+LOG = logging.getLogger(__name__)
 
 ERROR_PLACES = ("source", "node", "ovsdb", "switch", "realize", "datapath")
 # How long a client may take to send its request, and each write of the answer may block.
@@ -186,12 +190,18 @@ class _StatusServer:
     metrics: Metrics
     healthy: Callable[[], bool]
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hangs up before its answer (a probe's timeout on a busy node) is
+        its own business; anything else is ours, logged with its traceback."""
+        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            LOG.exception("status server: request from %s failed", client_address)
 
-class _TcpServer(ThreadingHTTPServer, _StatusServer):
+
+class _TcpServer(_StatusServer, ThreadingHTTPServer):
     daemon_threads = True
 
 
-class _UnixServer(socketserver.ThreadingUnixStreamServer, _StatusServer):
+class _UnixServer(_StatusServer, socketserver.ThreadingUnixStreamServer):
     daemon_threads = True
 
     def get_request(self) -> tuple[Any, Any]:
