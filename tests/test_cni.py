@@ -9,7 +9,10 @@ import ipaddress
 import json
 import os
 import re
+import signal
 import subprocess
+import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from sdn_netpol.ovs.instance import daemon_pids
 from tests.cni_fixtures import (
     CLIENT,
     SERVER,
@@ -292,6 +296,38 @@ def test_add_rolls_back_when_ovsdb_is_unreachable(node: Node, conf: dict[str, An
     pod = pods.new()
     run = pod.cni("ADD", {**conf, "ovsdb": f"unix:{tmp_path}/nothing.sock", "ovsTimeout": 2})
     assert_error(run, 11)
+    assert_nothing_left(node, pod, data_dir)
+
+
+def test_add_rolls_back_the_port_it_added_even_when_ovsdb_is_slow(node: Node, conf: dict[str, Any],
+                                                                 data_dir: Path, pods: Any) -> None:
+    """ovs-vswitchd never opens the port (stopped), so ADD fails waiting for its ofport after
+    the Port row was committed; ovsdb-server then stalls for longer than ovsTimeout. The
+    rollback still removes the row: it waits up to ROLLBACK_OVS_TIMEOUT, not ovsTimeout."""
+    pod = pods.new()
+    vswitchd, = daemon_pids(node.ovs.rundir, "ovs-vswitchd")
+    ovsdb, = daemon_pids(node.ovs.rundir, "ovsdb-server")
+    stalled: list[float] = []
+
+    def stall_ovsdb_once_the_port_is_committed() -> None:
+        deadline = time.monotonic() + 30
+        while pod.host not in node.ports() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        os.kill(ovsdb, signal.SIGSTOP)
+        stalled.append(time.monotonic())
+        time.sleep(4.0)  # the ADD's ofport wait (2 s) runs out meanwhile, and its rollback begins
+        os.kill(ovsdb, signal.SIGCONT)
+
+    os.kill(vswitchd, signal.SIGSTOP)
+    try:
+        staller = threading.Thread(target=stall_ovsdb_once_the_port_is_committed)
+        staller.start()
+        doc = assert_error(pod.cni("ADD", {**conf, "ovsTimeout": 2}), 11)
+        staller.join()
+    finally:
+        os.kill(ovsdb, signal.SIGCONT)
+        os.kill(vswitchd, signal.SIGCONT)
+    assert stalled and "ofport" in doc["details"] and "rollback" not in doc["details"], doc
     assert_nothing_left(node, pod, data_dir)
 
 

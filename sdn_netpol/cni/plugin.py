@@ -37,11 +37,18 @@ if TYPE_CHECKING:
 Undo = Callable[[], object]
 
 
-def _connect(conf: NetConf) -> Ovsdb:
+# The least time the undo of a failed ADD gives OVSDB to remove the Port it added. The ADD
+# failed because OVS was slow (a tiny ovsTimeout, a loaded node); no runtime retries a
+# rollback, so one that gave up as fast would leave a Port and Interface row behind for a veth
+# that is gone (seen under load with ovsTimeout 0.05).
+ROLLBACK_OVS_TIMEOUT = 10.0
+
+
+def _connect(conf: NetConf, timeout: float | None = None) -> Ovsdb:
     """Imported late: see `_without_green_threads`."""
     from sdn_netpol.cni.ovsdb import Ovsdb
 
-    return Ovsdb(conf.ovsdb, conf.ovs_timeout)
+    return Ovsdb(conf.ovsdb, conf.ovs_timeout if timeout is None else timeout)
 
 
 def _without_green_threads() -> None:
@@ -79,7 +86,7 @@ def _attach(env: CniEnv, conf: NetConf, undo: list[tuple[str, Undo]]) -> Attachm
     host_mac = netlink.host_up(host)
     db = _connect(conf)  # an unreachable OVSDB has changed nothing: no undo yet
     try:
-        undo.append((f"OVS port {host}", lambda: _detach(conf, host)))
+        undo.append((f"OVS port {host}", lambda: _detach(conf, host, max(conf.ovs_timeout, ROLLBACK_OVS_TIMEOUT))))
         db.attach(conf.bridge, host, external_ids(env, ipam, mac))
     finally:
         db.close()
@@ -112,8 +119,8 @@ def cmd_add(env: CniEnv, conf: NetConf) -> dict[str, Any]:
     return build_result(att, conf.cni_version, conf.dns)
 
 
-def _detach(conf: NetConf, host: str) -> bool:
-    db = _connect(conf)
+def _detach(conf: NetConf, host: str, timeout: float | None = None) -> bool:
+    db = _connect(conf, timeout)
     try:
         return db.detach(host)
     finally:
