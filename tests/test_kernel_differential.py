@@ -48,14 +48,21 @@ def switch(vm: Vm) -> VmSwitch:
     return sw
 
 
-def _differential(switch: VmSwitch, state: ClusterState) -> Differential:
+@pytest.fixture(scope="module")
+def tracer(vm: Vm) -> Iterator[VmTracer]:
+    """One connection for the module: qemu serves one client per port at a time."""
+    with VmTracer(vm) as t:
+        yield t
+
+
+def _differential(switch: VmSwitch, tracer: VmTracer, state: ClusterState) -> Differential:
     """Each node's flows compiled for the kernel datapath (what the controller does when its
     bridge's datapath_type is "" or "system") and loaded as one bundle."""
     switch.appctl("dpctl/flush-conntrack")
     contexts = {node: replace(ctx, datapath="system") for node, ctx in node_contexts(state).items()}
     for node, ctx in contexts.items():
         switch.replace_flows(bridge_name(node), render_flows(compile_node(state, ctx)))
-    return Differential(VmTracer(switch.vm), state, contexts)  # type: ignore[arg-type]
+    return Differential(tracer, state, contexts)  # type: ignore[arg-type]
 
 
 def test_bridges_are_on_the_kernel_datapath(switch: VmSwitch) -> None:
@@ -69,16 +76,16 @@ def test_bridges_are_on_the_kernel_datapath(switch: VmSwitch) -> None:
 
 
 @pytest.mark.parametrize("example", sorted(p.name for p in (REPO / "flows").iterdir() if p.is_dir()))
-def test_seed_example_is_enforced_exactly(switch: VmSwitch, example: str) -> None:
+def test_seed_example_is_enforced_exactly(switch: VmSwitch, tracer: VmTracer, example: str) -> None:
     state = ClusterState.from_parse(load_paths([REPO / "flows" / "cluster.yaml", REPO / "flows" / example]))
-    diff = _differential(switch, state)
+    diff = _differential(switch, tracer, state)
     mismatches = diff.check(SEED_PROTOCOLS, SEED_EXTERNALS) + diff.check_replies("TCP", 6379)
     assert mismatches == [], "\n".join(str(m) for m in mismatches[:10])
 
 
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
 @given(state=cluster_states(max_pods=6, max_policies=3))
-def test_generated_clusters_are_enforced_exactly(switch: VmSwitch, state: ClusterState) -> None:
-    diff = _differential(switch, state)
+def test_generated_clusters_are_enforced_exactly(switch: VmSwitch, tracer: VmTracer, state: ClusterState) -> None:
+    diff = _differential(switch, tracer, state)
     mismatches = diff.check(probes(state), EXTERNAL_IPS[::3]) + diff.check_replies("UDP", 53)
     assert mismatches == [], "\n".join(str(m) for m in mismatches[:10])

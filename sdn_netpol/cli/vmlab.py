@@ -4,7 +4,7 @@ The nodes are qemu VMs (sdn_netpol/lab/vmlab.py). `lab up --datapath kernel` bri
 in the workdir; from then on, until `lab down`, the lab group (sdn_netpol/cli/lab.py) hands
 the workdir's commands to the ones here: same names, options and output as on the netdev
 lab. `trace` and `flows` run the node commands (`sdn-netpol trace`/`flows`, docs/debugging.md)
-inside the node's VM, on its own switch and folder.
+inside the node's VM, on its own switch and folder; `stats` reads every VM's switch from here.
 """
 
 from __future__ import annotations
@@ -12,11 +12,14 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import cast
 
 import click
 
+from sdn_netpol.cli import debugview
 from sdn_netpol.cli.options import PATHS, PORT, PROTOCOL
 from sdn_netpol.cli.render import show_report, wide_console
+from sdn_netpol.debug.stats import Stats
 from sdn_netpol.lab.store import LabError, read_objects, ref_of
 from sdn_netpol.lab.vmlab import GUEST_MANIFESTS, VmLab
 
@@ -206,6 +209,22 @@ def flows(ctx: click.Context, node: str | None, policy: str | None, rule: int | 
 
 
 @click.command()
+@OUTPUT
+@click.pass_context
+def stats(ctx: click.Context, output: str) -> None:
+    """Per-rule packet and byte counters, and packets dropped by each pod's isolation, read
+    from every node's switch now."""
+    lab = _lab(ctx)
+    sample = cast(Stats, debugview.guarded(lab.stats, LabError))
+    if output == "json":
+        click.echo(debugview.dumps(sample.to_json()))
+        return
+    console = wide_console()
+    for table in debugview.stats_tables(sample):
+        console.print(table)
+
+
+@click.command()
 @click.pass_context
 def down(ctx: click.Context) -> None:
     """Stop the VMs: no qemu process, overlay, socket or namespace left."""
@@ -215,4 +234,4 @@ def down(ctx: click.Context) -> None:
 
 
 COMMANDS: dict[str, click.Command] = {c.name or "": c for c in (apply, delete, probe, status, verify, trace, flows,
-                                                                  down)}
+                                                                  stats, down)}

@@ -170,10 +170,6 @@ class Vm:
     def spawn(self, argv: Sequence[str], log: str, env: dict[str, str] | None = None) -> int:
         return int(self._agent().request(60, op="spawn", argv=list(argv), log=log, env=env or {})["pid"])
 
-    def unixctl(self, method: str, params: Sequence[str], target: str = "ovs-vswitchd") -> tuple[str | None, str]:
-        reply = self._agent().request(120, op="unixctl", target=target, method=method, params=list(params))
-        return reply.get("error"), str(reply.get("result", ""))
-
     def call(self, module: str, command: str, request: dict[str, Any], timeout: float = 300.0) -> Any:
         """``module.COMMANDS[command](request)`` inside the agent (no new Python per call)."""
         return self._agent().request(timeout, op="call", module=module, command=command, request=request)["result"]
@@ -343,6 +339,8 @@ class VmGroup:
             "-device", "virtio-serial-pci,id=vser",
             "-chardev", f"socket,id=ctl,path={vmdir}/ctl.sock,server=on,wait=off",
             "-device", "virtserialport,bus=vser.0,chardev=ctl,name=sdn-netpol.ctl",
+            "-chardev", f"socket,id=ovs,path={vmdir}/relay.sock,server=on,wait=off",
+            "-device", "virtserialport,bus=vser.0,chardev=ovs,name=sdn-netpol.ovs",
             "-virtfs", f"local,path={REPO},mount_tag=project,security_model=none,readonly=on",
         ]
         if ip:

@@ -21,13 +21,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any, cast
 
+from sdn_netpol.debug import stats
+from sdn_netpol.debug.names import Names
+from sdn_netpol.debug.stats import Stats
 from sdn_netpol.lab.lab import ProbeReport
 from sdn_netpol.lab.probe import REACHABLE
 from sdn_netpol.lab.store import LabError, ObjectRef, Store, node_manifest, ref_of, with_pod_status
 from sdn_netpol.lab.vm import Vm, VmError, VmGroup
 from sdn_netpol.lab.vm import cleanup as vm_cleanup
 from sdn_netpol.lab.vmguest import WORKDIR as GUEST_WORKDIR
+from sdn_netpol.lab.vmovs import VmSwitch
 from sdn_netpol.model.objects import Protocol
+from sdn_netpol.ovs.dumpflows import DumpedFlow, parse_dump_flows
 from sdn_netpol.policy.matrix import Matrix, build_matrix
 from sdn_netpol.policy.state import ClusterState
 
@@ -104,18 +109,18 @@ class VmLab:
                      for i, n in enumerate(names, start=1)]
             self._each({n["name"]: ("node-up", {**n, "index": i, "nodes": nodes})
                         for i, n in enumerate(nodes, start=1)})
-            for node in nodes:
-                self.store.write(node_manifest(node["name"], node["address"], node["pod_cidr"]))
+            for spec in nodes:
+                self.store.write(node_manifest(spec["name"], spec["address"], spec["pod_cidr"]))
             pod_docs = [o for o in objects if o.get("kind") == "Pod"]
             placed = place(pod_docs, names)
             added = self._each({node: ("pods-add", {"pods": docs}) for node, docs in placed.items() if docs})
-            for node, got in added.items():
+            for name, got in added.items():
                 for pod in got:
-                    self.pods[pod["key"]] = VmPod(pod["key"], node, pod["ip"], pod["mac"], pod["netns"])
+                    self.pods[pod["key"]] = VmPod(pod["key"], name, pod["ip"], pod["mac"], pod["netns"])
             by_key = {ref_of(d).key: d for d in pod_docs}
             published = [with_pod_status(by_key[p.key], p.node, p.ip) for p in self.pods.values()]
             self.timings["nodes and pods"] = round(time.monotonic() - start - self.timings["boot"], 1)
-            self._change([*[o for o in objects if o.get("kind") != "Pod"], *published], ())
+            self._change([*[o for o in objects if o.get("kind") != "Pod"], *published], [])
         except BaseException:
             self.down()
             raise
@@ -144,7 +149,7 @@ class VmLab:
                     raise LabError(f"pod {key}: the kernel-datapath lab creates pods at `lab up` only")
                 doc = with_pod_status(doc, self.pods[key].node, self.pods[key].ip)
             docs.append(doc)
-        self._change(docs, ())
+        self._change(docs, [])
 
     def delete(self, refs: Iterable[ObjectRef]) -> None:
         refs = list(refs)
@@ -205,6 +210,21 @@ class VmLab:
                 for key, p in sorted(self.pods.items())}
         return {"workdir": str(self.workdir), "datapath": "kernel", "tunnel": "vxlan", "nodes": nodes,
                 "pods": pods, "external": []}
+
+    def stats(self) -> Stats:
+        """Every node's rule and isolation-drop counters (debug/stats.py), read now from the
+        VMs' switches after a revalidator round (as the netdev lab's `stats`)."""
+        names = Names.of(self.cluster())
+        parts = []
+        for node, vm in self.vms.items():
+            switch = VmSwitch(vm)
+            switch.appctl("revalidator/wait")
+
+            def dump(cookie: str | None, switch: VmSwitch = switch) -> list[DumpedFlow]:
+                return parse_dump_flows(switch.ofctl("--no-names", "dump-flows", "br-int", *filter(None, [cookie])))
+
+            parts.append(stats.read(node, dump, names))
+        return stats.merge(parts)
 
     def verify(self) -> dict[str, dict[str, Any]]:
         """Per node: every kernel megaflow against a fresh translation of its key."""

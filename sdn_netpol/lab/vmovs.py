@@ -4,7 +4,7 @@ Mirrors the parts of :class:`sdn_netpol.ovs.OvsInstance` and :class:`sdn_netpol.
 that the differential tests, the lab's debug commands and the pipeline checks use, so the
 same code drives a userspace OVS on the host or a kernel-datapath OVS in a VM. Bridges here
 are ``datapath_type=system``: the kernel's openvswitch module, nf_conntrack, kernel VXLAN.
-``ofproto/trace`` goes over one unixctl connection the agent keeps open in the guest.
+``ofproto/trace`` goes straight to the guest's ovs-vswitchd through the agent's byte relay.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from sdn_netpol.lab.vm import Vm
 from sdn_netpol.ovs.instance import OF_VERSION, BridgeCommands, OvsError
-from sdn_netpol.ovs.trace import TraceResult, parse_trace, trace_args
+from sdn_netpol.ovs.trace import TraceResult, UnixctlChannel, parse_trace, trace_args
 
 
 class VmSwitch(BridgeCommands):
@@ -43,22 +43,25 @@ class VmSwitch(BridgeCommands):
 
 
 class VmTracer:
-    """``ofproto/trace`` in the VM, like :class:`sdn_netpol.ovs.Tracer` on the host."""
+    """``ofproto/trace`` in the VM, like :class:`sdn_netpol.ovs.Tracer` on the host: JSON-RPC
+    straight to the guest's ovs-vswitchd over the agent's byte relay (``relay.sock``), one
+    connection kept open."""
 
-    def __init__(self, vm: Vm) -> None:
+    def __init__(self, vm: Vm, timeout: float = 60.0) -> None:
         self.vm = vm
+        self._channel = UnixctlChannel(str(vm.dir / "relay.sock"), timeout)
 
     def trace(self, bridge: str, flow: str, ct_next: Sequence[str] = ()) -> TraceResult:
         return parse_trace(self.call("ofproto/trace", *trace_args(bridge, flow, ct_next)), bridge)
 
     def call(self, command: str, *args: str) -> str:
-        error, result = self.vm.unixctl(command, args)
+        error, result = self._channel.transact(command, args)
         if error is not None:
             raise OvsError([f"{self.vm.name}:", "unixctl", command, *args], 2, error)
         return result
 
     def close(self) -> None:
-        """Nothing to close on the host: the agent owns the connection."""
+        self._channel.close()
 
     def __enter__(self) -> VmTracer:
         return self
