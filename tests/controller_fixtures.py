@@ -306,7 +306,8 @@ def write(path: Path, *docs: dict[str, Any]) -> None:
 
 
 def expected_flows(sw: Switch, state: ClusterState, nodes: tuple[NodeInfo, ...]) -> FlowSet:
-    placed = ClusterState.build(state.namespaces, place_pods(state.pods, nodes), state.policies)
+    placed = ClusterState.build(state.namespaces, place_pods(state.pods, nodes), state.policies, 0,
+                                state.cluster_policies)
     return compile_node(placed, sw.context(placed, nodes))
 
 

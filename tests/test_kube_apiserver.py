@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 
+from sdn_netpol.compiler.pipeline import Table
+from sdn_netpol.model.cluster_objects import CLUSTER_API_VERSIONS
 from tests.controller_fixtures import (
     NODE,
     Cluster,
@@ -86,15 +88,17 @@ class ApiCluster(Cluster):
             apply(self.kube.admin, doc)
             if doc["kind"] in ("Pod", "NetworkPolicy"):
                 self.created[(doc["kind"], doc["metadata"]["namespace"], doc["metadata"]["name"])] = None
+            elif doc["kind"] in CLUSTER_API_VERSIONS:  # cluster-scoped: deleted at the end of the test too
+                self.created[(doc["kind"], "", doc["metadata"]["name"])] = None
 
     def delete(self, kind: str, namespace: str, name: str) -> None:
-        delete(self.kube.admin, API_VERSIONS[kind], kind, namespace or None, name)
+        delete(self.kube.admin, {**API_VERSIONS, **CLUSTER_API_VERSIONS}[kind], kind, namespace or None, name)
         self.created.pop((kind, namespace, name), None)
 
     def docs(self) -> list[dict[str, Any]]:
         """Everything the controller watches, as the server has it now."""
         docs = []
-        for kind, api_version in API_VERSIONS.items():
+        for kind, api_version in {**API_VERSIONS, **CLUSTER_API_VERSIONS}.items():
             items = self.kube.admin.get(path_of(api_version, kind))["items"]
             docs += [{**item, "kind": kind, "apiVersion": api_version} for item in items]
         return docs
@@ -331,6 +335,26 @@ def test_changes_are_realized_exactly(sw: Switch, cluster: ApiCluster, ctl: Cont
     assert set(status["ports"]) == {f"{x}/a", f"{x}/b"}
     assert status["errors"]["source"] is None and status["invalid_objects"] == []
     assert restarts(ctl, "http_403") == 0
+
+
+def test_admin_policies_are_watched_and_realized_exactly(sw: Switch, cluster: ApiCluster, ctl: Controller) -> None:
+    """The three CRDs listed and watched by the ServiceAccount: each kind's objects reach the
+    tier tables, and their deletion takes the flows away again."""
+    seed(sw, cluster, "adm")
+    ctl.start()
+    converged(sw, cluster)
+    cluster.apply(cnp("adm-deny"))
+    converged(sw, cluster)
+    assert any(f.table == Table.INGRESS_ADMIN and f.match.value("conj_id") is not None for f in sw.flows())
+    cluster.apply(anp("adm-allow"), banp())
+    converged(sw, cluster)
+    assert {f.table for f in sw.flows()} >= {Table.EGRESS_BASELINE, Table.INGRESS_ADMIN, Table.EGRESS_ADMIN}
+    for kind, name in (("ClusterNetworkPolicy", "adm-deny"), ("AdminNetworkPolicy", "adm-allow"),
+                       ("BaselineAdminNetworkPolicy", "default")):
+        cluster.delete(kind, "", name)
+    converged(sw, cluster)
+    status = ctl.status()
+    assert status["errors"]["source"] is None and status["invalid_objects"] == []
 
 
 def test_a_watch_expired_by_an_etcd_compaction_relists_and_converges(sw: Switch, cluster: ApiCluster,
