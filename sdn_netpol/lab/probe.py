@@ -76,20 +76,22 @@ class _Run:
 
 
 def run_probes(probes: Iterable[Probe], protocol: str, port: int, timeout: float = TIMEOUT,
-               window: int = WINDOW, confirm: bool = True) -> dict[Probe, str]:
+               window: int = WINDOW, confirm: bool = True,
+               confirm_timeout: float | None = None) -> dict[Probe, str]:
     """Outcome of every probe; up to `window` of them run concurrently.
 
-    With `confirm`, every probe that got no answer is tried once more, with a new socket,
-    and only a second silence counts: a policy drop is certain, a packet lost in a burst
-    (the first probe of a big fresh lab resolves thousands of neighbours and megaflows at
-    once) is not. Costs one more timeout when something is denied.
+    With `confirm`, every probe that got no answer is tried once more, with a new socket
+    (for `confirm_timeout`, default `timeout`), and only a second silence counts: a policy
+    drop is certain, a packet lost in a burst (the first probe of a big fresh lab resolves
+    thousands of neighbours and megaflows at once) is not. Costs one more timeout when
+    something is denied.
     """
     _raise_fd_limit()
     outcomes = _pass(list(probes), protocol.upper(), port, timeout, window)
     if confirm:
         again = [p for p, o in outcomes.items() if o in ("timeout", "error")]
         if again:
-            outcomes.update(_pass(again, protocol.upper(), port, timeout, window))
+            outcomes.update(_pass(again, protocol.upper(), port, confirm_timeout or timeout, window))
     return outcomes
 
 
