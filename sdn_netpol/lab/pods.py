@@ -30,7 +30,10 @@ from sdn_netpol.model.objects import Pod
 CNI_PATH = "/usr/lib/cni"
 NETWORK = "sdn-netpol"
 POD_MTU = 1450  # tunnels on a 1500 underlay
-SERVER_READY_TIMEOUT = 15.0
+# A server that fails exits, and its closed pipe ends the wait at once; only a slow start
+# waits this long. Slow starts happen: Python importing the lab's modules in an emulated VM
+# (the kernel-datapath lab) on a host running two test suites took more than 15 s.
+SERVER_READY_TIMEOUT = 120.0
 CNI_TIMEOUT = 60.0
 
 
