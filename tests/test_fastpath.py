@@ -307,3 +307,42 @@ def test_the_table_walk_skips_the_rules_only_with_the_current_fingerprint() -> N
     assert stale.outputs == [server.ofport] and Table.INGRESS_RULE in stale.tables and stale.label == current
     closed = walk(flows, {**packet, "tp_dst": 81}, "+est+trk", ct_label=current ^ (1 << 64))
     assert closed.dropped
+
+
+def test_a_dual_stack_pod_is_stamped_per_family_and_fast_in_both() -> None:
+    state = build(pod("x/d", ["10.244.1.5", "fd00:10:244:1::5"], {"app": "server"}, node="node1"),
+                  _server_policy("[{protocol: TCP, port: 80}]"))
+    context = assign_ports(state, "node1")
+    flows = compile_node(state, context)
+    port = context.bindings[0].ofport
+    stamps = [f for f in flows if f.table in (Table.EGRESS_STAMP, Table.INGRESS_STAMP) and f.priority == 200]
+    assert sorted((f.table, f.match.value("dl_type")) for f in stamps) == [
+        (Table.EGRESS_STAMP, 0x0800), (Table.EGRESS_STAMP, 0x86DD),
+        (Table.INGRESS_STAMP, 0x0800), (Table.INGRESS_STAMP, 0x86DD)]
+    fast = [f for f in flows if f.table in (Table.EGRESS_FAST, Table.INGRESS_FAST) and f.priority == 200
+            and f.match.get("ct_label") is not None]
+    assert len(fast) == 2 and all(port in (f.match.value("in_port"), f.match.value("reg2")) for f in fast)
+
+
+ADMIN_DENY = """
+apiVersion: policy.networking.k8s.io/v1alpha1
+kind: AdminNetworkPolicy
+metadata: {name: deny-other}
+spec:
+  priority: 10
+  subject: {pods: {namespaceSelector: {}, podSelector: {matchLabels: {app: server}}}}
+  ingress:
+  - name: deny-other
+    action: Deny
+    from: [{pods: {namespaceSelector: {}, podSelector: {matchLabels: {app: other}}}}]
+"""
+
+
+def test_an_admin_policy_changes_only_its_subjects_fingerprints() -> None:
+    context = assign_ports(BASE, "node1")
+    ports = {str(b.pod): b.ofport for b in context.bindings}
+    before = fingerprints(compile_node(BASE, context), ports.values())
+    with_admin = cluster(_server_policy(ALLOWED), CLIENT_ISOLATED, ADMIN_DENY)
+    after = fingerprints(compile_node(with_admin, assign_ports(with_admin, "node1")), ports.values())
+    changed = {key for key in before if before[key] != after[key]}
+    assert changed == {("Ingress", ports["x/b"])}  # the Deny decides only the server's ingress
