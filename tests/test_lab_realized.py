@@ -180,6 +180,9 @@ UNRELATED_Z = netpol("z-unrelated", "z", {"podSelector": {"matchLabels": {"pod":
 CLIENTS_ONLY = {"namespaceSelector": {"matchLabels": {"ns": "x"}}, "podSelector": {"matchLabels": {"role": "client"}}}
 
 
+OPEN_X = egress("x-egress", [{}])  # whatever the test above left x's egress at
+
+
 def x_a(**labels: str) -> dict[str, Any]:
     return pod_manifest("x", "a", {"pod": "a", **labels}, SERVE)
 
@@ -242,7 +245,7 @@ def _undo(lab: Lab, tmp: Path, streams: list[Stream], docs: list[dict[str, Any]]
 
 def test_a_narrowed_allow_cuts_established_streams_within_one_realization(lab: Lab, tmp_path: Path) -> None:
     pods = lab.state().pods
-    _apply(lab, tmp_path, y_ingress(Y_INGRESS_PORTS))
+    _apply(lab, tmp_path, y_ingress(Y_INGRESS_PORTS), OPEN_X)
     streams = _streams_from_x_a(pods)
     try:
         # an unrelated policy changes no fingerprint of x/a or y: nothing is cut
@@ -256,17 +259,17 @@ def test_a_narrowed_allow_cuts_established_streams_within_one_realization(lab: L
             print(cut.describe())
             assert cut.first_drop <= cut.returned + 0.1, cut.describe()
     finally:
-        _undo(lab, tmp_path, streams, [y_ingress(Y_INGRESS_PORTS), UNRELATED_Z])
+        _undo(lab, tmp_path, streams, [y_ingress(Y_INGRESS_PORTS), UNRELATED_Z, OPEN_X])
 
 
 def test_a_pod_relabelled_out_of_the_peer_selector_loses_its_established_streams(lab: Lab, tmp_path: Path) -> None:
     pods = lab.state().pods
-    _apply(lab, tmp_path, y_ingress(Y_INGRESS_PORTS, CLIENTS_ONLY), x_a(role="client"))
+    _apply(lab, tmp_path, y_ingress(Y_INGRESS_PORTS, CLIENTS_ONLY), x_a(role="client"), OPEN_X)
     streams = _streams_from_x_a(pods)
     try:
         for cut in _cuts(lab, tmp_path, streams, x_a()):
             print(cut.describe())
             assert cut.first_drop <= cut.returned + 0.1, cut.describe()
     finally:
-        _undo(lab, tmp_path, streams, [y_ingress(Y_INGRESS_PORTS)])
+        _undo(lab, tmp_path, streams, [y_ingress(Y_INGRESS_PORTS), OPEN_X])
         _apply(lab, tmp_path, x_a())
