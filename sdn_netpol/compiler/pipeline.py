@@ -5,15 +5,18 @@ a real dump). Nothing here builds flows.
 
 Packet walk:
   Classifier → SpoofGuard → (ARP: ArpResponder; NS: NdpResponder → NdpAdvertisement)
-    → Conntrack → ConntrackState
-    → EgressAdmin → EgressRule → EgressDefault → EgressBaseline → L3Forwarding
-    → IngressAdmin → IngressRule → IngressDefault → IngressBaseline → Commit → Output
+    → Conntrack → ConntrackState → (established TCP/UDP: EgressFast)
+    → EgressAdmin → EgressRule → EgressDefault → EgressBaseline → L3Forwarding → IngressFast
+    → IngressAdmin → IngressRule → IngressDefault → IngressBaseline → Commit (→ EgressStamp,
+    IngressStamp) → Output
 The Admin and Baseline tiers of cluster-wide policies (compiler/admin_flows.py) wrap the
 NetworkPolicy tables: an Admin Allow skips to L3Forwarding/Commit, a Pass goes on to the
 NetworkPolicy table, and only packets no NetworkPolicy isolates reach the Baseline table.
 Replies and related packets skip both policy directions (reg3 bit 0); packets in the
-original direction of an established connection are checked again, so withdrawing an
-allow cuts the connection, and SCTP (tracked without ports by OVS 3.1) stays per-port.
+original direction of an established connection are checked again unless their ct_label
+still holds the pods' current verdict fingerprints (EgressFast/IngressFast, TCP and UDP
+only: compiler/fastpath.py), so withdrawing an allow cuts the connection, and SCTP
+(tracked without ports by OVS 3.1) stays per-port.
 """
 
 from __future__ import annotations
