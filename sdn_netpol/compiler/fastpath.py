@@ -177,26 +177,26 @@ class FingerprintIndex:
         entry = _entry(flow)
         if entry is None:
             return
-        copy = dirty is not None
+        copied = None if dirty is None else dirty.copied
         if entry.conj_id is not None:
-            _bump(self.verdicts, entry.conj_id, entry.text, sign, copy)
+            _bump(self.verdicts, entry.conj_id, entry.text, sign, copied)
             if dirty is not None:
                 dirty.conjunctions.add(entry.conj_id)
         elif entry.pod is not None:
             key = (entry.direction, entry.pod)
-            _bump(self.own, key, entry.text, sign, copy)
+            _bump(self.own, key, entry.text, sign, copied)
             for cid, _ in entry.clauses:
-                _bump(self.own_ids, key, cid, sign, copy)
-                _bump(self.members, cid, key, sign, copy)
+                _bump(self.own_ids, key, cid, sign, copied)
+                _bump(self.members, cid, key, sign, copied)
             if dirty is not None:
                 dirty.pods.add(key)
         elif entry.clauses:
             for cid, text in entry.clauses:
-                _bump(self.clauses, cid, text, sign, copy)
+                _bump(self.clauses, cid, text, sign, copied)
                 if dirty is not None:
                     dirty.conjunctions.add(cid)
         else:
-            _bump(self.shared, entry.direction, entry.text, sign, copy)
+            _bump(self.shared, entry.direction, entry.text, sign, copied)
             if dirty is not None:
                 dirty.shared.add(entry.direction)
 
@@ -223,12 +223,20 @@ class _Dirty:
     pods: set[_Key] = field(default_factory=set)
     conjunctions: set[int] = field(default_factory=set)
     shared: set[str] = field(default_factory=set)
+    copied: set[int] = field(default_factory=set)  # ids of inner maps this update made (its own)
 
 
-def _bump(table: dict[Any, dict[Any, int]], key: Any, item: Any, sign: int, copy: bool) -> None:
-    """table[key][item] += sign, dropping zeros; with `copy`, table[key] is replaced by a copy."""
+def _bump(table: dict[Any, dict[Any, int]], key: Any, item: Any, sign: int, copied: set[int] | None) -> None:
+    """table[key][item] += sign, dropping zeros. With `copied` (an update), an inner map not
+    made by this update is replaced by a copy first, so the previous index keeps its own."""
     inner = table.get(key)
-    inner = {} if inner is None else (dict(inner) if copy else inner)
+    if inner is None:
+        inner = {}
+        if copied is not None:
+            copied.add(id(inner))
+    elif copied is not None and id(inner) not in copied:
+        inner = dict(inner)
+        copied.add(id(inner))
     count = inner.get(item, 0) + sign
     if count:
         inner[item] = count
@@ -241,11 +249,7 @@ def _bump(table: dict[Any, dict[Any, int]], key: Any, item: Any, sign: int, copy
 
 
 def _digest(texts: Iterable[str]) -> bytes:
-    h = hashlib.blake2b(digest_size=16, person=_PERSON)
-    for text in texts:
-        h.update(text.encode())
-        h.update(b"\n")
-    return h.digest()
+    return hashlib.blake2b("".join(f"{text}\n" for text in texts).encode(), digest_size=16, person=_PERSON).digest()
 
 
 def fastpath_flows(node: NodeContext, prints: Mapping[tuple[str, int], int]) -> Iterator[Flow]:
