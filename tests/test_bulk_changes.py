@@ -1,0 +1,189 @@
+"""Bulk changes through the folder source (issue 17.4): what makes `lab apply` of 1,000
+policies cheap must not change what the controller enforces.
+
+- the folder walk lists exactly what `manifest_files` lists;
+- a folder being written is read once the writing pauses (or after `max_settle`), and a
+  file whose content is trusted is not read again on every poll;
+- a folder reload patches the store's last state instead of rebuilding it, and the patched
+  state equals a full build;
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from sdn_netpol.controller.sources.directory import DirectorySource, folder_version, read_folder, scan
+from sdn_netpol.controller.store import _MAX_PATCH, Store
+from sdn_netpol.inputs.manifests import manifest_files
+from sdn_netpol.model.parse import Document, parse_documents
+from sdn_netpol.policy.state import ClusterState
+from tests.controller_fixtures import namespace_manifest, pod_manifest, policy_manifest, write
+
+
+def age(root: Path, seconds: float) -> None:
+    """Every file and folder under root (root too) last modified `seconds` ago."""
+    when = time.time_ns() - int(seconds * 1e9)
+    for path in [root, *root.rglob("*")]:
+        os.utime(path, ns=(when, when), follow_symlinks=False)
+
+
+# ---- the walk ---------------------------------------------------------------------------
+
+
+def test_scan_lists_exactly_the_manifest_files(tmp_path: Path) -> None:
+    root = tmp_path / "m"
+    (root / "sub" / "deeper").mkdir(parents=True)
+    (root / ".hidden").mkdir()
+    for rel in ("a.yaml", "b.yml", "c.json", "d.txt", ".e.yaml", ".f.yaml.tmp", "sub/g.yaml", "sub/deeper/h.json",
+                ".hidden/i.yaml", "sub/.yaml", "a-b.yaml"):
+        (root / rel).write_text("{}")
+    (root / "dir.yaml").mkdir()  # a folder named like a manifest
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "o.yaml").write_text("{}")
+    (root / "linked-dir").symlink_to(outside)  # not descended into, as rglob does not
+    (root / "linked.yaml").symlink_to(root / "a.yaml")  # a symlink to a file is a file
+    (root / "dangling.yaml").symlink_to(tmp_path / "nothing")
+    expected = sorted(p.relative_to(root).as_posix() for p in manifest_files(root))
+    assert [rel for rel, _, _ in scan(root).files] == expected
+    assert "linked.yaml" in expected and "sub/deeper/h.json" in expected and "linked-dir/o.yaml" not in expected
+    assert [rel for rel, _, _ in scan(root / "sub" / "g.yaml").files] == ["g.yaml"]
+    assert read_folder(root).version == folder_version(root)
+
+
+# ---- settling and trusted reads ---------------------------------------------------------
+
+
+def test_a_folder_being_written_is_read_once_the_writing_pauses(tmp_path: Path) -> None:
+    store = Store()
+    source = DirectorySource(tmp_path, store, lambda _m: None, settle=30.0, max_settle=3600.0)
+    write(tmp_path / "ns.yaml", namespace_manifest("x"))
+    write(tmp_path / "p.yaml", policy_manifest("x", "db", "db", {"app": "web"}))
+    assert source.step() > 0, "written just now: the writer may not be done"
+    assert store.generation == 0 and not store.snapshot().synced
+    age(tmp_path, 60)
+    assert source.step() == source.poll_interval
+    assert [p.name for p in store.snapshot().state.policies] == ["db"]
+    generation = store.generation
+    (tmp_path / "p.yaml").unlink()  # a delete changes the folder's mtime: settling again
+    assert source.step() > 0 and store.generation == generation
+    age(tmp_path, 60)
+    source.step()
+    assert store.snapshot().state.policies == ()
+
+
+def test_a_writer_that_never_pauses_is_read_after_max_settle(tmp_path: Path) -> None:
+    store = Store()
+    source = DirectorySource(tmp_path, store, lambda _m: None, settle=30.0, max_settle=0.2)
+    write(tmp_path / "ns.yaml", namespace_manifest("x"))
+    assert source.step() > 0
+    time.sleep(0.25)
+    source.step()
+    assert [n.name for n in store.snapshot().state.namespaces] == ["x"]
+
+
+def test_poll_reads_at_once_and_an_unchanged_folder_costs_no_new_version(tmp_path: Path) -> None:
+    store = Store()
+    source = DirectorySource(tmp_path, store, lambda _m: None, settle=30.0)
+    write(tmp_path / "ns.yaml", namespace_manifest("x"))
+    assert source.poll(), "poll() itself never waits"
+    generation = store.generation
+    write(tmp_path / "ns.yaml", namespace_manifest("x"))  # the same bytes again (new mtime, new inode)
+    assert not source.poll()
+    assert store.generation == generation
+
+
+def test_a_trusted_file_is_not_read_again(tmp_path: Path) -> None:
+    """Read two seconds or more after its mtime, a file's content is trusted as long as its
+    (mtime, size, inode) stay; a later write changes them (tests/test_controller_units.py:
+    within one mtime tick of the read, a same-size rewrite is still seen)."""
+    store = Store()
+    source = DirectorySource(tmp_path, store, lambda _m: None)
+    path = tmp_path / "n.yaml"
+    path.write_text("kind: Namespace\nmetadata: {name: aa}\n")
+    age(tmp_path, 10)
+    assert source.poll()
+    stat = path.stat()
+    path.write_text("kind: Namespace\nmetadata: {name: bb}\n")
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # same key: nothing says it changed
+    assert not source.poll()
+    assert [n.name for n in store.snapshot().state.namespaces] == ["aa"]
+    path.write_text("kind: Namespace\nmetadata: {name: cc}\n")  # a real write: a new mtime
+    assert source.poll()
+    assert [n.name for n in store.snapshot().state.namespaces] == ["cc"]
+
+
+# ---- folder reloads patch the snapshot --------------------------------------------------
+
+
+def folder_state(root: Path) -> ClusterState:
+    """What a fresh controller builds from the folder (no earlier state)."""
+    store = Store()
+    DirectorySource(root, store, lambda _m: None).poll()
+    return store.snapshot().state
+
+
+def manifests(policies: int, relabel: bool = False) -> dict[str, dict[str, Any]]:
+    files = {"ns-x.yaml": namespace_manifest("x"), "ns-y.yaml": namespace_manifest("y")}
+    for i in range(6):
+        labels = {"app": "db" if i % 2 else "web"} | ({"tier": "new"} if relabel and i == 3 else {})
+        files[f"pod-{i}.yaml"] = pod_manifest("xy"[i % 2], f"p{i}", f"10.0.0.{i + 1}", **labels)
+    for i in range(policies):
+        files[f"pol-{i:04d}.yaml"] = policy_manifest("xy"[i % 2], f"pol{i}", "db", {"app": "web"})
+    return files
+
+
+def put(root: Path, files: dict[str, dict[str, Any]]) -> None:
+    for old in root.glob("*.yaml"):
+        if old.name not in files:
+            old.unlink()
+    for name, body in files.items():
+        write(root / name, body)
+
+
+@pytest.mark.parametrize("change", ["add", "delete", "relabel", "modify"])
+def test_a_folder_reload_patches_the_last_state_and_equals_a_full_build(tmp_path: Path, change: str) -> None:
+    store = Store()
+    source = DirectorySource(tmp_path, store, lambda _m: None)
+    files = manifests(20)
+    put(tmp_path, files)
+    source.poll()
+    first = store.snapshot().state
+    if change == "add":
+        files = manifests(25)
+    elif change == "delete":
+        files = manifests(12)
+    elif change == "relabel":
+        files = manifests(20, relabel=True)
+    else:
+        files["pol-0003.yaml"] = policy_manifest("y", "pol3", "web", {"app": "db"})
+    put(tmp_path, files)
+    assert source.poll()
+    state = store.snapshot().state
+    assert state.patched_from(first) is not None, "patched from the last state, not rebuilt"
+    assert state == folder_state(tmp_path)
+    assert set(state.policies) == set(parse_documents(
+        Document(str(p), yaml.safe_load(p.read_text())) for p in sorted(tmp_path.glob("pol-*.yaml"))).policies)
+
+
+def test_a_namespace_change_or_a_bulk_reload_builds_the_state_in_full(tmp_path: Path) -> None:
+    store = Store()
+    source = DirectorySource(tmp_path, store, lambda _m: None)
+    put(tmp_path, manifests(3))
+    source.poll()
+    first = store.snapshot().state
+    write(tmp_path / "ns-z.yaml", namespace_manifest("z"))
+    assert source.poll()
+    second = store.snapshot().state
+    assert second.patched_from(first) is None and second == folder_state(tmp_path)
+    put(tmp_path, manifests(_MAX_PATCH + 10) | {"ns-z.yaml": namespace_manifest("z")})
+    assert source.poll()
+    third = store.snapshot().state
+    assert third.patched_from(second) is None and third == folder_state(tmp_path)
+    assert len(third.policies) == _MAX_PATCH + 10
