@@ -6,10 +6,14 @@ policies cheap must not change what the controller enforces.
   file whose content is trusted is not read again on every poll;
 - a folder reload patches the store's last state instead of rebuilding it, and the patched
   state equals a full build;
+- the lab's manifests are JSON when JSON holds the object exactly (YAML otherwise), read
+  back as the same object by the lab and the controller, and an unchanged object is not
+  rewritten.
 """
 
 from __future__ import annotations
 
+import datetime
 import os
 import time
 from pathlib import Path
@@ -18,9 +22,11 @@ from typing import Any
 import pytest
 import yaml
 
-from sdn_netpol.controller.sources.directory import DirectorySource, folder_version, read_folder, scan
+from sdn_netpol.controller.sources.directory import DirectorySource, folder_version, load, read_folder, scan
 from sdn_netpol.controller.store import _MAX_PATCH, Store
-from sdn_netpol.inputs.manifests import manifest_files
+from sdn_netpol.inputs.manifests import decode_documents, manifest_files
+from sdn_netpol.lab.store import Store as LabStore
+from sdn_netpol.lab.store import ref_of
 from sdn_netpol.model.parse import Document, parse_documents
 from sdn_netpol.policy.state import ClusterState
 from tests.controller_fixtures import namespace_manifest, pod_manifest, policy_manifest, write
@@ -187,3 +193,44 @@ def test_a_namespace_change_or_a_bulk_reload_builds_the_state_in_full(tmp_path: 
     third = store.snapshot().state
     assert third.patched_from(second) is None and third == folder_state(tmp_path)
     assert len(third.policies) == _MAX_PATCH + 10
+
+
+# ---- the lab's manifests ----------------------------------------------------------------
+
+
+def test_lab_manifests_are_json_read_back_exactly_and_not_rewritten_unchanged(tmp_path: Path) -> None:
+    store = LabStore(tmp_path / "manifests")
+    policy = policy_manifest("x", "db", "db", {"app": "web"})
+    policy["metadata"]["annotations"] = {"note": "caf\u00e9 \u2028 \x85 \x7f \\/ \"\b\f", "quoted": "yes", "n": "null"}
+    dated = pod_manifest("x", "a", "10.0.0.1")
+    dated["metadata"]["annotations"] = {"built": datetime.date(2026, 12, 4)}  # what YAML makes of 2026-12-04
+    int_keys = namespace_manifest("y")
+    int_keys["metadata"]["labels"] = {80: "x"}  # YAML allows it; JSON would turn it into "80"
+    floating = policy_manifest("z", "f", "db", None)
+    floating["metadata"]["annotations"] = {"ratio": 1e100}  # JSON's 1e+100 is a string to YAML 1.1
+    astral = namespace_manifest("w")
+    astral["metadata"]["annotations"] = {"face": "\U0001f600"}  # JSON: a surrogate pair, two characters to YAML
+    bodies = (policy, dated, int_keys, floating, astral)
+    for body in bodies:
+        store.write(body)
+    files = {ref_of(b): tmp_path / "manifests" / ref_of(b).filename for b in bodies}
+    assert files[ref_of(policy)].read_text().startswith("{")
+    for body in bodies[1:]:
+        assert not files[ref_of(body)].read_text().startswith("{"), body
+    for body in bodies:
+        path = files[ref_of(body)]
+        assert store.get(ref_of(body)) == body
+        (doc,) = decode_documents(str(path), path.read_text())  # as the controller decodes it
+        assert doc.body == body
+        assert yaml.safe_load(path.read_text()) == body  # and as any YAML reader does
+    stat = files[ref_of(policy)].stat()
+    version = folder_version(tmp_path / "manifests")
+    store.write(policy)
+    again = files[ref_of(policy)].stat()
+    assert (again.st_ino, again.st_mtime_ns) == (stat.st_ino, stat.st_mtime_ns)
+    assert folder_version(tmp_path / "manifests") == version
+    policy["spec"]["podSelector"] = {"matchLabels": {"app": "other"}}
+    store.write(policy)
+    assert folder_version(tmp_path / "manifests") != version
+    loaded = load(str(tmp_path), read_folder(tmp_path / "manifests"), {})
+    assert ("NetworkPolicy", "x", "db") in loaded.objects

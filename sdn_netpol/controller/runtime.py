@@ -139,7 +139,7 @@ class _ThreadProfiles:
         profile.enable()  # replaces this hook in this thread
 
     def write(self) -> None:
-        threading.setprofile(None)  # type: ignore[arg-type]
+        threading.setprofile(None)
         with self._lock:
             profiles = list(self.profiles)
         stats: pstats.Stats | None = None
