@@ -8,7 +8,9 @@ policies cheap must not change what the controller enforces.
   state equals a full build;
 - the lab's manifests are JSON when JSON holds the object exactly (YAML otherwise), read
   back as the same object by the lab and the controller, and an unchanged object is not
-  rewritten.
+  rewritten;
+- YAML read through libyaml is exactly what the pure-Python loader reads (values, and the
+  error messages of what it refuses).
 """
 
 from __future__ import annotations
@@ -16,20 +18,25 @@ from __future__ import annotations
 import datetime
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 import yaml
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from sdn_netpol.controller.sources.directory import DirectorySource, folder_version, load, read_folder, scan
 from sdn_netpol.controller.store import _MAX_PATCH, Store
-from sdn_netpol.inputs.manifests import decode_documents, manifest_files
+from sdn_netpol.inputs.manifests import ManifestError, decode_documents, load_yaml_all, manifest_files
 from sdn_netpol.lab.store import Store as LabStore
 from sdn_netpol.lab.store import ref_of
 from sdn_netpol.model.parse import Document, parse_documents
 from sdn_netpol.policy.state import ClusterState
 from tests.controller_fixtures import namespace_manifest, pod_manifest, policy_manifest, write
+from tests.strategies import VALID_MANIFESTS, deep_nesting, hostile_bytes, hostile_junk, mutated_manifests
 
 
 def age(root: Path, seconds: float) -> None:
@@ -234,3 +241,44 @@ def test_lab_manifests_are_json_read_back_exactly_and_not_rewritten_unchanged(tm
     assert folder_version(tmp_path / "manifests") != version
     loaded = load(str(tmp_path), read_folder(tmp_path / "manifests"), {})
     assert ("NetworkPolicy", "x", "db") in loaded.objects
+
+
+# ---- YAML through libyaml ---------------------------------------------------------------
+
+
+def outcome(load: Callable[[], list[Any]]) -> tuple[str, Any]:
+    try:
+        return "ok", load()
+    except ManifestError as exc:
+        return "error", str(exc)
+
+
+def pure_python(text: str) -> list[Any]:
+    """What load_yaml_all returned before libyaml: yaml.safe_load_all, errors as ManifestError."""
+    with mock.patch("sdn_netpol.inputs.manifests._C_LOADER", None):
+        return load_yaml_all("f.yaml", text)
+
+
+yaml_texts = st.lists(st.sampled_from(VALID_MANIFESTS) | mutated_manifests(hostile_junk) | hostile_junk,
+                      max_size=3).map(lambda docs: yaml.safe_dump_all(docs).encode("utf-8", "surrogatepass")).flatmap(
+                          hostile_bytes)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@given(yaml_texts)
+@example(deep_nesting(1_000, json_style=False))
+@example(deep_nesting(600, json_style=False))  # libyaml reads it, the pure-Python parser gives up
+@example(b"a: &x [1, *x]\nb: *x\n")  # recursive alias
+@example(b"a: &a [x, x]\nb: &b [*a, *a]\nc: &c [*b, *b]\nd: [*c, *c]\n")
+@example(b"k: \xc2\x85v\nq: \xef\xbf\xbe\n")  # NEL, and a non-character refused by both
+@example(b"%YAML 1.2\n---\na: 1\n")
+@example(b"a: 1\n\tb: 2\n")
+@example("emoji: \U0001f600\nlist: !!set {a, b}\nd: 2026-12-04\nf: 1e3\nm: !!omap [a: 1]\n".encode())
+def test_yaml_through_libyaml_reads_exactly_what_the_pure_python_loader_reads(data: bytes) -> None:
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return  # refused before any YAML parser sees it
+    fast = outcome(lambda: load_yaml_all("f.yaml", text))
+    slow = outcome(lambda: pure_python(text))
+    assert repr(fast) == repr(slow)  # repr: types shown, and a recursive alias compares without recursing
