@@ -58,6 +58,7 @@ class Listing:
 
     files: tuple[tuple[str, str, StatKey], ...]  # (relative posix path, path, key)
     newest_ns: int
+    folders: tuple[str, ...] = ()  # the folder and its sub-folders (a file: none)
 
     @property
     def signature(self) -> tuple[tuple[str, StatKey], ...]:
@@ -82,8 +83,10 @@ def scan(path: str | Path) -> Listing:
             raise ManifestError(f"{root}: no such file or directory")
         return Listing(((os.path.basename(root), root, (st.st_mtime_ns, st.st_size, st.st_ino)),), st.st_mtime_ns)
     folders = [(root, "", st.st_mtime_ns)]
+    walked = []
     while folders:
         folder, prefix, mtime = folders.pop()
+        walked.append(folder)
         newest = max(newest, mtime)
         try:
             with os.scandir(folder) as entries:
@@ -114,7 +117,18 @@ def scan(path: str | Path) -> Listing:
                 files.append((rel, entry.path, (st.st_mtime_ns, st.st_size, st.st_ino)))
                 newest = max(newest, st.st_mtime_ns)
     files.sort()
-    return Listing(tuple(files), newest)
+    return Listing(tuple(files), newest, tuple(walked))
+
+
+def newest_folder_mtime(folders: tuple[str, ...]) -> int:
+    """The newest mtime of these folders (a create, rename or delete in one changes it)."""
+    newest = 0
+    for folder in folders:
+        try:
+            newest = max(newest, os.stat(folder).st_mtime_ns)
+        except OSError:
+            continue
+    return newest
 
 
 @dataclass(frozen=True)
@@ -250,6 +264,7 @@ class DirectorySource(Worker):
         self._version: str | None = None
         self._signature: tuple[tuple[str, StatKey], ...] | None = None
         self._settling_since: float | None = None  # time.monotonic() the unsettled change was first seen
+        self._folders: tuple[str, ...] = ()
         super().__init__()
 
     def run(self) -> None:
@@ -265,18 +280,24 @@ class DirectorySource(Worker):
 
     def step(self) -> float:
         """One look at the folder (the worker's loop): read it if it changed and the writing
-        has paused; returns the seconds until the next look."""
+        has paused; returns the seconds until the next look. While a writer is at work, a
+        look is a stat of the folders only (each file it puts there changes one)."""
+        if self._settling_since is not None and self._folders:
+            wait = self._wait(newest_folder_mtime(self._folders))
+            if wait > 0:
+                return wait
         listing = scan(self.path)
-        wait = self.unsettled(listing) if listing.signature != self._signature else 0.0
+        self._folders = listing.folders
+        wait = self._wait(listing.newest_ns) if listing.signature != self._signature else 0.0
         if wait > 0:
             return wait
         self._settling_since = None
         self._poll(listing)
         return self.poll_interval
 
-    def unsettled(self, listing: Listing) -> float:
-        """Seconds to wait before reading this changed listing (0: read it now)."""
-        quiet = (time.time_ns() - listing.newest_ns) / 1e9
+    def _wait(self, newest_ns: int) -> float:
+        """Seconds to wait before reading a changed folder whose newest mtime is this (0: read it now)."""
+        quiet = (time.time_ns() - newest_ns) / 1e9
         if quiet >= self.settle:
             return 0.0
         now = time.monotonic()
