@@ -219,7 +219,8 @@ def test_lab_manifests_are_json_read_back_exactly_and_not_rewritten_unchanged(tm
     astral["metadata"]["annotations"] = {"face": "\U0001f600"}  # JSON: a surrogate pair, two characters to YAML
     bodies = (policy, dated, int_keys, floating, astral)
     for body in bodies:
-        store.write(body)
+        assert store.write(body) is False, "a new object"
+        assert store.write(body) is True, "it existed"
     files = {ref_of(b): tmp_path / "manifests" / ref_of(b).filename for b in bodies}
     assert files[ref_of(policy)].read_text().startswith("{")
     for body in bodies[1:]:
@@ -232,7 +233,7 @@ def test_lab_manifests_are_json_read_back_exactly_and_not_rewritten_unchanged(tm
         assert yaml.safe_load(path.read_text()) == body  # and as any YAML reader does
     stat = files[ref_of(policy)].stat()
     version = folder_version(tmp_path / "manifests")
-    store.write(policy)
+    assert store.write(policy)
     again = files[ref_of(policy)].stat()
     assert (again.st_ino, again.st_mtime_ns) == (stat.st_ino, stat.st_mtime_ns)
     assert folder_version(tmp_path / "manifests") == version

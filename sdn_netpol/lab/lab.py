@@ -229,11 +229,11 @@ class Lab:
                 if ref.kind == "Pod" and ref.key not in state.pods:
                     new.append((_parsed_pod(body), body))
                     continue
-                existed = store.get(ref) is not None
                 if ref.kind == "Pod":
+                    existed = store.get(ref) is not None
                     self._update_pod(state, state.pods[ref.key], body)
                 else:
-                    store.write(body)
+                    existed = store.write(body)
                 done.append(f"{ref} {'configured' if existed else 'created'}")
             if new:
                 load = {n.name: sum(p.node == n.name for p in state.pods.values()) for n in state.nodes}

@@ -100,22 +100,28 @@ class Store:
 
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
+        self._made = False  # the folder exists (made or seen by this store)
 
-    def write(self, body: dict[str, Any]) -> None:
+    def write(self, body: dict[str, Any]) -> bool:
+        """Write the object's file; True if it held an object before (`get` was not None)."""
         ref = ref_of(body)
         target = self.folder / ref.filename
         data = encode(body).encode()
         try:
-            if target.read_bytes() == data:
-                return  # same bytes: same folder version, nothing for a controller to notice
+            old = target.read_bytes()
         except FileNotFoundError:
-            if not self.folder.is_dir():
+            old = None
+            if not self._made:
                 self.folder.mkdir(parents=True, exist_ok=True)
         except OSError:
-            pass
+            old = b""
+        self._made = True
+        if old == data:
+            return True  # same bytes (an object): same folder version, nothing for a controller to notice
         tmp = self.folder / f".{ref.filename}.tmp"
         tmp.write_bytes(data)
         os.replace(tmp, target)
+        return old is not None and isinstance(_decoded(old), dict)
 
     def remove(self, ref: ObjectRef) -> bool:
         try:
@@ -138,8 +144,8 @@ class Store:
     @staticmethod
     def get_file(file: Path) -> dict[str, Any] | None:
         try:
-            body = decode(file.read_text())
-        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            body = _decoded(file.read_bytes())
+        except OSError:
             return None
         return body if isinstance(body, dict) else None
 
@@ -181,6 +187,14 @@ def decode(text: str) -> Any:
         except json.JSONDecodeError:
             pass
     return yaml.safe_load(text)
+
+
+def _decoded(data: bytes) -> Any:
+    """`decode` of a file's bytes; None if they are not an object's text."""
+    try:
+        return decode(data.decode())
+    except (UnicodeDecodeError, yaml.YAMLError):
+        return None
 
 
 def node_manifest(name: str, address: str, pod_cidr: str | Sequence[str]) -> dict[str, Any]:
