@@ -10,13 +10,16 @@ policies cheap must not change what the controller enforces.
   back as the same object by the lab and the controller, and an unchanged object is not
   rewritten;
 - YAML read through libyaml is exactly what the pure-Python loader reads (values, and the
-  error messages of what it refuses).
+  error messages of what it refuses);
+- /status answers the board as it is at each request (its text is reused while unchanged).
 """
 
 from __future__ import annotations
 
 import datetime
+import json
 import os
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +31,8 @@ import yaml
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from sdn_netpol.controller import status
+from sdn_netpol.controller.metrics import Metrics
 from sdn_netpol.controller.sources.directory import DirectorySource, folder_version, load, read_folder, scan
 from sdn_netpol.controller.store import _MAX_PATCH, Store
 from sdn_netpol.inputs.manifests import ManifestError, decode_documents, load_yaml_all, manifest_files
@@ -283,3 +288,40 @@ def test_yaml_through_libyaml_reads_exactly_what_the_pure_python_loader_reads(da
     fast = outcome(lambda: load_yaml_all("f.yaml", text))
     slow = outcome(lambda: pure_python(text))
     assert repr(fast) == repr(slow)  # repr: types shown, and a recursive alias compares without recursing
+
+
+# ---- /status while lab apply asks every 50 ms -------------------------------------------
+
+
+def get_status(sock: Path) -> bytes:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+        client.settimeout(5)
+        client.connect(str(sock))
+        client.sendall(b"GET /status HTTP/1.0\r\n\r\n")
+        chunks = []
+        while data := client.recv(65536):
+            chunks.append(data)
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    assert b" 200 " in head.split(b"\r\n")[0]
+    return body
+
+
+def test_status_answers_the_board_as_it_is_at_each_request(tmp_path: Path) -> None:
+    policies = {f"x/p{i}": (3, False) for i in range(1000)}
+    generation = [3]
+    board = status.StatusBoard("n1", "dir:/m", desired=lambda: generation[0], policies=lambda: dict(policies))
+    sock = tmp_path / "status.sock"
+    status.serve(f"unix:{sock}", board, Metrics(), lambda: True)
+    first = get_status(sock)
+    assert first == json.dumps(board.to_json(), indent=1).encode() + b"\n"
+    assert get_status(sock) == first
+    board.set_realized(status.Realized(3, "sha256:v", 1.0, {0: 5}, {"x/a": 1}, ()), 5)
+    realized = json.loads(get_status(sock))["nodes"]["n1"]
+    assert realized["realized_generation"] == 3 and realized["policies"]["x/p7"]["realized"] is True
+    policies["x/p7"] = (4, False)
+    generation[0] = 4
+    board.report("source", "broken")
+    after = json.loads(get_status(sock))["nodes"]["n1"]
+    assert after["desired_generation"] == 4 and after["policies"]["x/p7"]["realized"] is False
+    assert after["last_error"] == "source: broken"
+    assert get_status(sock) == json.dumps(board.to_json(), indent=1).encode() + b"\n"
