@@ -137,6 +137,28 @@ def test_a_trusted_file_is_not_read_again(tmp_path: Path) -> None:
     assert [n.name for n in store.snapshot().state.namespaces] == ["cc"]
 
 
+def test_a_whole_second_mtime_stays_racy_for_two_seconds(tmp_path: Path) -> None:
+    """A filesystem that keeps whole seconds (or FAT's two) can give a rewrite half a second
+    later the same mtime: such a file is read again until two seconds have passed; one with
+    sub-second digits only for 0.1 s (racy_ns)."""
+    store = Store()
+    source = DirectorySource(tmp_path, store, lambda _m: None)
+    coarse, fine = tmp_path / "coarse.yaml", tmp_path / "fine.yaml"
+    coarse.write_text("kind: Namespace\nmetadata: {name: aa}\n")
+    fine.write_text("kind: Namespace\nmetadata: {name: xx}\n")
+    second = (time.time_ns() // 1_000_000_000 - 1) * 1_000_000_000  # a whole second, 1-2 s ago
+    os.utime(coarse, ns=(second, second))
+    sub = time.time_ns() - 500_000_000 + 123_457  # half a second ago, sub-second digits
+    os.utime(fine, ns=(sub, sub))
+    assert source.poll()
+    for path, name in ((coarse, "bb"), (fine, "yy")):
+        path.write_text(f"kind: Namespace\nmetadata: {{name: {name}}}\n")  # same size
+    os.utime(coarse, ns=(second, second))
+    os.utime(fine, ns=(sub, sub))
+    assert source.poll()
+    assert [n.name for n in store.snapshot().state.namespaces] == ["bb", "xx"]
+
+
 # ---- folder reloads patch the snapshot --------------------------------------------------
 
 

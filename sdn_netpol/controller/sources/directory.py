@@ -9,8 +9,10 @@ again and again, so two rules keep enforcement steady while a user edits it:
 
 The folder is polled (one `scandir` walk and a stat of every file; a file is re-read when
 its stat changed, and also while it is "racily clean" as git says: its content is trusted
-only once it was read at least a couple of seconds after its mtime) rather than watched with
-inotify: it works on every filesystem and costs little at folder sizes.
+only once it was read long enough after its mtime that a later write must carry a later
+mtime: two seconds where mtimes are whole seconds, 0.1 s where they have sub-second digits)
+rather than watched with inotify: it works on every filesystem and costs little at folder
+sizes.
 
 A folder being written is read once the writing pauses: the worker waits until the newest
 mtime of the files and folders is `settle` seconds old (at most `max_settle` after it first
@@ -44,9 +46,22 @@ from sdn_netpol.model.parse import ObjectKey, flatten
 
 LOG = logging.getLogger(__name__)
 RACY_SECONDS = 2.0  # an mtime this recent may hide a same-size rewrite in the same tick
+FINE_RACY_SECONDS = 0.1  # the same where mtimes have sub-second digits (the kernel's coarse clock ticks ≤ 10 ms)
 SETTLE_SECONDS = 0.05  # a folder changed this recently is being written: wait for the writer to pause
 MAX_SETTLE_SECONDS = 1.0  # but never longer than this after the change was seen (a writer that never pauses)
 _RACY_NS = int(RACY_SECONDS * 1e9)
+
+
+def racy_ns(mtime_ns: int) -> int:
+    """How long after `mtime_ns` a same-size rewrite could still carry the same mtime: two
+    seconds for a whole-second mtime (a filesystem keeping seconds, or FAT's two), else twice
+    the granularity its trailing zeros show, at least FINE_RACY_SECONDS."""
+    if mtime_ns % 1_000_000_000 == 0:
+        return _RACY_NS
+    granularity = 1
+    while mtime_ns % (granularity * 10) == 0:
+        granularity *= 10
+    return max(int(FINE_RACY_SECONDS * 1e9), 2 * granularity)
 
 StatKey = tuple[int, int, int]  # mtime_ns, size, inode
 
@@ -242,7 +257,7 @@ def _entry(source: str, body: Any) -> Entry | None:
 class _Read:
     key: StatKey
     data: bytes
-    trusted: bool  # read RACY_SECONDS or more after its mtime: a later change must change the key
+    trusted: bool  # read racy_ns(mtime) or more after its mtime: a later change must change the key
 
 
 class DirectorySource(Worker):
@@ -345,7 +360,7 @@ class DirectorySource(Worker):
                 data = _read(file)
                 if data is None:
                     continue
-                known = _Read(key, data, read_at >= key[0] + _RACY_NS)
+                known = _Read(key, data, read_at >= key[0] + racy_ns(key[0]))
             reads[rel] = known
             files.append((rel, known.data))
         self._reads = reads
