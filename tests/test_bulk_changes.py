@@ -59,7 +59,7 @@ def test_scan_lists_exactly_the_manifest_files(tmp_path: Path) -> None:
     (root / "sub" / "deeper").mkdir(parents=True)
     (root / ".hidden").mkdir()
     for rel in ("a.yaml", "b.yml", "c.json", "d.txt", ".e.yaml", ".f.yaml.tmp", "sub/g.yaml", "sub/deeper/h.json",
-                ".hidden/i.yaml", "sub/.yaml", "a-b.yaml"):
+                ".hidden/i.yaml", "sub/.yaml", "a-b.yaml", "..yaml", "x.", "y.yaml."):
         (root / rel).write_text("{}")
     (root / "dir.yaml").mkdir()  # a folder named like a manifest
     outside = tmp_path / "outside"

@@ -63,6 +63,7 @@ def racy_ns(mtime_ns: int) -> int:
         granularity *= 10
     return max(int(FINE_RACY_SECONDS * 1e9), 2 * granularity)
 
+
 StatKey = tuple[int, int, int]  # mtime_ns, size, inode
 
 
@@ -118,7 +119,7 @@ def scan(path: str | Path) -> Listing:
                     continue
             except FileNotFoundError:
                 continue
-            if os.path.splitext(entry.name)[1] not in MANIFEST_SUFFIXES:
+            if _suffix(entry.name) not in MANIFEST_SUFFIXES:
                 continue
             try:
                 st = entry.stat()
@@ -133,6 +134,12 @@ def scan(path: str | Path) -> Listing:
                 newest = max(newest, st.st_mtime_ns)
     files.sort()
     return Listing(tuple(files), newest, tuple(walked))
+
+
+def _suffix(name: str) -> str:
+    """pathlib's `PurePath.suffix` of a file name ("..yaml" has one, ".yaml" none)."""
+    i = name.rfind(".")
+    return name[i:] if 0 < i < len(name) - 1 else ""
 
 
 def newest_folder_mtime(folders: tuple[str, ...]) -> int:
