@@ -13,7 +13,8 @@ of its own so that every policy has flows of its own on every node that hosts it
 
 Each run: `lab apply -f policies.yaml` as a user runs it (a new process: imports, reading and
 validating the file, writing the manifests folder, waiting for every node's /status), then
-`lab delete -f policies.yaml` (the same bulk change backwards). Figures per run:
+`--singles` times `lab apply` of one more policy (and its delete, untimed) with the 1,000 in
+place, then `lab delete -f policies.yaml` (the same bulk change backwards). Figures per run:
 - command wall time (apply, delete), and the CLI's start-up alone (`lab apply --help`);
 - the same apply in this process (`Lab.apply`), split into read+validate / write / wait;
 - from every controller's log, relative to the command's start: when its source first saw a
@@ -137,9 +138,23 @@ def cli(workdir: Path, *args: str) -> tuple[float, float, str]:
     return wall, start_unix, out.stdout
 
 
-def one_run(lab: Lab, file: Path) -> dict[str, Any]:
+def single_policy(k: int) -> dict[str, Any]:
+    """One more policy (x/a admits x/b on a port of its own)."""
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": {"name": f"single-{k}", "namespace": "x"},
+            "spec": {"podSelector": {"matchLabels": {"pod": "a"}},
+                     "ingress": [{"from": [{"podSelector": {"matchLabels": {"pod": "b"}}}],
+                                  "ports": [{"port": 3000 + k}]}]}}
+
+
+def one_run(lab: Lab, file: Path, singles: int = 0) -> dict[str, Any]:
     wall, since, _ = cli(lab.workdir, "apply", "-f", str(file))
-    run: dict[str, Any] = {"apply": wall, "apply_nodes": controller_split(lab, since, since + wall)}
+    run: dict[str, Any] = {"apply": wall, "apply_nodes": controller_split(lab, since, since + wall), "single": []}
+    for k in range(singles):  # one policy more, with the 1,000 installed
+        single = file.with_name(f"single-{k}.yaml")
+        single.write_text(yaml.safe_dump(single_policy(k)))
+        run["single"].append(cli(lab.workdir, "apply", "-f", str(single))[0])
+        cli(lab.workdir, "delete", "-f", str(single))
     wall, since, _ = cli(lab.workdir, "delete", "-f", str(file))
     run["delete"] = wall
     run["delete_nodes"] = controller_split(lab, since, since + wall)
@@ -188,9 +203,13 @@ def report(args: argparse.Namespace, runs: list[dict[str, Any]], startup: float)
                      f"{counts} | {times} | {last} |")
     applies = [r["apply"] for r in runs]
     deletes = [r["delete"] for r in runs]
+    singles = [t for r in runs for t in r["single"]]
     lines += ["", f"`lab apply` median {statistics.median(applies):.2f} s (min {min(applies):.2f}, max "
                   f"{max(applies):.2f}); `lab delete` median {statistics.median(deletes):.2f} s; CLI start-up "
                   f"(`lab apply --help`) {startup:.2f} s"]
+    if singles:
+        lines.append(f"one policy more with the 1,000 installed (`lab apply` of one, {len(singles)} times): median "
+                     f"{statistics.median(singles):.2f} s (min {min(singles):.2f}, max {max(singles):.2f})")
     return "\n".join(lines)
 
 
@@ -208,6 +227,8 @@ def main() -> None:
     parser.add_argument("--policies", type=int, default=1000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="one run")
+    parser.add_argument("--singles", type=int, default=3,
+                        help="per run, this many `lab apply` of one more policy with the 1,000 installed")
     parser.add_argument("--profile", type=Path, default=None,
                         help="folder for cProfile files: one more in-process apply, and each controller's whole life "
                              f"({PROFILE_ENV}); printed to stderr at the end")
@@ -227,7 +248,7 @@ def main() -> None:
             subprocess.run([str(CLI), "lab", "--workdir", str(lab.workdir), "apply", "--help"],
                            capture_output=True, check=True)
             startup = time.monotonic() - start
-            runs = [one_run(lab, file) for _ in range(runs_wanted)]
+            runs = [one_run(lab, file, args.singles) for _ in range(runs_wanted)]
             if args.profile:
                 profiled_apply(lab, file, args.profile)
         finally:
