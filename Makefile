@@ -44,8 +44,10 @@ flows: bootstrap
 	$(VENV)/bin/sdn-netpol flows-regen flows
 	$(PY) scripts/pipeline_doc.py
 
+# Short versions (docs/benchmarks.md); bulk.py brings up a 3-node lab (root, ~1 min).
 bench: bootstrap
 	$(PY) benchmarks/resolve.py
+	$(PY) benchmarks/bulk.py --quick
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis *.egg-info

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
+from sdn_netpol.controller.sources.directory import folder_version
 from sdn_netpol.lab import cleanup, hostlimits
 from sdn_netpol.lab.lab import Lab
 from sdn_netpol.lab.state import LabState
@@ -114,6 +115,48 @@ def test_status_reports_every_node_realized(workdir: Path) -> None:
         assert node["controller"]["last_error"] is None
     ports = {**doc["nodes"][0]["controller"]["ports"], **doc["nodes"][1]["controller"]["ports"]}
     assert sorted(ports) == sorted(doc["pods"])
+
+
+def bulk_policies(count: int) -> list[dict[str, Any]]:
+    """`count` policies on db's pods, each with a port of its own; the middle one lets web/spread in on 80."""
+    docs = []
+    for i in range(count):
+        peer: dict[str, Any] = {"ipBlock": {"cidr": f"192.168.{i // 250}.{i % 250}/32"}}
+        port = 2000 + i
+        if i == count // 2:
+            peer = {"namespaceSelector": {"matchLabels": {"team": "web"}},
+                    "podSelector": {"matchLabels": {"app": "spread"}}}
+            port = 80
+        docs.append(netpol(f"bulk-{i:04d}", "db", {"podSelector": {"matchLabels": {"app": "db"}},
+                                                   "ingress": [{"from": [peer], "ports": [{"port": port}]}]}))
+    return docs
+
+
+def test_a_bulk_apply_is_realized_exactly_on_every_node(workdir: Path) -> None:
+    """300 policies in one `apply` (issue 17.4): every node enforces every one of them when it
+    returns, an unchanged re-apply changes nothing, and the bulk delete takes them all away."""
+    policies = write(workdir.parent / "bulk.yaml", bulk_policies(300))
+    out = lab_cli(workdir, "apply", "-f", str(policies))
+    assert out.stdout.count(" created\n") == 300
+    state = LabState.load(workdir)
+    assert state is not None
+    version = folder_version(state.manifests)
+    doc = json.loads(lab_cli(workdir, "status", "-o", "json").stdout)
+    for node in doc["nodes"]:
+        ctl = node["controller"]
+        assert ctl["source_version"] == version and ctl["realized_generation"] == ctl["desired_generation"]
+        bulk = {k: v for k, v in ctl["policies"].items() if k.startswith("db/bulk-")}
+        assert len(bulk) == 300 and all(v["realized"] for v in bulk.values())
+    probe = json.loads(lab_cli(workdir, "probe", "--port", "80", "-o", "json", check=False).stdout)
+    assert probe["allowed"]["web/spread"]["db/main"] is True and probe["allowed"]["web/fixed"]["db/main"] is False
+    assert all("web/pinned" in pair for pair in probe["mismatches"]), "only the pod whose link is down differs"
+    again = lab_cli(workdir, "apply", "-f", str(policies))
+    assert again.stdout.count(" configured\n") == 300
+    assert folder_version(state.manifests) == version, "an unchanged object is not written again"
+    lab_cli(workdir, "delete", "-f", str(policies))
+    probe = json.loads(lab_cli(workdir, "probe", "--port", "80", "-o", "json", check=False).stdout)
+    assert probe["allowed"]["web/spread"]["db/main"] is False
+    assert all("web/pinned" in pair for pair in probe["mismatches"])
 
 
 def test_deleting_a_namespace_deletes_its_pods(workdir: Path) -> None:

@@ -11,8 +11,10 @@ Exit is `os._exit` after flushing the logs: os-ken's native hub cannot stop its 
 
 from __future__ import annotations
 
+import cProfile
 import logging
 import os
+import pstats
 import signal
 import socket
 import threading
@@ -117,9 +119,45 @@ def start(config: Config) -> Parts:
     return parts
 
 
+PROFILE_ENV = "SDN_NETPOL_PROFILE"  # a folder: cProfile every thread, written there at exit (benchmarks)
+
+
+class _ThreadProfiles:
+    """One cProfile per thread started from now on (os-ken's, the realizer, the sources),
+    merged into DIR/controller-NODE-PID.prof when the process stops."""
+
+    def __init__(self, folder: Path, node: str) -> None:
+        self.path = folder / f"controller-{node}-{os.getpid()}.prof"
+        self.profiles: list[cProfile.Profile] = []
+        self._lock = threading.Lock()
+        threading.setprofile(self._first_event)
+
+    def _first_event(self, *_args: object) -> None:
+        profile = cProfile.Profile()
+        with self._lock:
+            self.profiles.append(profile)
+        profile.enable()  # replaces this hook in this thread
+
+    def write(self) -> None:
+        threading.setprofile(None)
+        with self._lock:
+            profiles = list(self.profiles)
+        stats: pstats.Stats | None = None
+        for profile in profiles:
+            try:
+                profile.create_stats()
+                stats = pstats.Stats(profile) if stats is None else stats.add(profile)
+            except (TypeError, ValueError):  # a thread that never recorded a call
+                continue
+        if stats is not None:
+            stats.dump_stats(str(self.path))
+
+
 def run(config: Config) -> int:
     """Run until SIGTERM/SIGINT; never returns normally (the process exits)."""
     stop = threading.Event()
+    folder = os.environ.get(PROFILE_ENV)
+    profiles = _ThreadProfiles(Path(folder), config.node) if folder else None
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         LOG.info("signal %d: exiting; flows stay on the switch", signum)
@@ -137,5 +175,7 @@ def run(config: Config) -> int:
              config.bridge, config.status_listen)
     while not stop.wait(1.0):
         pass
+    if profiles is not None:
+        profiles.write()
     logging.shutdown()
     os._exit(0)

@@ -164,8 +164,7 @@ class _Handler(BaseHTTPRequestHandler):
             healthy = server.healthy()
             self._send(200 if healthy else 503, b"ok\n" if healthy else b"unhealthy\n", "text/plain")
         elif path == "/status":
-            body = json.dumps(server.board.to_json(), indent=1).encode() + b"\n"
-            self._send(200, body, "application/json")
+            self._send(200, server.status_body(), "application/json")
         elif path == "/metrics":
             self._send(200, server.metrics.render(), "text/plain; version=0.0.4; charset=utf-8")
         else:
@@ -189,6 +188,19 @@ class _StatusServer:
     board: StatusBoard
     metrics: Metrics
     healthy: Callable[[], bool]
+    # The last /status document and its text: indented JSON is encoded by Python's json
+    # (~5 ms at 1,000 policies), while comparing the new document with the last one costs
+    # a tenth of that; `lab apply` asks every 50 ms while the controller is busy realizing.
+    _last_status: tuple[dict[str, Any], bytes] | None = None
+
+    def status_body(self) -> bytes:
+        doc = self.board.to_json()
+        last = self._last_status
+        if last is not None and last[0] == doc:
+            return last[1]
+        body = json.dumps(doc, indent=1).encode() + b"\n"
+        self._last_status = (doc, body)
+        return body
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client that hangs up before its answer (a probe's timeout on a busy node) is

@@ -151,7 +151,9 @@ class Store:
                 invalid: Mapping[ObjectKey, Iterable[ValidationError]], version: str | None = None,
                 synced: bool | None = None) -> None:
         """Everything of `kinds` is now `objects` (a relist, a folder reload). A rejected key
-        keeps its previous valid version when the new set has none."""
+        keeps its previous valid version when the new set has none. Only the objects that
+        differ count as changed: the next snapshot's state is patched from the last one
+        (O(change), see `Snapshot.state`) unless more than `_MAX_PATCH` differ."""
         wanted = set(kinds)
         with self._lock:
             old = {k: v for k, v in self._objects.items() if k[0] in wanted}
@@ -172,7 +174,13 @@ class Store:
             self._invalid.update({k: tuple(v) for k, v in invalid.items()})
             if synced is not None:
                 self._synced = synced
-            self._touched = None
+            changed = [k for k in set(old) | set(objects)
+                       if (now := self._objects.get(k)) is not (was := old.get(k)) and now != was]
+            if len(changed) > _MAX_PATCH:
+                self._touched = None
+            else:
+                for key in changed:
+                    self._touch(key)
             self._bump(version)
         self.on_change()
 

@@ -216,7 +216,10 @@ class Lab:
 
     def apply(self, paths: Sequence[Path]) -> list[str]:
         """Create or update objects; returns one line per object (kubectl style)."""
+        self.timings.clear()
+        t = time.monotonic()
         objects = _unique(read_objects(paths))
+        t = self._phase("read", t)
         with locked(self.workdir):
             state = self.state()
             store = Store(state.manifests)
@@ -226,11 +229,11 @@ class Lab:
                 if ref.kind == "Pod" and ref.key not in state.pods:
                     new.append((_parsed_pod(body), body))
                     continue
-                existed = store.get(ref) is not None
                 if ref.kind == "Pod":
+                    existed = store.get(ref) is not None
                     self._update_pod(state, state.pods[ref.key], body)
                 else:
-                    store.write(body)
+                    existed = store.write(body)
                 done.append(f"{ref} {'configured' if existed else 'created'}")
             if new:
                 load = {n.name: sum(p.node == n.name for p in state.pods.values()) for n in state.nodes}
@@ -238,7 +241,9 @@ class Lab:
                 bodies = {(p.namespace, p.name): b for p, b in new}
                 self._create_pods(state, [(pl, bodies[(pl.pod.namespace, pl.pod.name)]) for pl in placements])
                 done += [f"Pod {pl.pod.namespace}/{pl.pod.name} created on {pl.node}" for pl in placements]
+            t = self._phase("write", t)
             self._realize(state)
+            self._phase("wait", t)
             return done
 
     def _update_pod(self, state: LabState, pod: PodState, body: dict[str, Any]) -> None:

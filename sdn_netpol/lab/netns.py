@@ -19,10 +19,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pyroute2 import IPRoute
-from pyroute2 import netns as pyr_netns
-from pyroute2.netlink.exceptions import NetlinkError
-
 NETNS_DIR = Path("/var/run/netns")
 CLONE_NEWNET = 0x40000000
 SIOCETHTOOL = 0x8946
@@ -47,6 +43,8 @@ def list_netns(prefix: str) -> list[str]:
 
 def create(name: str) -> None:
     """A fresh namespace with `lo` up (a leftover of the same name is removed first)."""
+    from pyroute2 import netns as pyr_netns  # pyroute2 costs 0.1-0.3 s to import: only where it is used
+
     if exists(name):
         remove(name)
     pyr_netns.create(name)
@@ -57,6 +55,8 @@ def create(name: str) -> None:
 def remove(name: str) -> None:
     """Unmount and delete; the kernel frees the namespace (and its links) asynchronously
     once no process is left inside, which is why processes are killed before this."""
+    from pyroute2 import netns as pyr_netns
+
     with contextlib.suppress(FileNotFoundError, OSError):
         pyr_netns.remove(name)
 
@@ -95,6 +95,8 @@ def socket_in(name: str | None, family: int, kind: int, proto: int = 0) -> socke
 @contextlib.contextmanager
 def ipr_in(name: str | None) -> Iterator[Any]:
     """An rtnetlink handle bound to netns `name`."""
+    from pyroute2 import IPRoute
+
     with entered(name):
         ipr = IPRoute()
     try:
@@ -141,6 +143,8 @@ def set_up(name: str, ifname: str, master: str | None = None, tx_off: bool = Fal
 
 
 def add_address(name: str, ifname: str, cidr: str) -> None:
+    from pyroute2.netlink.exceptions import NetlinkError
+
     address, _, plen = cidr.partition("/")
     with ipr_in(name) as ipr:
         try:

@@ -51,10 +51,17 @@ from typing import Any
 
 from sdn_netpol.ovs.instance import OvsError, OvsInstance
 
-with warnings.catch_warnings():  # ovs.poller imports eventlet (from os-ken), which warns
-    warnings.simplefilter("ignore")
-    import ovs.poller
-    import ovs.stream
+
+def _ovs_io() -> tuple[Any, Any]:
+    """`ovs.poller` and `ovs.stream`, imported when a channel first opens: ovs.poller imports
+    eventlet (from os-ken) when it is installed, and eventlet dnspython: 0.15-0.5 s that
+    every `sdn-netpol lab` command paid at start-up, whether it traced or not."""
+    with warnings.catch_warnings():  # eventlet warns
+        warnings.simplefilter("ignore")
+        import ovs.poller
+        import ovs.stream
+    return ovs.poller, ovs.stream
+
 
 OFPP_LOCAL = 0xFFFE
 _DECODER = json.JSONDecoder()
@@ -250,8 +257,9 @@ class UnixctlChannel:
 
     def __init__(self, path: str, timeout: float = 10.0) -> None:
         self._timeout_ms = int(timeout * 1000)
-        error, stream = ovs.stream.Stream.open_block(
-            ovs.stream.Stream.open(f"unix:{path}"), self._timeout_ms
+        self._poller, self._streams = _ovs_io()
+        error, stream = self._streams.Stream.open_block(
+            self._streams.Stream.open(f"unix:{path}"), self._timeout_ms
         )
         if error:
             raise OSError(error, f"cannot connect to {path}: {os.strerror(error)}")
@@ -277,7 +285,7 @@ class UnixctlChannel:
         while data:
             sent = self._stream.send(data)
             if sent == -errno.EAGAIN:
-                self._wait(ovs.stream.Stream.W_SEND)
+                self._wait(self._streams.Stream.W_SEND)
             elif sent < 0:
                 raise OSError(-sent, os.strerror(-sent))
             else:
@@ -296,14 +304,14 @@ class UnixctlChannel:
                     return dict(obj)
             error, chunk = self._stream.recv(65536)
             if error == errno.EAGAIN:
-                self._wait(ovs.stream.Stream.W_RECV)
+                self._wait(self._streams.Stream.W_RECV)
             elif error or not chunk:
                 raise ConnectionError(error or errno.ECONNRESET, "unixctl connection closed")
             else:
                 self._buffer += chunk
 
     def _wait(self, kind: int) -> None:
-        poller = ovs.poller.Poller()
+        poller = self._poller.Poller()
         self._stream.wait(poller, kind)
         poller.timer_wait(self._timeout_ms)
         before = time.monotonic()
