@@ -4,6 +4,7 @@
 # in both families). `make test` runs the IPv4 and IPv6 ones in full and a subset of the dual
 # one; this adds the rest of the dual one (SDN_NETPOL_CONFORMANCE_FULL=1). As root, from the
 # checkout: `bash scripts/conformance-families.sh [pytest args]`; ~6-7 min on 2 quiet cores.
+# The same cases on the kernel datapath (2 qemu VMs): scripts/conformance-kernel.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SDN_NETPOL_CONFORMANCE_FULL=1 exec .venv/bin/python -m pytest -q --durations=3 \

@@ -283,9 +283,9 @@ def test_sctp_reverse_of_an_allowed_association_is_still_checked(cluster: Family
     xa, za = cluster.pod("x/a"), cluster.pod("z/a")
     forward = probe.Probe("x/a", "z/a", xa.netns, za.ip)
     reverse = probe.Probe("z/a", "x/a", za.netns, xa.ip)
-    assert probe.run_probes([reverse], "SCTP", 80) == {reverse: "timeout"}
-    assert probe.run_probes([forward], "SCTP", 81) == {forward: "connected"}
-    assert probe.run_probes([reverse], "SCTP", 80) == {reverse: "timeout"}
+    assert cluster.run_probes([reverse], "SCTP", 80) == {reverse: "timeout"}
+    assert cluster.run_probes([forward], "SCTP", 81) == {forward: "connected"}
+    assert cluster.run_probes([reverse], "SCTP", 80) == {reverse: "timeout"}
 
 
 def test_sctp_works_both_ways_after_an_association_the_other_way(cluster: FamilyCluster) -> None:
@@ -294,10 +294,10 @@ def test_sctp_works_both_ways_after_an_association_the_other_way(cluster: Family
     xa, ya = cluster.pod("x/a"), cluster.pod("y/a")
     there = probe.Probe("y/a", "x/a", ya.netns, xa.ip)
     back = probe.Probe("x/a", "y/a", xa.netns, ya.ip)
-    assert probe.run_probes([there], "SCTP", 81) == {there: "connected"}  # no policy yet
+    assert cluster.run_probes([there], "SCTP", 81) == {there: "connected"}  # no policy yet
     cluster.apply(deny_ingress("x"))
-    assert probe.run_probes([back], "SCTP", 80) == {back: "connected"}  # x's egress is open
-    assert probe.run_probes([there], "SCTP", 80) == {there: "timeout"}  # x's ingress is not
+    assert cluster.run_probes([back], "SCTP", 80) == {back: "connected"}  # x's egress is open
+    assert cluster.run_probes([there], "SCTP", 80) == {there: "timeout"}  # x's ingress is not
 
 
 def test_policy_update_and_delete(cluster: FamilyCluster) -> None:

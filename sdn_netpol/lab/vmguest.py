@@ -292,7 +292,7 @@ def status(req: dict[str, Any]) -> dict[str, Any]:
         entry["controller"] = controllers.status(node)
     except (OSError, ValueError) as exc:
         entry["controller_error"] = str(exc)
-    entry["pods"] = {key: {"server_running": procs.alive(pod.server_pid),
+    entry["pods"] = {key: {"server_running": procs.alive(pod.server_pid), "server_pid": pod.server_pid,
                            "ports": [f"{proto}:{port}" for proto, port in pod.ports]}
                      for key, pod in sorted(state.pods.items())}
     return entry
