@@ -67,8 +67,7 @@ class Selection:
         if self.pod is not None:
             object_id = pod_object_id(self.pod)
             return [(cookie(c, object_id), MASK_OBJECT)
-                    for c in (CookieCategory.POD, CookieCategory.REMOTE, CookieCategory.ISOLATION,
-                              CookieCategory.FAST_PATH)]
+                    for c in (CookieCategory.POD, CookieCategory.REMOTE, CookieCategory.ISOLATION)]
         return []
 
 
