@@ -49,9 +49,9 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
 
 
 def send_datagrams(src: PodState, dst: PodState, count: int, port: int = 80) -> None:
-    """`count` new connections of one datagram each (a socket, so a source port, apiece): a
-    rule counts the packets that walk it, the first of each connection (docs/pipeline.md,
-    "Established connections: the fast path"), and every packet an isolation drops."""
+    """`count` new connections of one datagram each (a socket, so a source port, apiece): the
+    first packet of a connection always walks the rules, so the admitting rule counts each
+    one exactly, and an isolation drops every packet."""
     for n in range(count):
         with netns.socket_in(src.netns, socket.AF_INET, socket.SOCK_DGRAM) as sock:
             sock.sendto(f"datagram {n}".encode(), (dst.ip, port))
