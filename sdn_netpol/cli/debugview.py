@@ -15,6 +15,7 @@ import click
 from rich import box
 from rich.table import Table
 
+from sdn_netpol.cli.render import wide_console
 from sdn_netpol.debug.flows import FlowView
 from sdn_netpol.debug.stats import Stats
 from sdn_netpol.debug.trace import DebugError, StepView, TraceReport
@@ -94,6 +95,16 @@ def stats_tables(stats: Stats) -> list[Table]:
     for d in stats.isolation_drops:
         drops.add_row(d.node, d.namespace, d.pod, d.direction.lower(), str(d.packets))
     return [rules, drops]
+
+
+def show_stats(sample: Stats, output: str) -> None:
+    """`stats` of either lab: JSON, or the rule and isolation-drop tables."""
+    if output == "json":
+        click.echo(dumps(sample.to_json()))
+        return
+    console = wide_console()
+    for table in stats_tables(sample):
+        console.print(table)
 
 
 def dumps(doc: object) -> str:

@@ -273,12 +273,7 @@ def stats(ctx: click.Context, output: str) -> None:
     from every node's switch now."""
     lab_ = _lab(ctx)
     sample = cast(Stats, debugview.guarded(lambda: debug.rule_stats(lab_.state(), lab_.cluster()), LabError))
-    if output == "json":
-        click.echo(debugview.dumps(sample.to_json()))
-        return
-    console = wide_console()
-    for table in debugview.stats_tables(sample):
-        console.print(table)
+    debugview.show_stats(sample, output)
 
 
 @lab.command()

@@ -216,12 +216,7 @@ def stats(ctx: click.Context, output: str) -> None:
     from every node's switch now."""
     lab = _lab(ctx)
     sample = cast(Stats, debugview.guarded(lab.stats, LabError))
-    if output == "json":
-        click.echo(debugview.dumps(sample.to_json()))
-        return
-    console = wide_console()
-    for table in debugview.stats_tables(sample):
-        console.print(table)
+    debugview.show_stats(sample, output)
 
 
 @click.command()
