@@ -28,6 +28,9 @@ TRACES = {
     "denied": ("in_port=5,dl_src=02:00:0a:f4:01:0e,dl_dst=0a:00:00:00:00:fe,tcp,nw_src=10.244.1.14,"
                "nw_dst=10.244.1.10,tp_dst=6379,nw_ttl=64", "trk,new"),
 }
+#: an established packet of the allowed connection, its ct_label stamped with db's (port 3)
+#: current ingress fingerprint, read from the golden IngressFast flow: the fast path
+_DB_FAST = re.compile(r"table=56, priority=200,ct_label=(0x[0-9a-f]+)/0x[0-9a-f]+,reg2=0x3,")
 _STATS = re.compile(r" duration=[^,]*,| n_packets=[^,]*, n_bytes=[^,]*,| idle_age=[^,]*,")
 
 
@@ -72,7 +75,11 @@ def _generate(ovs: OvsInstance) -> dict[str, str]:
         "    | sed -E 's/ duration=[^,]*,//; s/ n_packets=[^,]*, n_bytes=[^,]*,//; s/ idle_age=[^,]*,//'",
         *(_STATS.sub("", line) for line in dump.rstrip().splitlines()),
     ])}
-    for name, (flow, ct) in TRACES.items():
+    found = _DB_FAST.search(FLOWS.read_text())
+    if found is None:
+        raise SystemExit(f"{FLOWS}: no IngressFast flow for port 3")
+    traces = {**TRACES, "established": (f"ct_label={found[1]},{TRACES['allowed'][0]}", "trk,est")}
+    for name, (flow, ct) in traces.items():
         trace = ovs.appctl("ofproto/trace", "br-int", flow, "--ct-next", ct)
         blocks[name] = f"$ ovs-appctl ofproto/trace br-int \\\n    '{flow}' --ct-next {ct}\n\n" + trace.rstrip()
     return blocks

@@ -12,18 +12,26 @@ through the bridges it really crosses and compare what OVS does with `decide()`:
   outside source, from the gateway), must deliver iff the destination's ingress allows it;
 * the same holds for original-direction packets of an established connection (`+est`),
   replies (`+est+rpl`) of an allowed connection always come back, and `+inv` never passes.
+
+Established packets are traced with `ct_label` in the traced flow too: for each `Stamp` (the
+fingerprints of a state the connection may have been committed under — the current one:
+fast path; an earlier one, before a revocation: stale labels, slow path), each half holds
+that state's fingerprint if that state's verdict admitted the connection in that direction
+on that node (so it was stamped), else 0. Either way the verdict must be the current
+state's.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from netaddr import IPAddress
 
 from sdn_netpol.compiler.compile import compile_node
+from sdn_netpol.compiler.fastpath import fingerprints
 from sdn_netpol.compiler.ofctl import render_flows
-from sdn_netpol.compiler.pipeline import GATEWAY_MAC
+from sdn_netpol.compiler.pipeline import FINGERPRINT_BITS, GATEWAY_MAC
 from sdn_netpol.compiler.topology import NodeContext, assign_ports
 from sdn_netpol.model.objects import Pod, Protocol
 from sdn_netpol.ovs import OvsInstance, Tracer
@@ -72,6 +80,21 @@ def node_contexts(state: ClusterState) -> dict[str, NodeContext]:
     return contexts
 
 
+@dataclass(frozen=True)
+class Stamp:
+    """What a connection committed under `state` carries: its nodes' fingerprints then."""
+
+    state: ClusterState
+    prints: Mapping[str, Mapping[tuple[str, int], int]]
+
+
+def stamp_of(state: ClusterState) -> Stamp:
+    prints = {}
+    for node, ctx in node_contexts(state).items():
+        prints[node] = fingerprints(compile_node(state, ctx), [b.ofport for b in ctx.bindings])
+    return Stamp(state, prints)
+
+
 def load(ovs: OvsInstance, state: ClusterState) -> dict[str, NodeContext]:
     contexts = node_contexts(state)
     for node, ctx in contexts.items():
@@ -105,10 +128,12 @@ class _Side:
 
 
 class Differential:
-    def __init__(self, tracer: Tracer, state: ClusterState, contexts: dict[str, NodeContext]) -> None:
+    def __init__(self, tracer: Tracer, state: ClusterState, contexts: dict[str, NodeContext],
+                 stamps: Sequence[Stamp] = ()) -> None:
         self.tracer = tracer
         self.state = state
         self.contexts = contexts
+        self.stamps = tuple(stamps)
         self._ports = {b.pod: (node, b) for node, ctx in contexts.items() for b in ctx.bindings}
 
     def endpoints(self, externals: tuple[IPAddress, ...]) -> list[Endpoint]:
@@ -137,21 +162,46 @@ class Differential:
         for ct in ("trk,new", "trk,est"):
             yield from self._first_hop(*args, verdict.egress.allowed, verdict.ingress.allowed, ct)
             yield from self._last_hop(*args, verdict.ingress.allowed, ct)
+        for stamp in self.stamps:
+            then = decide(stamp.state, src, dst, protocol, port)
+            if not then.egress.allowed:
+                continue  # never committed: nothing was stamped (as plain "trk,est" above)
+            labels = self._labels(stamp, src, dst, then.ingress.allowed)
+            yield from self._first_hop(*args, verdict.egress.allowed, verdict.ingress.allowed, "trk,est",
+                                       labels[0])
+            yield from self._last_hop(*args, verdict.ingress.allowed, "trk,est", labels[1])
         yield from self._invalid(*args)
 
-    def _first_hop(self, src: Endpoint, dst: Endpoint, protocol: Protocol, port: int,
-                   src_ip: IPAddress, dst_ip: IPAddress, egress: bool, ingress: bool, ct: str) -> Iterator[Mismatch]:
+    def _labels(self, stamp: Stamp, src: Endpoint, dst: Endpoint, ingress_then: bool) -> tuple[int, int]:
+        """The ct_label a connection committed under `stamp` has on the first hop's node and on
+        the destination's node (last hop): the source pod's egress half where it is local,
+        the destination pod's ingress half where it is local and ingress admitted it."""
+        first = self._entry(src, dst).node
+        last = self._ports[dst.pod.key][0] if dst.pod is not None else None
+        labels = []
+        for node in (first, last):
+            label = 0
+            if src.pod is not None and self._ports[src.pod.key][0] == node:
+                label |= stamp.prints[node].get(("Egress", self._ports[src.pod.key][1].ofport), 0)
+            if dst.pod is not None and last == node and ingress_then:
+                label |= stamp.prints[node].get(("Ingress", self._ports[dst.pod.key][1].ofport), 0) << FINGERPRINT_BITS
+            labels.append(label)
+        return labels[0], labels[1]
+
+    def _first_hop(self, src: Endpoint, dst: Endpoint, protocol: Protocol, port: int, src_ip: IPAddress,
+                   dst_ip: IPAddress, egress: bool, ingress: bool, ct: str, label: int = 0) -> Iterator[Mismatch]:
         """The bridge the packet enters first: egress (and ingress when both ends are local)."""
         entry = self._entry(src, dst)
         exit_port, same_node = self._exit(entry.node, dst)
         expected = egress and (ingress or not same_node)
-        got = self._trace(entry, protocol, src_ip, dst_ip, port, ct)
+        got = self._trace(entry, protocol, src_ip, dst_ip, port, ct, label=label)
         want = (exit_port,) if expected else ()
         if got != want:
-            yield Mismatch(f"first hop ({ct}) on {entry.node}", str(src), str(dst), protocol, port, expected, got)
+            what = f"first hop ({ct}{f', ct_label={label:#x}' if label else ''}) on {entry.node}"
+            yield Mismatch(what, str(src), str(dst), protocol, port, expected, got)
 
     def _last_hop(self, src: Endpoint, dst: Endpoint, protocol: Protocol, port: int,
-                  src_ip: IPAddress, dst_ip: IPAddress, ingress: bool, ct: str) -> Iterator[Mismatch]:
+                  src_ip: IPAddress, dst_ip: IPAddress, ingress: bool, ct: str, label: int = 0) -> Iterator[Mismatch]:
         """A pod destination on another node: its bridge, entered from the tunnel."""
         if dst.pod is None:
             return
@@ -159,10 +209,11 @@ class Differential:
         if self._entry(src, dst).node == dst_node:
             return
         entry = _Side(dst_node, TUNNEL_PORT, GATEWAY_MAC)
-        got = self._trace(entry, protocol, src_ip, dst_ip, port, ct)
+        got = self._trace(entry, protocol, src_ip, dst_ip, port, ct, label=label)
         want = (binding.ofport,) if ingress else ()
         if got != want:
-            yield Mismatch(f"last hop ({ct}) on {dst_node}", str(src), str(dst), protocol, port, ingress, got)
+            what = f"last hop ({ct}{f', ct_label={label:#x}' if label else ''}) on {dst_node}"
+            yield Mismatch(what, str(src), str(dst), protocol, port, ingress, got)
 
     def _invalid(self, src: Endpoint, dst: Endpoint, protocol: Protocol, port: int,
                  src_ip: IPAddress, dst_ip: IPAddress) -> Iterator[Mismatch]:
@@ -213,10 +264,12 @@ class Differential:
         return (binding.ofport, True) if dst_node == node else (TUNNEL_PORT, False)
 
     def _trace(self, entry: _Side, protocol: Protocol, src_ip: IPAddress, dst_ip: IPAddress, port: int,
-               ct: str, src_port: int = 40000) -> tuple[int, ...]:
+               ct: str, src_port: int = 40000, label: int = 0) -> tuple[int, ...]:
         family = "ipv6" if src_ip.version == 6 else "nw"
         l4 = protocol.lower()  # the trace parser wants udp_dst/sctp_dst, not tp_dst, for those
-        flow = (f"{_L4[(protocol, src_ip.version)]},in_port={entry.in_port},dl_src={entry.mac},"
+        # a ct_label in the traced flow survives the ct() recirculation (ct_state comes from --ct-next)
+        flow = (f"{f'ct_label={label:#x},' if label else ''}"
+                f"{_L4[(protocol, src_ip.version)]},in_port={entry.in_port},dl_src={entry.mac},"
                 f"dl_dst={GATEWAY_MAC},{family}_src={src_ip},{family}_dst={dst_ip},"
                 f"{l4}_src={src_port},{l4}_dst={port},nw_ttl=64")
         return self.tracer.trace(bridge_name(entry.node), flow, [ct]).of_outputs

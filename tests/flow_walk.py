@@ -3,7 +3,8 @@
 It implements only what the pipeline uses: highest-priority match per table, conjunctive
 matches (all clauses of one id at one priority, then the `conj_id` flow), goto_table,
 set_field on registers and Ethernet addresses, `ct(table=N)` as a recirculation with a
-ct_state the test chooses, `ct(commit)`, output and IN_PORT. Real OVS traces of the same
+ct_state (and ct_label) the test chooses, `ct(commit)` (its exec writes to ct_label are
+kept in `label`), resubmit, output and IN_PORT. Real OVS traces of the same
 flows are in docs/pipeline.md and the differential tests; this model exists so that rule
 tests can say "this packet is dropped" rather than "this flow exists".
 """
@@ -16,7 +17,18 @@ from dataclasses import dataclass, field
 
 from netaddr import EUI, IPAddress
 
-from sdn_netpol.compiler.flow import Conjunction, Ct, Flow, GotoTable, Match, Output, OutputInPort, SetField
+from sdn_netpol.compiler.flow import (
+    Action,
+    Conjunction,
+    Ct,
+    Flow,
+    GotoTable,
+    Match,
+    Output,
+    OutputInPort,
+    Resubmit,
+    SetField,
+)
 from sdn_netpol.compiler.flowfields import parse_ct_state
 from sdn_netpol.compiler.topology import NodeContext, PortBinding
 
@@ -31,6 +43,7 @@ class Walk:
     flows: list[Flow] = field(default_factory=list)
     outputs: list[int | str] = field(default_factory=list)
     committed: bool = False
+    label: int = 0  # the ct_label after the walk's commits
 
     @property
     def dropped(self) -> bool:
@@ -81,38 +94,56 @@ def _complete(clause_flows: list[Flow]) -> set[int]:
     return {i for i, clauses in seen.items() if len(clauses) == sizes[i]}
 
 
-def walk(flows: Iterable[Flow], packet: Packet, ct_state: str = "+new+trk", limit: int = 32) -> Walk:
+def walk(flows: Iterable[Flow], packet: Packet, ct_state: str = "+new+trk", limit: int = 32,
+         ct_label: int = 0) -> Walk:
     """Send `packet` into table 0 (registers zero, untracked); every ct(table=N) resumes at N
-    with `ct_state` set, as `ofproto/trace --ct-next` does."""
+    with `ct_state` and `ct_label` set, as `ofproto/trace --ct-next` does with a ct_label in
+    the traced flow."""
     tables: dict[int, list[Flow]] = defaultdict(list)
     for each in flows:
         tables[each.table].append(each)
-    state = {**{f"reg{i}": 0 for i in range(8)}, "ct_state": 0, **packet}
-    result, table = Walk(), 0
+    state = {**{f"reg{i}": 0 for i in range(8)}, "ct_state": 0, "ct_label": 0, **packet}
+    result, table = Walk(label=ct_label), 0
     for _ in range(limit):
         flow = lookup(tables[table], state)
         if flow is None:
             return result
         result.flows.append(flow)
-        next_table = None
-        for action in flow.actions:
-            if isinstance(action, SetField):
-                state[_SET_AS.get(action.field, action.field)] = action.value
-            elif isinstance(action, GotoTable):
-                next_table = action.table
-            elif isinstance(action, Ct):
-                result.committed |= action.commit
-                if action.table is not None:
-                    state["ct_state"] = parse_ct_state(ct_state)[0]
-                    next_table = action.table
-            elif isinstance(action, Output):
-                result.outputs.append(action.port)
-            elif isinstance(action, OutputInPort):
-                result.outputs.append("IN_PORT")
+        next_table = _apply(flow.actions, tables, state, result, ct_state, ct_label)
         if next_table is None:
             return result
         table = next_table
     raise RuntimeError(f"walk did not end after {limit} tables: {result.tables}")
+
+
+def _apply(actions: Iterable[Action], tables: dict[int, list[Flow]], state: Packet, result: Walk, ct_state: str,
+           ct_label: int) -> int | None:
+    """Run one flow's actions; the table a goto_table or ct(table=) continues in, if any."""
+    next_table = None
+    for action in actions:
+        if isinstance(action, SetField):
+            state[_SET_AS.get(action.field, action.field)] = action.value
+        elif isinstance(action, GotoTable):
+            next_table = action.table
+        elif isinstance(action, Resubmit):
+            found = lookup(tables[action.table], state)
+            if found is not None:
+                result.flows.append(found)
+                _apply(found.actions, tables, state, result, ct_state, ct_label)
+        elif isinstance(action, Ct):
+            result.committed |= action.commit
+            for write in action.exec_actions:
+                mask = write.mask if write.mask is not None else (1 << 128) - 1
+                result.label = result.label & ~mask | write.value
+            if action.table is not None:
+                state["ct_state"] = parse_ct_state(ct_state)[0]
+                state["ct_label"] = ct_label
+                next_table = action.table
+        elif isinstance(action, Output):
+            result.outputs.append(action.port)
+        elif isinstance(action, OutputInPort):
+            result.outputs.append("IN_PORT")
+    return next_table
 
 
 # ---- packets -------------------------------------------------------------------------------

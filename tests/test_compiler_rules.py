@@ -31,7 +31,9 @@ from sdn_netpol.compiler.pipeline import (
     CookieCategory,
     Priority,
     Table,
+    cookie,
     decode_cookie,
+    pod_object_id,
     policy_cookie_and_mask,
     rule_cookie,
 )
@@ -307,9 +309,14 @@ def test_cookies_identify_policy_and_rule() -> None:
     flows = compile_node(state, assign_ports(state, N1))
     before = compile_node(without, assign_ports(without, N1))
     own = flows.by_cookie(*policy_cookie_and_mask("default/test-network-policy"))
-    added = {f for f in flows
-             if before.get(f.id) is None and decode_cookie(f.cookie).category != CookieCategory.ISOLATION}
+    added = {f for f in flows if before.get(f.id) is None
+             and decode_cookie(f.cookie).category not in (CookieCategory.ISOLATION, CookieCategory.FAST_PATH)}
     assert set(own) == added
+    # the policy decides only db's verdicts (port 3): only db's fingerprints, so only its fast-path flows, change
+    refreshed = {f.cookie for f in flows
+                 if f not in before and decode_cookie(f.cookie).category == CookieCategory.FAST_PATH}
+    db = next(b for b in assign_ports(state, N1).bindings if str(b.pod) == "default/db")
+    assert refreshed == {cookie(CookieCategory.FAST_PATH, pod_object_id(str(db.pod)))}
     for direction in ("Ingress", "Egress"):
         rule = rule_flows(flows, "default/test-network-policy", direction)
         assert rule and set(rule) <= set(own)
@@ -455,11 +462,20 @@ def test_adding_one_policy_to_a_thousand_touches_only_its_flows_and_shared_ones(
     grown = with_policy(state, new_doc)
     node = node_name(3)
     before, after = (compile_node(s, assign_ports(s, node)) for s in (state, grown))
-    change = diff(before, after)
-    cookie, mask = policy_cookie_and_mask(f"{new_doc['metadata']['namespace']}/added")
-    own = after.by_cookie(cookie, mask)
+    full_change = diff(before, after)
+    # the new allow decides pod-00003's ingress verdicts: its ingress fingerprint changes, so its
+    # ingress fast-path flow is replaced (the match holds the fingerprint) and its stamp modified
+    fast = [f for f in (*full_change.adds, *full_change.modifies, *full_change.deletes)
+            if decode_cookie(f.cookie).category == CookieCategory.FAST_PATH]
+    target = next(b.pod for b in assign_ports(grown, node).bindings if b.pod.name == "pod-00003")
+    assert {f.cookie for f in fast} == {cookie(CookieCategory.FAST_PATH, pod_object_id(str(target)))}
+    assert sorted(f.table for f in fast) == [Table.INGRESS_FAST, Table.INGRESS_FAST, Table.INGRESS_STAMP]
+    change = diff(FlowSet(f for f in before if f.table not in (Table.INGRESS_FAST, Table.INGRESS_STAMP)),
+                  FlowSet(f for f in after if f.table not in (Table.INGRESS_FAST, Table.INGRESS_STAMP)))
+    policy_cookie, mask = policy_cookie_and_mask(f"{new_doc['metadata']['namespace']}/added")
+    own = after.by_cookie(policy_cookie, mask)
     assert len(own) > 0 and not change.deletes
-    assert all(f.cookie & mask == cookie or f.cookie == SHARED_COOKIE for f in (*change.adds, *change.modifies))
+    assert all(f.cookie & mask == policy_cookie or f.cookie == SHARED_COOKIE for f in (*change.adds, *change.modifies))
     new_ids = {f.match.value("conj_id") for f in own} - {None}
     shared = [f for f in (*change.adds, *change.modifies) if f.cookie == SHARED_COOKIE]
     for flow in shared:

@@ -2,7 +2,10 @@
 
 Every seed example and hypothesis-generated clusters (IPv4/IPv6, named ports, endPort,
 except, SCTP/UDP) are compiled, loaded with `--bundle replace-flows` and traced with
-`ofproto/trace` for new, established, reply and invalid packets. Zero mismatches. The
+`ofproto/trace` for new, established, reply and invalid packets. Established packets also
+carry the ct_label a connection would have: stamped under the current flows (the fast path)
+and under an earlier state's, before a revocation (stale: the rules are walked again).
+Zero mismatches. The
 cluster-wide admin policies too: examples/multi-tenant and clusters mixing NetworkPolicies
 with all three admin-policy kinds. Set DIFFERENTIAL_EXAMPLES (e.g. 5000) and
 ADMIN_DIFFERENTIAL_EXAMPLES for a longer soak.
@@ -25,7 +28,7 @@ from sdn_netpol.model.objects import Protocol
 from sdn_netpol.ovs import OvsInstance, Tracer
 from sdn_netpol.policy.state import ClusterState
 from tests.admin_strategies import admin_cluster_states
-from tests.differential import Differential, create_bridges, load
+from tests.differential import Differential, create_bridges, load, stamp_of
 from tests.ovs_fixtures import private_ovs
 from tests.strategies import EXTERNAL_IPS, cluster_states, probes
 
@@ -47,9 +50,20 @@ def tracer(ovs: OvsInstance) -> Iterator[Tracer]:
         yield t
 
 
-def _differential(ovs: OvsInstance, tracer: Tracer, state: ClusterState) -> Differential:
+def _differential(ovs: OvsInstance, tracer: Tracer, state: ClusterState, *earlier: ClusterState) -> Differential:
+    """Checks `state`, established packets stamped under it (fast path) and under `earlier`
+    states (stale fingerprints after a revocation: slow path)."""
     ovs.appctl("dpctl/flush-conntrack")
-    return Differential(tracer, state, load(ovs, state))
+    stamps = [stamp_of(s) for s in (state, *earlier)]
+    return Differential(tracer, state, load(ovs, state), stamps)
+
+
+def _without(state: ClusterState, policies: int | None = None, cluster: bool = False) -> ClusterState:
+    """`state` before its NetworkPolicies (all, or the first `policies` of them) and, with
+    `cluster`, its cluster policies existed: what connections committed earlier carry."""
+    kept = () if policies is None else state.policies[policies:]
+    return ClusterState.build(state.namespaces, state.pods, list(kept), 0,
+                              () if cluster else state.cluster_policies)
 
 
 SEED_EXTERNALS = (IPAddress("172.17.0.9"), IPAddress("172.17.1.9"), IPAddress("172.17.2.9"),
@@ -59,8 +73,13 @@ SEED_EXTERNALS = (IPAddress("172.17.0.9"), IPAddress("172.17.1.9"), IPAddress("1
 @pytest.mark.parametrize("example", sorted(p.name for p in (REPO / "flows").iterdir() if p.is_dir())
                          if (REPO / "flows").is_dir() else [])
 def test_seed_example_is_enforced_exactly(ovs: OvsInstance, tracer: Tracer, example: str) -> None:
-    state = ClusterState.from_parse(load_paths([REPO / "flows" / "cluster.yaml", REPO / "flows" / example]))
-    diff = _differential(ovs, tracer, state)
+    parsed = ClusterState.from_parse(load_paths([REPO / "flows" / "cluster.yaml", REPO / "flows" / example]))
+    # flows/cluster.yaml's node1/node2 are the differential's node-1/node-2 (without this, no pod
+    # was local to a traced bridge and only outside-to-outside pairs, which are skipped, were left)
+    pods = [replace(p, node_name=(p.node_name or "").replace("node", "node-")) for p in parsed.pods]
+    state = ClusterState.build(parsed.namespaces, pods, parsed.policies, 0, parsed.cluster_policies)
+    diff = _differential(ovs, tracer, state, _without(state))  # connections from before the policies
+    assert len(diff.endpoints(())) == len(state.pods)
     protocols = (("TCP", 6379), ("TCP", 5978), ("TCP", 80), ("UDP", 6379), ("SCTP", 6379))
     assert diff.check(protocols, SEED_EXTERNALS) == []
     assert diff.check_replies("TCP", 6379) == []
@@ -75,7 +94,7 @@ def test_seed_examples_exist() -> None:
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
 @given(state=cluster_states(max_pods=6, max_policies=3))
 def test_generated_clusters_are_enforced_exactly(ovs: OvsInstance, tracer: Tracer, state: ClusterState) -> None:
-    diff = _differential(ovs, tracer, state)
+    diff = _differential(ovs, tracer, state, _without(state, 1))  # before the first policy came
     sample = probes(state)
     mismatches = diff.check(sample, EXTERNAL_IPS[::3]) + diff.check_replies("UDP", 53)
     assert mismatches == [], "\n".join(str(m) for m in mismatches[:10])
@@ -92,7 +111,7 @@ def _on_nodes(state: ClusterState) -> ClusterState:
 
 def test_the_multi_tenant_example_is_enforced_exactly(ovs: OvsInstance, tracer: Tracer) -> None:
     state = _on_nodes(ClusterState.from_parse(load_paths([REPO / "examples" / "multi-tenant"])))
-    diff = _differential(ovs, tracer, state)
+    diff = _differential(ovs, tracer, state, _without(state, cluster=True))
     protocols: tuple[tuple[Protocol, int], ...] = (("TCP", 8080), ("TCP", 9100), ("UDP", 9100), ("SCTP", 8080))
     assert diff.check(protocols, (IPAddress("169.254.169.254"), IPAddress("10.0.0.7"))) == []
     assert diff.check_replies("TCP", 8080) == []
@@ -102,6 +121,6 @@ def test_the_multi_tenant_example_is_enforced_exactly(ovs: OvsInstance, tracer: 
 @given(state=admin_cluster_states())
 def test_generated_clusters_with_admin_policies_are_enforced_exactly(ovs: OvsInstance, tracer: Tracer,
                                                                      state: ClusterState) -> None:
-    diff = _differential(ovs, tracer, state)
+    diff = _differential(ovs, tracer, state, _without(state, 0, cluster=True))  # before the cluster policies
     mismatches = diff.check(probes(state), EXTERNAL_IPS[::3]) + diff.check_replies("UDP", 53)
     assert mismatches == [], "\n".join(str(m) for m in mismatches[:10])

@@ -163,3 +163,113 @@ def test_retrying_clients_see_every_change_the_moment_apply_returns(lab: Lab, tm
     assert not phases.failures, f"{len(phases.failures)} failure(s):\n" + "\n".join(phases.failures[:20])
     assert all(any(a.connected for a in c.attempts) for c in clients), "every client connected at some point"
     assert all(s.cut_at is None for s in streams), [s.error for s in streams]
+
+
+# ---- the fast path for established connections still revokes (docs/pipeline.md) ----------
+
+Y_INGRESS_PORTS = [{"port": 80}, {"port": 81}]
+
+
+def y_ingress(ports: list[dict[str, Any]], peer: dict[str, Any] | None = None) -> dict[str, Any]:
+    source = peer or {"namespaceSelector": {"matchLabels": {"ns": "x"}}}
+    return netpol("y-ingress", "y", {"podSelector": {}, "ingress": [{"from": [source], "ports": ports}]})
+
+
+UNRELATED_Z = netpol("z-unrelated", "z", {"podSelector": {"matchLabels": {"pod": "a"}},
+                                           "ingress": [{"from": [{"podSelector": {}}]}]})
+CLIENTS_ONLY = {"namespaceSelector": {"matchLabels": {"ns": "x"}}, "podSelector": {"matchLabels": {"role": "client"}}}
+
+
+OPEN_X = egress("x-egress", [{}])  # whatever the test above left x's egress at
+
+
+def x_a(**labels: str) -> dict[str, Any]:
+    return pod_manifest("x", "a", {"pod": "a", **labels}, SERVE)
+
+
+@dataclass
+class Cut:
+    """When a stream stopped being echoed, relative to the `lab apply` that cut it."""
+
+    stream: Stream
+    started: float
+    returned: float
+
+    @property
+    def first_drop(self) -> float:
+        """The first chunk that got no echo left one period after the last echo."""
+        return self.stream.last_echo + self.stream.period
+
+    def describe(self) -> str:
+        return (f"{self.stream.name}: first unanswered chunk {self.first_drop - self.returned:+.3f} s after "
+                f"apply returned ({self.first_drop - self.started:+.3f} s after it started, "
+                f"apply took {self.returned - self.started:.3f} s)")
+
+
+def _streams_from_x_a(pods: dict[str, PodState]) -> list[Stream]:
+    """x/a to a y pod on its own node and to one on another node (whichever exist), port 80."""
+    source = pods["x/a"]
+    same = [k for k in sorted(pods) if k.startswith("y/") and pods[k].node == source.node][:1]
+    other = [k for k in sorted(pods) if k.startswith("y/") and pods[k].node != source.node][:1]
+    return [Stream(source, pods[k], 80, period=0.01, stall_limit=3.0).start() for k in (*same, *other)]
+
+
+def _apply(lab: Lab, tmp: Path, *docs: dict[str, Any]) -> tuple[float, float]:
+    path = tmp / "fastpath-change.yaml"
+    path.write_text(yaml.safe_dump_all(list(docs)))
+    started = time.monotonic()
+    lab.apply([path])
+    return started, time.monotonic()
+
+
+def _cuts(lab: Lab, tmp: Path, streams: list[Stream], *docs: dict[str, Any]) -> list[Cut]:
+    """Apply `docs` while the streams run; every stream must be cut (no echo 2 s later)."""
+    time.sleep(0.5)
+    echoed = [s.echoed for s in streams]
+    assert all(s.cut_at is None for s in streams) and all(echoed), [s.error for s in streams]
+    started, returned = _apply(lab, tmp, *docs)
+    time.sleep(2.0)
+    after = [s.echoed for s in streams]
+    time.sleep(0.5)
+    assert [s.echoed for s in streams] == after, "a stream was still echoed 2 s after apply returned"
+    return [Cut(s, started, returned) for s in streams]
+
+
+def _undo(lab: Lab, tmp: Path, streams: list[Stream], docs: list[dict[str, Any]]) -> None:
+    for stream in streams:
+        stream.stop()
+    path = tmp / "fastpath-undo.yaml"
+    path.write_text(yaml.safe_dump_all(docs))
+    lab.delete([path])
+
+
+def test_a_narrowed_allow_cuts_established_streams_within_one_realization(lab: Lab, tmp_path: Path) -> None:
+    pods = lab.state().pods
+    _apply(lab, tmp_path, y_ingress(Y_INGRESS_PORTS), OPEN_X)
+    streams = _streams_from_x_a(pods)
+    try:
+        # an unrelated policy changes no fingerprint of x/a or y: nothing is cut
+        before = [s.echoed for s in streams]
+        _apply(lab, tmp_path, UNRELATED_Z)
+        time.sleep(1.0)
+        assert all(s.cut_at is None for s in streams), [s.error for s in streams]
+        assert all(s.echoed > b for s, b in zip(streams, before, strict=True))
+        cuts = _cuts(lab, tmp_path, streams, y_ingress([{"port": 81}]))  # 80 withdrawn
+        for cut in cuts:
+            print(cut.describe())
+            assert cut.first_drop <= cut.returned + 0.1, cut.describe()
+    finally:
+        _undo(lab, tmp_path, streams, [y_ingress(Y_INGRESS_PORTS), UNRELATED_Z, OPEN_X])
+
+
+def test_a_pod_relabelled_out_of_the_peer_selector_loses_its_established_streams(lab: Lab, tmp_path: Path) -> None:
+    pods = lab.state().pods
+    _apply(lab, tmp_path, y_ingress(Y_INGRESS_PORTS, CLIENTS_ONLY), x_a(role="client"), OPEN_X)
+    streams = _streams_from_x_a(pods)
+    try:
+        for cut in _cuts(lab, tmp_path, streams, x_a()):
+            print(cut.describe())
+            assert cut.first_drop <= cut.returned + 0.1, cut.describe()
+    finally:
+        _undo(lab, tmp_path, streams, [y_ingress(Y_INGRESS_PORTS), OPEN_X])
+        _apply(lab, tmp_path, x_a())

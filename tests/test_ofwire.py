@@ -131,9 +131,13 @@ def test_every_action_field_set_and_moved_encodes_as_os_ken_does(name: str) -> N
     movable = sorted(writable_fields(match) - SET_ONLY_FIELDS - {name})
     same_width = next((n for n in movable if ACTION_FIELDS[n].bits == spec.bits
                        and n.startswith("arp") == name.startswith("arp")), name)
+    half = (1 << 64) - 1
+    labels = (SetField(name, value), SetField(name, value & half, half),
+              SetField(name, 0xAB << 64, half << 64)) if name == "ct_label" else ()
     actions = (Ct(commit=True, exec_actions=(SetField("ct_mark", value & 0xFFFFFFFF),)),) if name == "ct_mark" else (
+        (Ct(commit=True, exec_actions=labels),) if name == "ct_label" else (
         SetField(name, value & (0xFF if name == "arp_op" else spec.full)),
-        *(() if name in SET_ONLY_FIELDS else (Move(name, same_width),)))
+        *(() if name in SET_ONLY_FIELDS else (Move(name, same_width),))))
     flows = [Flow(0, 1, match, actions)]
     if name == "ct_mark":
         flows.append(Flow(0, 1, match, (Move("ct_mark", "reg0"),)))

@@ -27,7 +27,10 @@ from sdn_netpol.compiler.flow import (
 from sdn_netpol.compiler.flowfields import FieldInput
 from sdn_netpol.compiler.pipeline import (
     CT_ZONE,
+    FAST_PROTOCOLS,
     FLAG_BYPASS,
+    FLAG_FAST_ELIGIBLE,
+    FLAG_RECHECKED,
     FLAG_SCTP_REPLY,
     FLAG_SCTP_REPLY_BIT,
     GATEWAY_MAC,
@@ -73,6 +76,7 @@ def pipeline_flows(node: NodeContext) -> Iterator[Flow]:
         yield _flow(Table.COMMIT, Priority.NORMAL, Match.build(family, ct_state=ct_state(new=True, trk=True)),
                     (Ct(commit=True, zone=CT_ZONE), GotoTable(Table.OUTPUT)))
     yield from _conntrack_state_flows()
+    yield from _fastpath_flows()
     yield from _sctp_reply_flows()
     yield _flow(Table.INGRESS_ADMIN, Priority.TIER_BYPASS, Match.build(None, **{REG_FLAGS: (FLAG_BYPASS, FLAG_BYPASS)}),
                 (GotoTable(Table.COMMIT),))
@@ -173,16 +177,21 @@ def _misses() -> Iterator[Flow]:
         Table.CONNTRACK_STATE: drop,
         Table.SCTP_REPLY: drop,  # reached by resubmit only: a miss just learns nothing
         Table.SCTP_REPLY_VERDICT: (GotoTable(Table.EGRESS_ADMIN),),
+        # an eligible packet no pod's fast flow took: walk the egress rules, re-checked
+        Table.EGRESS_FAST: (SetField(REG_FLAGS, FLAG_FAST_ELIGIBLE | FLAG_RECHECKED), GotoTable(Table.EGRESS_ADMIN)),
         Table.EGRESS_ADMIN: (GotoTable(Table.EGRESS_RULE),),
         Table.EGRESS_RULE: (GotoTable(Table.EGRESS_DEFAULT),),
         Table.EGRESS_DEFAULT: (GotoTable(Table.EGRESS_BASELINE),),
         Table.EGRESS_BASELINE: (GotoTable(Table.L3_FORWARDING),),
         Table.L3_FORWARDING: drop,
+        Table.INGRESS_FAST: (GotoTable(Table.INGRESS_ADMIN),),
         Table.INGRESS_ADMIN: (GotoTable(Table.INGRESS_RULE),),
         Table.INGRESS_RULE: (GotoTable(Table.INGRESS_DEFAULT),),
         Table.INGRESS_DEFAULT: (GotoTable(Table.INGRESS_BASELINE),),
         Table.INGRESS_BASELINE: (GotoTable(Table.COMMIT),),
         Table.COMMIT: (GotoTable(Table.OUTPUT),),
+        Table.EGRESS_STAMP: drop,  # reached by resubmit only: non-IP never gets there
+        Table.INGRESS_STAMP: drop,  # a destination that is no local pod: nothing to stamp
         Table.OUTPUT: drop,
     }
     for table, actions in misses.items():
@@ -212,6 +221,30 @@ def _conntrack_state_flows() -> Iterator[Flow]:
     yield _flow(table, Priority.BYPASS, Match.build(ct_state=ct_state(est=True, rpl=True, trk=True)), bypass)
     yield _flow(table, Priority.BYPASS, Match.build(ct_state=ct_state(rel=True, trk=True)), bypass)
     yield _flow(table, Priority.DEFAULT, Match.build(ct_state=ct_state(trk=True)), (GotoTable(Table.EGRESS_ADMIN),))
+
+
+def _fastpath_flows() -> Iterator[Flow]:
+    """The fixed part of the fast path (docs/pipeline.md, "Established connections: the fast
+    path"; the per-pod part is compiler/fastpath.py). ConntrackState marks original-direction
+    established TCP and UDP packets eligible (reg3 bit 3) and sends them to EgressFast; SCTP
+    never: OVS 3.1 tracks it without ports, so it walks the rules per port as before (450
+    catches it first). A packet that misses a fast table walks that direction's rules marked
+    re-checked (reg3 bit 4), and Commit then writes the fingerprints into its ct_label again
+    (EgressStamp, IngressStamp). A policy-checked +new packet is stamped the same way."""
+    eligible, rechecked = FLAG_FAST_ELIGIBLE, FLAG_FAST_ELIGIBLE | FLAG_RECHECKED
+    established = ct_state(est=True, rpl=False, trk=True)
+    for proto in FAST_PROTOCOLS:
+        yield _flow(Table.CONNTRACK_STATE, Priority.FAST_ELIGIBLE, Match.build(proto, ct_state=established),
+                    (SetField(REG_FLAGS, eligible), GotoTable(Table.EGRESS_FAST)))
+    yield _flow(Table.INGRESS_FAST, Priority.DEFAULT, Match.build(None, **{REG_FLAGS: (eligible, rechecked)}),
+                (SetField(REG_FLAGS, rechecked), GotoTable(Table.INGRESS_ADMIN)))
+    stamp = (Resubmit(Table.EGRESS_STAMP), Resubmit(Table.INGRESS_STAMP), GotoTable(Table.OUTPUT))
+    for family in _IP_FAMILIES:
+        checked_new = Match.build(family, ct_state=ct_state(new=True, trk=True), **{REG_FLAGS: (0, FLAG_BYPASS)})
+        yield _flow(Table.COMMIT, Priority.COMMIT_STAMP_NEW, checked_new, stamp)
+        yield _flow(Table.COMMIT, Priority.COMMIT_STAMP_RECHECKED,
+                    Match.build(family, **{REG_FLAGS: (FLAG_RECHECKED, FLAG_RECHECKED)}), stamp)
+        yield _flow(Table.EGRESS_STAMP, Priority.DEFAULT, Match.build(family), (Ct(commit=True, zone=CT_ZONE),))
 
 
 def _sctp_reply_flows() -> Iterator[Flow]:
@@ -246,6 +279,8 @@ def _edge_port_flows(node: NodeContext) -> Iterator[Flow]:
             continue
         yield _flow(Table.CLASSIFIER, Priority.NORMAL, Match.build(in_port=port),
                     (SetField(REG_PORT_CLASS, port_class), GotoTable(Table.SPOOF_GUARD)))
+        # egress policy is the sending pod's node's: the egress tiers match pods' in_ports only
+        yield _flow(Table.EGRESS_FAST, Priority.NORMAL, Match.build(in_port=port), (GotoTable(Table.L3_FORWARDING),))
         for family in _IP_FAMILIES:
             yield _flow(Table.SPOOF_GUARD, Priority.NORMAL, Match.build(family, in_port=port),
                         (GotoTable(Table.CONNTRACK),))
@@ -300,7 +335,7 @@ def _local_pod_flows(binding: PortBinding) -> tuple[Flow, ...]:
             SetField.of("eth_dst", binding.mac),
             DecTtl(),
             SetField(REG_OUT_PORT, port),
-            GotoTable(Table.INGRESS_ADMIN),
+            GotoTable(Table.INGRESS_FAST),
         )
         flows.append(Flow(Table.L3_FORWARDING, Priority.NORMAL, Match.build(family, **{dst_field: ip}), actions,
                           pod_cookie))

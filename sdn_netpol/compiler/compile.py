@@ -25,6 +25,7 @@ from sdn_netpol.compiler.admin_flows import AdminParts, admin_flows
 from sdn_netpol.compiler.audit_flows import audit_allow_flows
 from sdn_netpol.compiler.base_flows import local_pod_flows, node_route_flows, pipeline_flows, remote_pod_flows
 from sdn_netpol.compiler.diff import FlowDiff, diff, diff_ids
+from sdn_netpol.compiler.fastpath import FingerprintIndex, fastpath_flows
 from sdn_netpol.compiler.flow import Flow, FlowId
 from sdn_netpol.compiler.flowset import DuplicateFlowError, FlowSet
 from sdn_netpol.compiler.policy_flows import Placement, PolicyTables, place
@@ -56,6 +57,8 @@ class NodeCompilation:
     change: FlowDiff | None = None
     admin_parts: AdminParts | None = None
     admin_grants: Mapping[str, tuple[ClusterPolicy, PolicyGrants]] | None = None
+    fastpath: tuple[Flow, ...] = ()
+    fingerprints: FingerprintIndex | None = None
 
 
 def compile_node(state: ClusterState, node: NodeContext) -> FlowSet:
@@ -92,11 +95,14 @@ def _build(node: NodeContext, resolution: Resolution, previous: NodeCompilation 
     flows.extend(tables.flows())
     admin = _admin_flows(resolution, node, previous, None)  # previous: only its rendered rules are reused
     flows.extend(admin.flows)
+    index = FingerprintIndex.build(flows, (b.ofport for b in node.bindings))
+    fast = tuple(fastpath_flows(node, index.prints))
+    flows.extend(fast)
     counts: dict[Flow, int] = {}
     for flow in flows:
         counts[flow] = counts.get(flow, 0) + 1
     return NodeCompilation(node, resolution, tables, counts, FlowSet(counts), admin_parts=admin.parts,
-                           admin_grants=admin.grants)
+                           admin_grants=admin.grants, fastpath=fast, fingerprints=index)
 
 
 @dataclass(frozen=True)
@@ -156,9 +162,26 @@ def _update(previous: NodeCompilation, node: NodeContext, resolution: Resolution
     old_parts, new_parts = previous.admin_parts or {}, admin.parts or {}
     removed.extend(f for key, part in old_parts.items() if new_parts.get(key) is not part for f in part.flows)
     added.extend(f for key, part in new_parts.items() if old_parts.get(key) is not part for f in part.flows)
-    counts, flows, changed = _apply(previous, [*removed, *update.removed], [*added, *update.added])
+    counts, by_id, changed = _apply(previous, [*removed, *update.removed], [*added, *update.added])
+    index = _fingerprints(previous, by_id, changed, node)
+    fast = tuple(fastpath_flows(node, index.prints))
+    before, after = set(previous.fastpath), set(fast)
+    _patch(counts, by_id, changed, before - after, after - before)
+    flows = FlowSet.trusted(by_id)
     return NodeCompilation(node, resolution, update.tables, counts, flows, diff_ids(previous.flows, flows, changed),
-                           admin.parts, admin.grants)
+                           admin.parts, admin.grants, fast, index)
+
+
+def _fingerprints(previous: NodeCompilation, by_id: Mapping[FlowId, Flow], changed: set[FlowId],
+                  node: NodeContext) -> FingerprintIndex:
+    """The fingerprints after a change: the previous index updated with the flows whose
+    identity changed (a changed flow is its old version removed and its new one added)."""
+    ports = [b.ofport for b in node.bindings]
+    if previous.fingerprints is None:
+        return FingerprintIndex.build(by_id.values(), ports)
+    gone = [f for f in map(previous.flows.get, changed) if f is not None]
+    new = [f for f in map(by_id.get, changed) if f is not None]
+    return previous.fingerprints.update(gone, new, ports)
 
 
 def _binding_changes(old: tuple[PortBinding, ...],
@@ -189,12 +212,18 @@ def _placement_changes(old: Resolution, new: Resolution, ports: Mapping[PodKey, 
 
 
 def _apply(previous: NodeCompilation, removed: Iterable[Flow],
-           added: Iterable[Flow]) -> tuple[dict[Flow, int], FlowSet, set[FlowId]]:
+           added: Iterable[Flow]) -> tuple[dict[Flow, int], dict[FlowId, Flow], set[FlowId]]:
     """Counts and flows after taking fragments' flows away and adding others (removals
     first, so a flow replaced under one identity is never two flows at once)."""
     counts = dict(previous.counts)
     by_id = previous.flows.by_id()
     changed: set[FlowId] = set()
+    _patch(counts, by_id, changed, removed, added)
+    return counts, by_id, changed
+
+
+def _patch(counts: dict[Flow, int], by_id: dict[FlowId, Flow], changed: set[FlowId], removed: Iterable[Flow],
+           added: Iterable[Flow]) -> None:
     for flow in removed:
         left = counts[flow] - 1
         if left:
@@ -213,7 +242,6 @@ def _apply(previous: NodeCompilation, removed: Iterable[Flow],
             raise DuplicateFlowError(f"two flows with one identity:\n  {other}\n  {flow}")
         by_id[flow.id] = flow
         changed.add(flow.id)
-    return counts, FlowSet.trusted(by_id), changed
 
 
 def _audit_denied(state: ClusterState) -> frozenset[str]:

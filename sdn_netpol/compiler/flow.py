@@ -26,6 +26,7 @@ from itertools import repeat
 from sdn_netpol.compiler.flowfields import (
     ACTION_FIELDS,
     ACTION_PREREQUISITES,
+    CT_FIELDS,
     CT_STATE_ALL,
     CT_STATE_FLAGS,
     ETH_TYPE_ARP,
@@ -37,6 +38,7 @@ from sdn_netpol.compiler.flowfields import (
     IPPROTO_SCTP,
     IPPROTO_TCP,
     IPPROTO_UDP,
+    MASKED_SET_FIELDS,
     MATCH_FIELDS,
     OFPP_LOCAL,
     OFPP_MAX,
@@ -69,6 +71,7 @@ __all__ = [
     "Resubmit",
     "SetField",
     "ct_state",
+    "subfield_of",
     "writable_fields",
 ]
 
@@ -213,10 +216,10 @@ def _check_prerequisites(m: Match) -> None:
 
 
 def writable_fields(match: Match) -> frozenset[str]:
-    """The action fields a flow with `match` may write or move (ct_mark aside)."""
+    """The action fields a flow with `match` may write or move (ct_mark and ct_label aside)."""
     needs = _satisfied(match)
     return frozenset(name for name in ACTION_FIELDS
-                     if name != "ct_mark" and needs.get(ACTION_PREREQUISITES.get(name, ""), True))
+                     if name not in CT_FIELDS and needs.get(ACTION_PREREQUISITES.get(name, ""), True))
 
 
 _PREREQ: Mapping[str, str] = {
@@ -296,13 +299,26 @@ class Conjunction:
 
 @dataclass(frozen=True)
 class SetField:
+    """`set_field:VALUE->FIELD`, or `set_field:VALUE/MASK->FIELD` (only the mask's bits change).
+
+    A mask is allowed on ct_label only (MASKED_SET_FIELDS) and must be one run of at most 64
+    bits: OVS sends such a write to an OpenFlow 1.3 controller as one NXAST_REG_LOAD, and so
+    do ofwire.py and osken.py, so what the controller sends and reads back is one form."""
+
     field: str
     value: int
+    mask: int | None = None
 
     def __post_init__(self) -> None:
         limit = 0xFF if self.field == "arp_op" else _action_spec(self.field).full
         if not 0 <= self.value <= limit:  # arp_op is a 16-bit field OVS keeps in 8 bits
             raise ValueError(f"set_field {self.field}: value {self.value} out of range")
+        if self.mask is not None:
+            if self.field not in MASKED_SET_FIELDS:
+                raise ValueError(f"set_field {self.field}: whole fields only, got a mask")
+            if subfield_of(self.mask) is None or self.value & ~self.mask or self.mask > limit:
+                raise ValueError(f"set_field {self.field}: mask {self.mask:#x} is not one run of 1..64 bits "
+                                 "holding the value")
 
     @classmethod
     def of(cls, name: str, raw: FieldInput) -> SetField:
@@ -311,6 +327,17 @@ class SetField:
         if mask is not None:
             raise ValueError(f"set_field {name}: whole fields only, got a mask")
         return cls(name, value)
+
+
+def subfield_of(mask: int) -> tuple[int, int] | None:
+    """(offset, n_bits) of a mask that is one run of 1..64 set bits, else None."""
+    if mask <= 0:
+        return None
+    offset = (mask & -mask).bit_length() - 1
+    n_bits = (mask >> offset).bit_length()
+    if (mask >> offset) != (1 << n_bits) - 1 or n_bits > 64:
+        return None
+    return offset, n_bits
 
 
 @dataclass(frozen=True)
@@ -324,8 +351,8 @@ class Move:
         src, dst = _action_spec(self.src_field), _action_spec(self.dst_field)
         if src.bits != dst.bits:
             raise ValueError(f"move {src.name}->{dst.name}: widths {src.bits} != {dst.bits}")
-        if dst.name == "ct_mark":
-            raise ValueError("ct_mark can only be written inside ct(commit, exec(...))")
+        if dst.name in CT_FIELDS:
+            raise ValueError(f"{dst.name} can only be written inside ct(commit, exec(...))")
         if {src.name, dst.name} & SET_ONLY_FIELDS:
             raise ValueError(f"move {src.name}->{dst.name}: {sorted(SET_ONLY_FIELDS)} can only be set")
 
@@ -351,8 +378,8 @@ class Ct:
             raise ValueError(f"ct zone {self.zone} is not 16-bit")
         if self.exec_actions and not self.commit:
             raise ValueError("ct exec(...) needs commit")
-        if any(not isinstance(a, SetField) or a.field != "ct_mark" for a in self.exec_actions):
-            raise ValueError("ct exec(...) may only set ct_mark")
+        if any(not isinstance(a, SetField) or a.field not in CT_FIELDS for a in self.exec_actions):
+            raise ValueError("ct exec(...) may only set ct_mark or ct_label")
 
 
 @dataclass(frozen=True)
@@ -406,6 +433,8 @@ def action_key(a: Action) -> tuple[object, ...]:
     if isinstance(a, Ct):
         return ("Ct", a.commit, -1 if a.table is None else a.table, a.zone,
                 tuple(action_key(e) for e in a.exec_actions))
+    if isinstance(a, SetField):
+        return ("SetField", a.field, a.value, -1 if a.mask is None else a.mask)
     return (type(a).__name__, *(getattr(a, n) for n in a.__dataclass_fields__))
 
 
@@ -495,5 +524,5 @@ def _check_actions(flow: Flow) -> None:
         unmet = sorted(n for n in written if n in ACTION_PREREQUISITES and n not in writable_fields(flow.match))
         if unmet:
             raise ValueError(f"{unmet} needs a {ACTION_PREREQUISITES[unmet[0]]} match")
-        if isinstance(a, SetField) and a.field == "ct_mark":
-            raise ValueError("ct_mark can only be written inside ct(commit, exec(...))")
+        if isinstance(a, SetField) and a.field in CT_FIELDS:
+            raise ValueError(f"{a.field} can only be written inside ct(commit, exec(...))")

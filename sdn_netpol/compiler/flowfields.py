@@ -66,7 +66,7 @@ _REGS: tuple[tuple[str, int, Kind, bool], ...] = tuple(
 #: no protocol shorthand absorbs them). Sorting by this order makes matches canonical.
 MATCH_FIELDS: Mapping[str, FieldSpec] = _specs(
     ("conj_id", 32, "int", False), ("ct_state", 8, "ct_state", True),
-    ("ct_mark", 32, "int", True), *_REGS,
+    ("ct_mark", 32, "int", True), ("ct_label", 128, "int", True), *_REGS,
     ("tun_id", 64, "int", True), ("tun_src", 32, "ipv4", True), ("tun_dst", 32, "ipv4", True),
     ("in_port", 16, "port", False), ("dl_src", 48, "mac", True), ("dl_dst", 48, "mac", True),
     ("dl_type", 16, "int", False),
@@ -87,7 +87,7 @@ ACTION_FIELDS: Mapping[str, FieldSpec] = _specs(
     ("arp_op", 16, "int", False), ("arp_sha", 48, "mac", False), ("arp_tha", 48, "mac", False),
     ("arp_spa", 32, "ipv4", False), ("arp_tpa", 32, "ipv4", False),
     ("tun_id", 64, "int", False), ("tun_dst", 32, "ipv4", False), *_REGS,
-    ("ct_mark", 32, "int", False),
+    ("ct_mark", 32, "int", False), ("ct_label", 128, "int", False),
     # Neighbor Discovery: what turns a Neighbor Solicitation into an Advertisement
     ("ipv6_src", 128, "ipv6", False), ("ipv6_dst", 128, "ipv6", False),
     ("nd_target", 128, "ipv6", False), ("icmpv6_type", 8, "int", False),
@@ -104,6 +104,11 @@ ACTION_PREREQUISITES: Mapping[str, str] = {
     "ipv6_src": "ipv6", "ipv6_dst": "ipv6", "icmpv6_type": "icmp6",
     "nd_target": "nd", "nd_reserved": "nd", "nd_options_type": "nd", "nd_tll": "nd_advert",
 }
+#: Conntrack fields: written only inside ct(commit, exec(...)), never by a plain action.
+CT_FIELDS = frozenset({"ct_mark", "ct_label"})
+#: Fields a set_field may write in part (value/mask): ct_label, whose halves are the two
+#: directions' verdict fingerprints (docs/pipeline.md, "Established connections: the fast path").
+MASKED_SET_FIELDS = frozenset({"ct_label"})
 #: Fields an action may set but not move: os-ken 4.2 has no name for OVS's ND extensions and
 #: writes a zero width into a move's header for them.
 SET_ONLY_FIELDS = frozenset({"nd_reserved", "nd_options_type"})

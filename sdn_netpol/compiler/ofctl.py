@@ -61,13 +61,13 @@ _NXM = {"eth_src": "NXM_OF_ETH_SRC", "eth_dst": "NXM_OF_ETH_DST", "arp_op": "NXM
         "arp_sha": "NXM_NX_ARP_SHA", "arp_tha": "NXM_NX_ARP_THA",
         "arp_spa": "NXM_OF_ARP_SPA", "arp_tpa": "NXM_OF_ARP_TPA",
         "tun_id": "NXM_NX_TUN_ID", "tun_dst": "NXM_NX_TUN_IPV4_DST",
-        "ct_mark": "NXM_NX_CT_MARK", **{f"reg{i}": f"NXM_NX_REG{i}" for i in range(8)},
+        "ct_mark": "NXM_NX_CT_MARK", "ct_label": "NXM_NX_CT_LABEL", **{f"reg{i}": f"NXM_NX_REG{i}" for i in range(8)},
         "ipv6_src": "NXM_NX_IPV6_SRC", "ipv6_dst": "NXM_NX_IPV6_DST", "nd_target": "NXM_NX_ND_TARGET",
         "icmpv6_type": "NXM_NX_ICMPV6_TYPE", "nd_tll": "NXM_NX_ND_TLL",
         "nd_reserved": "ERICOXM_OF_ICMPV6_ND_RESERVED", "nd_options_type": "ERICOXM_OF_ICMPV6_ND_OPTIONS_TYPE"}
 _FROM_NXM = {v: k for k, v in _NXM.items()}
 _PRINTED_AS = {"icmpv6_type": "icmp_type", "icmpv6_code": "icmp_code"}
-_BEFORE_SHORTHAND = ("conj_id", "ct_state", "ct_mark")
+_BEFORE_SHORTHAND = ("conj_id", "ct_state", "ct_mark", "ct_label")
 _STATS_KEYS = frozenset({"duration", "n_packets", "n_bytes", "idle_age", "hard_age"})
 
 
@@ -179,7 +179,8 @@ def _render_action(a: Action) -> str:
         spec = ACTION_FIELDS[a.field]
         value = _hex(a.value) if spec.kind == "int" and a.field not in DECIMAL_ACTION_FIELDS else (
             str(a.value) if spec.kind == "int" else _address(spec, a.value))
-        return f"set_field:{value}->{a.field}"
+        mask = "" if a.mask is None else f"/{_hex(a.mask)}"
+        return f"set_field:{value}{mask}->{a.field}"
     if isinstance(a, Move):
         return f"move:{_NXM[a.src_field]}[]->{_NXM[a.dst_field]}[]"
     if isinstance(a, LearnReply):
@@ -369,9 +370,7 @@ def _set_field(name: str, text: str) -> SetField:
     if name not in ACTION_FIELDS:
         raise ValueError(f"unsupported set_field target {name!r}")
     value, mask = parse_field_text(ACTION_FIELDS[name], text)
-    if mask is not None:
-        raise ValueError(f"set_field {name}: partial writes are not supported")
-    return SetField(name, value)
+    return SetField(name, value, mask)  # a mask only where SetField allows one (ct_label)
 
 
 def _parse_ct(args: str) -> Ct:

@@ -14,8 +14,9 @@ choices, which OVS would accept in other forms too:
 
 - match fields are ordered by os-ken's sort key, the OXM type `class << 7 | field`, not
   as the Match lists them: NXM_0 (class 0), then NXM_1 (class 1: reg*, tun_ipv4_*,
-  conj_id, ct_state, ct_mark), then OpenFlow basic (class 0x8000) by field number;
-- reg*, ct_state, ct_mark, conj_id and tun_ipv4_* are Nicira NXM_1 fields with 32-bit
+  conj_id, ct_state, ct_mark, ct_label), then OpenFlow basic (class 0x8000) by field number;
+- a masked set_field (ct_label's halves) is NXAST_REG_LOAD, as OVS writes it for OF1.3;
+- reg*, ct_state, ct_mark, ct_label, conj_id and tun_ipv4_* are Nicira NXM_1 fields with 32-bit
   headers (none of our fields needs os-ken's 64-bit experimenter OXM header), ct_state
   with os-ken's 4-byte width; `tp_dst` is tcp_dst/udp_dst/sctp_dst by nw_proto;
 - LOCAL and IN_PORT are the 32-bit OpenFlow 1.3 port numbers; output max_len is 0;
@@ -48,6 +49,7 @@ from sdn_netpol.compiler.flow import (
     OutputInPort,
     Resubmit,
     SetField,
+    subfield_of,
 )
 from sdn_netpol.compiler.flowfields import (
     ACTION_FIELDS,
@@ -82,7 +84,7 @@ OFPMT_OXM = 1
 OFPIT_GOTO_TABLE, OFPIT_APPLY_ACTIONS = 1, 4
 OFPAT_OUTPUT, OFPAT_DEC_NW_TTL, OFPAT_SET_FIELD, OFPAT_EXPERIMENTER = 0, 24, 25, 0xFFFF
 NX_EXPERIMENTER_ID = 0x00002320
-NXAST_REG_MOVE, NXAST_RESUBMIT_TABLE, NXAST_LEARN, NXAST_CONJUNCTION, NXAST_CT = 6, 14, 16, 34, 35
+NXAST_REG_LOAD, NXAST_REG_MOVE, NXAST_RESUBMIT_TABLE, NXAST_LEARN, NXAST_CONJUNCTION, NXAST_CT = 7, 6, 14, 16, 34, 35
 NXAST_CONTROLLER2, NXAC2PT_USERDATA = 37, 3
 NX_CT_F_COMMIT, NX_CT_RECIRC_NONE = 1, 0xFF
 RESUBMIT_KEEP_IN_PORT = 0xFFF8
@@ -101,6 +103,7 @@ _DEC_NW_TTL = struct.Struct("!HH4x").pack(OFPAT_DEC_NW_TTL, 8)
 _NX_RESUBMIT_TABLE = struct.Struct("!HHIHHB3x")
 _NX_CONJUNCTION = struct.Struct("!HHIHBBI")
 _NX_CT = struct.Struct("!HHIHH4sHB3xH")  # + flags, zone_src, zone, recirc_table, alg
+_NX_REG_LOAD = struct.Struct("!HHIHHIQ")  # + ofs_nbits, dst header, 64-bit value
 _NX_REG_MOVE = struct.Struct("!HHIHHHHII")  # + n_bits, src_ofs, dst_ofs, src, dst headers
 _NX_LEARN = struct.Struct("!HHIHHHHQHBxHH")  # + idle, hard, priority, cookie, flags, table, fin×2
 _LEARN_SPEC_IMM = struct.Struct("!HHIH")  # header, 16-bit immediate, dst header, dst ofs
@@ -144,6 +147,7 @@ _REG_FIELDS = {f"reg{i}": _nxm1(i, 4) for i in range(8)}
 ETH_DST, ETH_SRC, ARP_OP = _basic(3, 6), _basic(4, 6), _basic(21, 2)
 ARP_SPA, ARP_TPA, ARP_SHA, ARP_THA = _basic(22, 4), _basic(23, 4), _basic(24, 6), _basic(25, 6)
 TUNNEL_ID, TUN_IPV4_SRC, TUN_IPV4_DST, CT_MARK = _basic(38, 8), _nxm1(31, 4), _nxm1(32, 4), _nxm1(107, 4)
+CT_LABEL = _nxm1(108, 16)
 IPV6_SRC, IPV6_DST, ICMPV6_TYPE = _basic(26, 16), _basic(27, 16), _basic(29, 1)
 ND_TARGET, ND_TLL = _basic(31, 16), _basic(33, 6)
 #: OVS's ND extensions (ERICOXM_OF_ICMPV6_ND_RESERVED/_OPTIONS_TYPE, OXM class 0x1000), which
@@ -153,7 +157,8 @@ ND_RESERVED, ND_OPTIONS_TYPE = OxmField(ERICOXM_OF, 1, 4), OxmField(ERICOXM_OF, 
 
 #: Match field (flowfields.MATCH_FIELDS name) → its OXM/NXM field, as osken._MATCH_TO_OXM maps it.
 MATCH_OXM: Mapping[str, OxmField] = {
-    "conj_id": _nxm1(37, 4), "ct_state": _nxm1(105, 4), "ct_mark": CT_MARK, **_REG_FIELDS,
+    "conj_id": _nxm1(37, 4), "ct_state": _nxm1(105, 4), "ct_mark": CT_MARK, "ct_label": CT_LABEL,
+    **_REG_FIELDS,
     "tun_id": TUNNEL_ID, "tun_src": TUN_IPV4_SRC, "tun_dst": TUN_IPV4_DST,
     "in_port": _basic(0, 4), "dl_src": ETH_SRC, "dl_dst": ETH_DST, "dl_type": _basic(5, 2),
     "ipv6_src": IPV6_SRC, "ipv6_dst": IPV6_DST,
@@ -169,7 +174,8 @@ TP_DST_OXM: Mapping[int, OxmField] = {IPPROTO_TCP: _basic(14, 2), IPPROTO_UDP: _
 ACTION_OXM: Mapping[str, OxmField] = {
     "eth_src": ETH_SRC, "eth_dst": ETH_DST, "arp_op": ARP_OP, "arp_sha": ARP_SHA, "arp_tha": ARP_THA,
     "arp_spa": ARP_SPA, "arp_tpa": ARP_TPA, "tun_id": TUNNEL_ID, "tun_dst": TUN_IPV4_DST,
-    **_REG_FIELDS, "ct_mark": CT_MARK, "ipv6_src": IPV6_SRC, "ipv6_dst": IPV6_DST, "nd_target": ND_TARGET,
+    **_REG_FIELDS, "ct_mark": CT_MARK, "ct_label": CT_LABEL, "ipv6_src": IPV6_SRC, "ipv6_dst": IPV6_DST,
+    "nd_target": ND_TARGET,
     "icmpv6_type": ICMPV6_TYPE, "nd_reserved": ND_RESERVED, "nd_options_type": ND_OPTIONS_TYPE, "nd_tll": ND_TLL,
 }
 
@@ -265,8 +271,22 @@ def _set_field(a: SetField) -> bytes:
     parts = _SET_FIELD_PARTS.get(a.field)
     if parts is None:
         raise EncodeError(f"no OXM encoding for action field {a.field!r}")
+    if a.mask is not None:
+        return _reg_load(a)
     head, size, pad = parts
     return head + a.value.to_bytes(size, "big") + pad
+
+
+def _reg_load(a: SetField) -> bytes:
+    """A masked set_field (one run of <= 64 bits, flow.SetField) as NXAST_REG_LOAD: what OVS
+    itself sends an OpenFlow 1.3 controller for it, and what osken.py builds."""
+    assert a.mask is not None
+    found = subfield_of(a.mask)
+    if found is None:
+        raise EncodeError(f"set_field {a.field}: mask {a.mask:#x} is no subfield")
+    offset, n_bits = found
+    return _NX_REG_LOAD.pack(OFPAT_EXPERIMENTER, 24, NX_EXPERIMENTER_ID, NXAST_REG_LOAD,
+                             offset << 6 | (n_bits - 1), _action_oxm(a.field).header(), a.value >> offset)
 
 
 def _ct(a: Ct) -> bytes:

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from netaddr import IPAddress
+from os_ken.ofproto import nicira_ext
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
 
@@ -45,6 +46,7 @@ from sdn_netpol.compiler.flow import (
     OutputInPort,
     Resubmit,
     SetField,
+    subfield_of,
 )
 from sdn_netpol.compiler.flowfields import (
     ACTION_FIELDS,
@@ -74,7 +76,7 @@ _MATCH_TO_OXM: Mapping[str, str] = {
     "icmp_type": "icmpv4_type", "icmp_code": "icmpv4_code", "icmpv6_type": "icmpv6_type",
     "icmpv6_code": "icmpv6_code", "nd_target": "ipv6_nd_target", "tun_id": "tunnel_id",
     "tun_src": "tun_ipv4_src", "tun_dst": "tun_ipv4_dst", "ct_state": "ct_state",
-    "ct_mark": "ct_mark", "conj_id": "conj_id", **{f"reg{i}": f"reg{i}" for i in range(8)},
+    "ct_mark": "ct_mark", "ct_label": "ct_label", "conj_id": "conj_id", **{f"reg{i}": f"reg{i}" for i in range(8)},
 }
 _TP_DST = {IPPROTO_TCP: "tcp_dst", IPPROTO_UDP: "udp_dst", IPPROTO_SCTP: "sctp_dst"}
 _OXM_TO_MATCH = {
@@ -155,6 +157,10 @@ def _to_action(a: Action) -> Any:
             flags=_NX_CT_F_COMMIT if a.commit else 0, zone_src="", zone_ofs_nbits=a.zone,
             recirc_table=_RECIRC_NONE if a.table is None else a.table, alg=0,
             actions=[_to_action(e) for e in a.exec_actions])
+    if isinstance(a, SetField) and a.mask is not None:  # a run of <= 64 bits: NXAST_REG_LOAD, as OVS
+        offset, n_bits = subfield_of(a.mask) or (0, 0)
+        return parser.NXActionRegLoad(ofs_nbits=nicira_ext.ofs_nbits(offset, offset + n_bits - 1),
+                                      dst=_ACTION_TO_OXM[a.field], value=a.value >> offset)
     if isinstance(a, SetField):
         value = _to_wire(ACTION_FIELDS[a.field], a.value) if a.field not in _UNNAMED else (
             base64.b64encode(a.value.to_bytes(_UNNAMED[a.field].size, "big")).decode())
@@ -258,6 +264,18 @@ def _from_set_field(a: Any) -> Action:
     return SetField(name, _from_wire(ACTION_FIELDS[name], a.value))
 
 
+def _from_reg_load(a: Any) -> Action:
+    """NXAST_REG_LOAD: how OVS answers an OpenFlow 1.3 read of a masked set_field."""
+    name = _OXM_TO_ACTION.get(a.dst.removesuffix("_nxm"))
+    if name is None:
+        raise ValueError(f"unsupported load target {a.dst!r}")
+    offset, n_bits = a.ofs_nbits >> 6, (a.ofs_nbits & 0x3F) + 1
+    mask = ((1 << n_bits) - 1) << offset
+    if mask == ACTION_FIELDS[name].full:
+        return SetField(name, a.value)
+    return SetField(name, a.value << offset, mask)
+
+
 def _from_move(a: Any) -> Action:
     return _move(a.src_field, a.dst_field, a.n_bits, a.src_ofs, a.dst_ofs)
 
@@ -331,6 +349,7 @@ _FROM_ACTION: Mapping[type, Callable[[Any], Action]] = {
     parser.NXActionCT: _from_ct,
     parser.OFPActionSetField: _from_set_field,
     parser.NXActionRegMove: _from_move,
+    parser.NXActionRegLoad: _from_reg_load,
     parser.OFPActionDecNwTtl: lambda a: DecTtl(),
     parser.NXActionController2: _from_controller,
     parser.OFPActionExperimenterUnknown: _from_experimenter,

@@ -5,15 +5,18 @@ a real dump). Nothing here builds flows.
 
 Packet walk:
   Classifier → SpoofGuard → (ARP: ArpResponder; NS: NdpResponder → NdpAdvertisement)
-    → Conntrack → ConntrackState
-    → EgressAdmin → EgressRule → EgressDefault → EgressBaseline → L3Forwarding
-    → IngressAdmin → IngressRule → IngressDefault → IngressBaseline → Commit → Output
+    → Conntrack → ConntrackState → (established TCP/UDP: EgressFast)
+    → EgressAdmin → EgressRule → EgressDefault → EgressBaseline → L3Forwarding → IngressFast
+    → IngressAdmin → IngressRule → IngressDefault → IngressBaseline → Commit (→ EgressStamp,
+    IngressStamp) → Output
 The Admin and Baseline tiers of cluster-wide policies (compiler/admin_flows.py) wrap the
 NetworkPolicy tables: an Admin Allow skips to L3Forwarding/Commit, a Pass goes on to the
 NetworkPolicy table, and only packets no NetworkPolicy isolates reach the Baseline table.
 Replies and related packets skip both policy directions (reg3 bit 0); packets in the
-original direction of an established connection are checked again, so withdrawing an
-allow cuts the connection, and SCTP (tracked without ports by OVS 3.1) stays per-port.
+original direction of an established connection are checked again unless their ct_label
+still holds the pods' current verdict fingerprints (EgressFast/IngressFast, TCP and UDP
+only: compiler/fastpath.py), so withdrawing an allow cuts the connection, and SCTP
+(tracked without ports by OVS 3.1) stays per-port.
 """
 
 from __future__ import annotations
@@ -33,11 +36,13 @@ class Table(IntEnum):
     CONNTRACK_STATE = 31
     SCTP_REPLY = 32  # learned reply 5-tuples of SCTP associations policy allowed
     SCTP_REPLY_VERDICT = 33
+    EGRESS_FAST = 36  # established TCP/UDP whose ct_label egress half is the pod's fingerprint: skip 38..42
     EGRESS_ADMIN = 38  # the Admin tier of cluster-wide policies, before NetworkPolicy
     EGRESS_RULE = 40
     EGRESS_DEFAULT = 41
     EGRESS_BASELINE = 42  # the Baseline tier: reached only by pods no NetworkPolicy isolates
     L3_FORWARDING = 50
+    INGRESS_FAST = 56  # ...and the ingress half: skip 58..62
     INGRESS_ADMIN = 58
     INGRESS_RULE = 60
     INGRESS_DEFAULT = 61
@@ -45,6 +50,8 @@ class Table(IntEnum):
     COMMIT = 70
     AUDIT_EGRESS = 71  # resubmitted from Commit: copies of allowed new connections to the controller
     AUDIT_INGRESS = 72
+    EGRESS_STAMP = 73  # resubmitted from Commit: ct(commit) writing the source pod's egress fingerprint
+    INGRESS_STAMP = 74  # ...and the destination pod's ingress fingerprint
     OUTPUT = 80
 
 
@@ -55,9 +62,12 @@ class Priority(IntEnum):
     AUDIT_COMMIT = 205  # above the plain +new commit, only for packets of audited pods
     AUDIT_COMMIT_SCTP = 215  # above the SCTP commit (210)
     NORMAL = 200
+    COMMIT_STAMP_NEW = 201  # Commit: a policy-checked +new packet, committed with the fingerprints
+    COMMIT_STAMP_RECHECKED = 202  # Commit: an established packet that walked the rules, stamped again
     NODE_ROUTE = 150  # a remote node's pod CIDR, below every exact pod route
     CONJUNCTION = 200  # clause flows and their conj_id flows share one priority (OVS rule)
     DIRECT_ALLOW = 300  # single-dimension allows: above every conjunction, all mean "allow"
+    FAST_ELIGIBLE = 350  # ConntrackState: +est-rpl TCP/UDP may take the fast path (below replies)
     BYPASS = 400
     FORBIDDEN = 410  # SpoofGuard: destinations nothing may be routed to (loopback, tunnel endpoints)
     ND_GUARD = 420  # SpoofGuard: Neighbor Discovery from anyone is dropped (RS, RA, NS, NA, redirect)...
@@ -77,7 +87,7 @@ TIER_BANDS = 1002  # policy priorities 0..1000, and the BaselineAdminNetworkPoli
 # Registers (32-bit NXM registers reg0..reg7).
 REG_PORT_CLASS = "reg0"  # where the packet entered: see PortClass
 REG_OUT_PORT = "reg2"  # OpenFlow port chosen by L3Forwarding, used by ingress rules and Output
-REG_FLAGS = "reg3"  # bit 0: reply/related, policy bypassed; bit 2: a learned SCTP reply
+REG_FLAGS = "reg3"  # bit 0: reply/related, policy bypassed; bit 2: a learned SCTP reply; 3, 4: fast path
 
 
 class PortClass(IntEnum):
@@ -92,6 +102,22 @@ LOCAL_SIDE_MASK = 0x1
 FLAG_BYPASS = 0x1
 FLAG_SCTP_REPLY_BIT = 2
 FLAG_SCTP_REPLY = 1 << FLAG_SCTP_REPLY_BIT
+FLAG_FAST_ELIGIBLE = 1 << 3  # an original-direction +est TCP/UDP packet: its ct_label may be trusted
+FLAG_RECHECKED = 1 << 4  # ...that walked a direction's rules: Commit stamps its ct_label again
+FAST_PROTOCOLS = ("tcp", "udp", "tcp6", "udp6")  # never SCTP: OVS 3.1 tracks it without ports
+
+# ct_label (128 bits): the verdict fingerprints a connection was last admitted under
+# (compiler/fastpath.py). Bits 0..63: the source pod's egress fingerprint, written on the
+# source pod's node; bits 64..127: the destination pod's ingress fingerprint, on its node.
+FINGERPRINT_BITS = 64
+FINGERPRINT_MASK = (1 << FINGERPRINT_BITS) - 1
+LABEL_SHIFT = {"Egress": 0, "Ingress": FINGERPRINT_BITS}
+
+
+def label_half(direction: str, fingerprint: int) -> tuple[int, int]:
+    """(value, mask) of ct_label holding `fingerprint` in `direction`'s half."""
+    shift = LABEL_SHIFT[direction]
+    return fingerprint << shift, FINGERPRINT_MASK << shift
 SCTP_REPLY_IDLE_TIMEOUT = 300  # seconds; SCTP heartbeats (30 s by default) keep it alive
 
 CT_ZONE = 1  # one zone for the bridge: pod addresses are unique cluster-wide
@@ -119,6 +145,7 @@ class CookieCategory(IntEnum):
     LEARNED = 0x05  # SCTP reply flows the switch learns itself: never reconciled away
     SHARED = 0x11  # a match flow carrying conjunctions of several rules
     AUDIT = 0x06  # audit-log flows (object = pod, or 0 for the Commit flows)
+    FAST_PATH = 0x07  # a local pod's fast-path and stamp flows (object = pod)
 
 
 # Audit log: controller(userdata=5e.XX) tags, verdict and direction of the copied packet.

@@ -67,7 +67,8 @@ class Selection:
         if self.pod is not None:
             object_id = pod_object_id(self.pod)
             return [(cookie(c, object_id), MASK_OBJECT)
-                    for c in (CookieCategory.POD, CookieCategory.REMOTE, CookieCategory.ISOLATION)]
+                    for c in (CookieCategory.POD, CookieCategory.REMOTE, CookieCategory.ISOLATION,
+                              CookieCategory.FAST_PATH)]
         return []
 
 

@@ -21,7 +21,7 @@ def table_name(table: int) -> str:
     return "".join("L3" if w == "L3" else w.capitalize() for w in words)
 
 
-_POD_CATEGORIES = (CookieCategory.POD, CookieCategory.ISOLATION, CookieCategory.REMOTE)
+_POD_CATEGORIES = (CookieCategory.POD, CookieCategory.ISOLATION, CookieCategory.REMOTE, CookieCategory.FAST_PATH)
 
 
 @dataclass(frozen=True)
