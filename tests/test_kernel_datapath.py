@@ -232,6 +232,10 @@ def test_zz_every_lab_command_as_a_process(vmlab: VmLab, tmp_path: Path) -> None
     flows/stats/delete, and down leaving nothing behind."""
     workdir = vmlab.workdir
     netns = vmlab.group.netns if vmlab.group else ""
+    # traffic from node1 to node2 while the commands run, so that `verify` has megaflows to check
+    # on both: the kernel idles a megaflow out after 10 s, and on a loaded host the CLI commands
+    # between the probe and `verify` took longer than that (node1 checked 0 flows)
+    vmlab.guest("node1", "clients-start", {"pairs": [["x/a", "y/a", vmlab.pods["y/a"].ip]], "port": 80})
     vmlab.close()
     policy = tmp_path / "policy.yaml"
     policy.write_text(yaml.safe_dump(netpol("from-y", "x", {
@@ -245,7 +249,7 @@ def test_zz_every_lab_command_as_a_process(vmlab: VmLab, tmp_path: Path) -> None
     assert [n["controller_running"] for n in status["nodes"]] == [True, True]
     assert all(p["server_running"] for p in status["pods"].values()) and len(status["pods"]) == 9
     verify = json.loads(cli(workdir, "verify", "-o", "json").stdout)
-    assert all(r["checked"] > 0 and r["stale"] == [] for r in verify.values())
+    assert all(r["checked"] > 0 and r["stale"] == [] for r in verify.values()), verify
     traced = cli(workdir, "trace", "--from", "z/a", "--to", "x/b", "--port", "80").stdout
     assert "DENIED" in traced or "denied" in traced, traced
     flows = cli(workdir, "flows", "--policy", "x/from-y", "--node", "node2").stdout
