@@ -20,8 +20,6 @@ from sdn_netpol.debug.flows import FlowView
 from sdn_netpol.debug.stats import Stats
 from sdn_netpol.debug.trace import DebugError, StepView, TraceReport
 
-OUTPUT = click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
-
 
 def fail(message: str) -> NoReturn:
     """Bad input or an unreachable switch: one line on stderr, exit 2 (no traceback)."""

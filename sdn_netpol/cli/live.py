@@ -17,7 +17,7 @@ from typing import TypeVar, cast
 import click
 
 from sdn_netpol.cli import debugview
-from sdn_netpol.cli.options import PORT, PROTOCOL
+from sdn_netpol.cli.options import PORT, PROTOCOL, TEXT_OR_JSON
 from sdn_netpol.debug import live
 from sdn_netpol.debug.flows import DIRECTIONS, FlowView, Selection
 from sdn_netpol.debug.trace import TraceReport
@@ -50,7 +50,7 @@ def _switch_options(function: F) -> F:
 @PROTOCOL
 @click.option("--state", "ct_state", type=click.Choice(["new", "established", "reply"]), default="new",
               show_default=True, help="The packet's connection state (conntrack).")
-@debugview.OUTPUT
+@TEXT_OR_JSON
 @_switch_options
 def trace_cmd(source_pod: str, destination: str, port: int, protocol: str, ct_state: str, output: str, bridge: str,
               ovs_rundir: Path, node: str, source: str, kubeconfig: str | None) -> None:
@@ -74,7 +74,7 @@ def trace_cmd(source_pod: str, destination: str, port: int, protocol: str, ct_st
 @click.option("--direction", type=click.Choice(["ingress", "egress"]), default=None,
               help="Only this direction of --policy.")
 @click.option("--pod", default=None, metavar="NS/POD", help="Only this pod's flows.")
-@debugview.OUTPUT
+@TEXT_OR_JSON
 @_switch_options
 def flows_cmd(policy: str | None, rule: int | None, direction: str | None, pod: str | None, output: str, bridge: str,
               ovs_rundir: Path, node: str, source: str, kubeconfig: str | None) -> None:

@@ -16,6 +16,8 @@ PROTOCOL = click.option(
     "--protocol", type=click.Choice(PROTOCOLS, case_sensitive=False), default="TCP", show_default=True,
     callback=lambda _c, _p, v: v.upper(), help="Transport protocol of the connection.",
 )
+TEXT_OR_JSON = click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text",
+                            show_default=True)
 PORT = click.option("--port", type=click.IntRange(1, 65535), required=True,
                     help="Destination port number the server listens on.")
 FAMILY = click.option(

@@ -22,6 +22,7 @@ from sdn_netpol.lab.families import by_family, families, gateway, pod_cidr
 
 DEFAULT_WORKDIR = Path("/tmp/sdn-netpol-lab")
 STATE_FILE = "state.json"
+VM_STATE_FILE = "vmlab.json"  # a kernel-datapath lab's (lab/vmlab.py), in the same kind of workdir
 UNDERLAY_PREFIX = "10.10.0"  # node N has 10.10.0.N on its br-phy tap
 OFP_PORT = 6653
 

@@ -26,6 +26,7 @@ from sdn_netpol.debug.names import Names
 from sdn_netpol.debug.stats import Stats
 from sdn_netpol.lab.lab import ProbeReport
 from sdn_netpol.lab.probe import REACHABLE
+from sdn_netpol.lab.state import VM_STATE_FILE
 from sdn_netpol.lab.store import LabError, ObjectRef, Store, node_manifest, ref_of, with_pod_status
 from sdn_netpol.lab.vm import Vm, VmError, VmGroup
 from sdn_netpol.lab.vm import cleanup as vm_cleanup
@@ -39,7 +40,7 @@ from sdn_netpol.policy.state import ClusterState
 VM_MEMORY_MIB = 768  # OVS, the controller (~70 MiB), a server per pod (~14 MiB each)
 REALIZE_TIMEOUT = 120.0
 GUEST_MANIFESTS = GUEST_WORKDIR / "manifests"  # each node's copy of the folder, in its VM
-STATE_FILE = "vmlab.json"
+STATE_FILE = VM_STATE_FILE
 
 
 @dataclass
