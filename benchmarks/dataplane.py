@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import selectors
 import socket
@@ -252,17 +253,35 @@ class Bench:
 
         return str(OvsInstance(Path(self.state.node(node).rundir)).appctl(*args))
 
+    def cpu(self) -> tuple[float, float]:
+        """CPU seconds so far of the server node's vswitchd and controller: where the two
+        vCPUs go besides the pods (the controller's periodic work grows with the policies)."""
+        node = self.state.node("node1")
+        vswitchd = int((Path(node.rundir) / "ovs-vswitchd.pid").read_text())
+        return cpu_seconds(vswitchd), cpu_seconds(node.controller_pid)
+
     def phase(self) -> dict[str, Any]:
         """All four figures, then the server node's datapath as the phase left it."""
         self.appctl("node1", "dpif-netdev/pmd-stats-clear")
+        cpu, start = self.cpu(), time.monotonic()
         figures: dict[str, Any] = {}
         for path, client in PATHS:
             figures[f"{path}|{TESTS[0]}"] = self.iperf(client)
             figures[f"{path}|{TESTS[1]}"] = self.connections(client)
+        wall = time.monotonic() - start
+        used = [(after - before) / wall for before, after in zip(cpu, self.cpu(), strict=True)]
         figures["datapath"] = datapath(self.appctl("node1", "dpctl/dump-flows"),
                                        self.appctl("node1", "dpif-netdev/pmd-stats-show"),
                                        self.appctl("node1", "dpif-netdev/subtable-lookup-info-get"))
+        figures["datapath"].update(vswitchd_cpu=used[0], controller_cpu=used[1])
         return figures
+
+
+def cpu_seconds(pid: int | None) -> float:
+    if not pid:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def datapath(flows: str, pmd: str, lookup: str) -> dict[str, float]:
@@ -329,10 +348,12 @@ def report(results: list[dict[str, Any]], pairs: int, seconds: float, load: str)
                          f"{med:.2f} | {lo:.2f}–{hi:.2f} |")
     lines += ["", "Server node's datapath in a phase (median over the phases, A / B): megaflows and dpcls "
               "subtables at its end; exact-match cache hits, megaflow hits, subtable lookups per megaflow hit "
-              "and upcalls during it; time to install the size's policies and to relabel the server in:", "",
-              "| policies | megaflows | subtables | EMC hits | megaflow hits | lookups/hit | upcalls | install s "
-              "| relabel s |", "|---:|---|---|---|---|---|---|---:|---:|"]
-    keys = (("megaflows", 0), ("subtables", 0), ("emc", 0), ("hits", 0), ("lookups_per_hit", 2), ("upcalls", 0))
+              "and upcalls during it; CPU of the node's vswitchd and controller during it (cores); time to install the "
+              "size's policies and to relabel the server in:", "",
+              "| policies | megaflows | subtables | EMC hits | megaflow hits | lookups/hit | upcalls | vswitchd CPU "
+              "| controller CPU | install s | relabel s |", "|---:|---|---|---|---|---|---|---|---|---:|---:|"]
+    keys = (("megaflows", 0), ("subtables", 0), ("emc", 0), ("hits", 0), ("lookups_per_hit", 2), ("upcalls", 0),
+            ("vswitchd_cpu", 2), ("controller_cpu", 2))
     for r in results:
         cells = [f"{dp_median(r, 0, k):,.{d}f} / {dp_median(r, 1, k):,.{d}f}" for k, d in keys]
         lines.append(f"| {r['size']:,} | " + " | ".join(cells) + f" | {r['apply_s']:.1f} | {r['relabel_s']:.2f} |")
