@@ -1,6 +1,6 @@
 """Dataplane throughput with N policies selecting the server (issue 17 point 2).
 
-    .venv/bin/python benchmarks/dataplane.py            # 0, 100, 1,000, 4,000, 10,000 policies; 5 pairs (~25 min, root)
+    .venv/bin/python benchmarks/dataplane.py            # 0, 100, 1,000, 4,000, 10,000 policies; 5 pairs (~20 min, root)
     .venv/bin/python benchmarks/dataplane.py --quick    # 0 and 1,000 policies; 2 pairs, short runs (~3 min)
 
 Two figures per path (client on the server's node, client on the other node of a 2-node
@@ -30,10 +30,12 @@ port>` in IngressRule), and an OpenFlow FlowMod is at most 65,535 bytes, so past
 rules that flow cannot be sent (10,000: "'H' format requires 0 <= number <= 65535"). A size
 that is not realized ends the run and is reported with the controller's error.
 
-Noise: the machine has 2 vCPUs shared with other jobs, so phases alternate A, B, A, B… and
-each phase measures all four figures; a pair's ratio is B/A of adjacent phases, and the
-report gives the median ratio and its spread (min–max) over the pairs. Size 0 relabels
-with no policy at all: its spread is the noise floor.
+Noise: the machine has 2 vCPUs shared with other jobs, so A and B phases alternate, each
+measuring all four figures; a pair's ratio is B/A of adjacent phases, and the report gives
+the median ratio and its spread (min–max) over the pairs. Pairs run A B, B A, A B, …
+(not A B, A B): with B always second, a trend in the machine's load reads as a cost or a
+gain of the policies (a run in A B order gave 0.89× for iperf3 on one node with no policy
+at all). Size 0 relabels with no policy: its spread is the noise floor.
 
 During every phase the server node's datapath is read (ovs-appctl on the lab's own
 vswitchd): megaflows installed after the run (`dpctl/dump-flows`), dpcls subtables in use
@@ -305,21 +307,25 @@ def datapath(flows: str, pmd: str, lookup: str) -> dict[str, float]:
 
 
 def run_size(bench: Bench, size: int, pairs: int) -> dict[str, Any]:
-    """`pairs` of A, B phases at `size` policies; the server is left unselected (A)."""
+    """`pairs` of A and B phases at `size` policies, in the order A B, B A, A B, …: the
+    server changes label only inside a pair, and a drift of the machine's load over the
+    run weighs on A and B alike. The server is left unselected (A)."""
     apply_s = bench.install(size)
     time.sleep(SETTLE)
     phases: list[tuple[dict[str, Any], dict[str, Any]]] = []
     relabel: list[float] = []
     for n in range(pairs):
-        a = bench.phase()
+        first = bench.phase()
         start = time.monotonic()
-        bench.label(True)
+        bench.label(n % 2 == 0)
         relabel.append(time.monotonic() - start)
-        b = bench.phase()
-        bench.label(False)
+        second = bench.phase()
+        a, b = (first, second) if n % 2 == 0 else (second, first)
         phases.append((a, b))
-        print(f"{size} policies, pair {n + 1}/{pairs}: " + ", ".join(
+        print(f"{size} policies, pair {n + 1}/{pairs} ({'AB' if n % 2 == 0 else 'BA'}): " + ", ".join(
             f"{k} {a[k]:.3g}→{b[k]:.3g}" for k in a if k != "datapath"), file=sys.stderr, flush=True)
+    if pairs % 2:
+        bench.label(False)
     return {"size": size, "apply_s": apply_s, "relabel_s": statistics.median(relabel), "phases": phases}
 
 
@@ -401,18 +407,18 @@ def main() -> None:
 
 
 def sizes_until_failure(bench: Bench, sizes: list[int], pairs: int) -> list[dict[str, Any]]:
-    """Every size in turn; one the lab cannot realize ends the run (its tables are then
-    not what the size asks for) and is reported with the controller's error."""
-    from sdn_netpol.lab.store import LabError
-
+    """Every size in turn. One that fails (not realized, a client that hangs) ends the run,
+    as the lab may no longer be what the next size assumes, and is reported with its
+    error; each finished size is also written to stderr as JSON, so nothing is lost."""
     results: list[dict[str, Any]] = []
     for size in sizes:
         try:
             results.append(run_size(bench, size, pairs))
-        except LabError as exc:
-            print(f"{size} policies: {exc}", file=sys.stderr, flush=True)
+        except Exception as exc:  # reported; the lab still goes down
+            print(f"{size} policies: {exc!r}", file=sys.stderr, flush=True)
             results.append({"size": size, "error": " ".join(str(exc).split())})
             break
+        print(json.dumps(results[-1]), file=sys.stderr, flush=True)
     return results
 
 
