@@ -273,6 +273,22 @@ class Bench:
         vswitchd = int((Path(node.rundir) / "ovs-vswitchd.pid").read_text())
         return cpu_seconds(vswitchd), cpu_seconds(node.controller_pid)
 
+    def diagnose(self) -> None:
+        """After a failure, to stderr: is the helper server alive, do new connections to
+        the pod's own server still open from each client, and what each node's datapath
+        holds (a hung client is either the helper or the path; this tells which)."""
+        from sdn_netpol.lab import probe
+
+        print("servers alive:", [proc.poll() is None for proc in self.servers], file=sys.stderr)
+        state = self.state
+        probes = [probe.Probe(c, "bench/server", state.pods[c].netns, state.pods["bench/server"].ip)
+                  for _, c in PATHS]
+        print("TCP 80 from the clients:", {p.source: o for p, o in probe.run_probes(probes, "TCP", 80).items()},
+              file=sys.stderr)
+        for node in ("node1", "node2"):
+            for args in (("dpctl/ct-get-nconns",), ("tnl/neigh/show",), ("dpctl/dump-flows",)):
+                print(f"--- {node} {' '.join(args)}\n{self.appctl(node, *args)}", file=sys.stderr, flush=True)
+
     def phase(self) -> dict[str, Any]:
         """All four figures, then the server node's datapath as the phase left it."""
         self.appctl("node1", "dpif-netdev/pmd-stats-clear")
@@ -420,6 +436,7 @@ def sizes_until_failure(bench: Bench, sizes: list[int], pairs: int) -> list[dict
             results.append(run_size(bench, size, pairs))
         except Exception as exc:  # reported; the lab still goes down
             print(f"{size} policies: {exc!r}", file=sys.stderr, flush=True)
+            bench.diagnose()
             results.append({"size": size, "error": " ".join(str(exc).split())})
             break
         print(json.dumps(results[-1]), file=sys.stderr, flush=True)
