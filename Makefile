@@ -45,7 +45,7 @@ flows: bootstrap
 	$(PY) scripts/pipeline_doc.py
 
 # Short versions (docs/benchmarks.md); bulk.py brings up a 3-node lab (root, ~1 min),
-# dataplane.py a 2-node lab for iperf3 and connections/s with 0 and 1,000 policies (~3 min).
+# dataplane.py a 2-node lab for iperf3 and connections/s with 0 and 1,000 policies (~1.5 min).
 bench: bootstrap
 	$(PY) benchmarks/resolve.py
 	$(PY) benchmarks/bulk.py --quick

@@ -1,7 +1,7 @@
 """Dataplane throughput with N policies selecting the server (issue 17 point 2).
 
-    .venv/bin/python benchmarks/dataplane.py            # 0, 100, 1,000, 4,000, 10,000 policies; 5 pairs (~20 min, root)
-    .venv/bin/python benchmarks/dataplane.py --quick    # 0 and 1,000 policies; 2 pairs, short runs (~3 min)
+    .venv/bin/python benchmarks/dataplane.py            # 0, 100, 1,000, 4,000, 10,000 policies; 5 pairs (~12 min, root)
+    .venv/bin/python benchmarks/dataplane.py --quick    # 0 and 1,000 policies; 2 pairs, short runs (~1.5 min)
 
 Two figures per path (client on the server's node, client on the other node of a 2-node
 VXLAN lab brought up through the product path: CNI plugin, one controller per node):
