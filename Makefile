@@ -44,10 +44,12 @@ flows: bootstrap
 	$(VENV)/bin/sdn-netpol flows-regen flows
 	$(PY) scripts/pipeline_doc.py
 
-# Short versions (docs/benchmarks.md); bulk.py brings up a 3-node lab (root, ~1 min).
+# Short versions (docs/benchmarks.md); bulk.py brings up a 3-node lab (root, ~1 min),
+# dataplane.py a 2-node lab for iperf3 and connections/s with 0 and 1,000 policies (~1.5 min).
 bench: bootstrap
 	$(PY) benchmarks/resolve.py
 	$(PY) benchmarks/bulk.py --quick
+	$(PY) benchmarks/dataplane.py --quick
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis *.egg-info
