@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import replace
 
 from hypothesis import strategies as st
@@ -26,8 +27,10 @@ def one_change(draw: st.DrawFn, start: ClusterState | None = None) -> tuple[Clus
     elif kind == "relabel-keep" and pod_list:  # a label no selector is likely to look at
         i = draw(st.integers(0, len(pod_list) - 1))
         pod_list[i] = replace(pod_list[i], labels=Labels({**pod_list[i].labels, "unrelated": "x"}))
-    elif kind == "add":
-        pod_list.append(draw(pods(names, len(pod_list) + 20)))
+    elif kind == "add":  # a name no pod has (one key is one pod in Kubernetes; a removal shrank the list)
+        used = {p.name for p in pod_list}
+        index = next(i for i in itertools.count(len(pod_list) + 20) if f"pod-{i}" not in used)
+        pod_list.append(draw(pods(names, index)))
     elif kind == "remove" and pod_list:
         pod_list.pop(draw(st.integers(0, len(pod_list) - 1)))
     elif kind == "replace" and pod_list:
