@@ -129,6 +129,7 @@ class FingerprintIndex:
         "clauses",
         "members",
         "own",
+        "changed_ports",
         "own_ids",
         "ports",
         "prints",
@@ -145,6 +146,7 @@ class FingerprintIndex:
         self.members: dict[int, dict[_Key, int]] = {}  # conjunction id -> pods with a clause in it
         self.ports: frozenset[int] = frozenset()
         self.prints: dict[_Key, int] = {}
+        self.changed_ports: frozenset[int] = frozenset()  # whose fingerprints the last update changed
         self._conj_digests: dict[int, bytes] = {}
         self._shared_digests: dict[str, bytes] = {}
 
@@ -166,6 +168,7 @@ class FingerprintIndex:
                 index._count(entry, 1, None)
         index.ports = frozenset(ports)
         index.prints = {(d, p): index._fingerprint((d, p)) for p in index.ports for d in RULE_TABLES}
+        index.changed_ports = index.ports
         return index
 
     def update(self, removed: Iterable[Flow], added: Iterable[Flow], ports: Iterable[int]) -> FingerprintIndex:
@@ -190,14 +193,28 @@ class FingerprintIndex:
         touched = set(dirty.pods)
         for cid in dirty.conjunctions:
             touched.update(new.members.get(cid, ()))
-        prints = {key: value for key, value in self.prints.items() if key[1] in new.ports}
-        for port in new.ports:
-            for direction in RULE_TABLES:
-                key = (direction, port)
-                if key not in prints or key in touched or direction in dirty.shared:
-                    prints[key] = new._fingerprint(key)
-        new.prints = prints
+        new.prints, new.changed_ports = new._reprint(self, touched, dirty.shared)
         return new
+
+    def _reprint(self, previous: FingerprintIndex, touched: set[_Key],
+                 shared: set[str]) -> tuple[dict[_Key, int], frozenset[int]]:
+        """The fingerprints after an update, and the ports whose fingerprints changed. With
+        the same ports and no pod-less flow changed (a pod change), only the touched keys
+        are recomputed: a 100k-pod node's 20k keys are not walked for each change."""
+        if self.ports == previous.ports and not shared:
+            prints = dict(previous.prints)
+            keys: Iterable[_Key] = (key for key in touched if key[1] in self.ports)
+        else:
+            prints = {key: value for key, value in previous.prints.items() if key[1] in self.ports}
+            keys = [(d, p) for p in self.ports for d in RULE_TABLES
+                    if (d, p) not in prints or (d, p) in touched or d in shared]
+        changed = set(self.ports - previous.ports)
+        for key in keys:
+            value = self._fingerprint(key)
+            if prints.get(key) != value:
+                prints[key] = value
+                changed.add(key[1])
+        return prints, frozenset(changed)
 
     def _copy(self) -> FingerprintIndex:
         new = FingerprintIndex()
@@ -332,11 +349,43 @@ def _digest(texts: Iterable[str]) -> bytes:
     return hashlib.blake2b("".join(f"{text}\n" for text in texts).encode(), digest_size=16, person=_PERSON).digest()
 
 
-def fastpath_flows(node: NodeContext, prints: Mapping[tuple[str, int], int]) -> Iterator[Flow]:
-    """Every local pod's fast-path and stamp flows (see pod_fastpath_flows)."""
-    for binding in node.bindings:
-        yield from pod_fastpath_flows(binding, prints[("Egress", binding.ofport)],
-                                      prints[("Ingress", binding.ofport)])
+#: Each local port's binding and its fast-path and stamp flows.
+FastFlows = Mapping[int, tuple[PortBinding, tuple[Flow, ...]]]
+
+
+def fastpath_flows(node: NodeContext, prints: Mapping[tuple[str, int], int]) -> dict[int, tuple[PortBinding, tuple[Flow, ...]]]:
+    """Every local pod's fast-path and stamp flows (see pod_fastpath_flows), by port."""
+    return {b.ofport: (b, pod_fastpath_flows(b, prints[("Egress", b.ofport)], prints[("Ingress", b.ofport)]))
+            for b in node.bindings}
+
+
+def refresh_fastpath(previous: FastFlows, gone: Iterable[PortBinding], new: Iterable[PortBinding],
+                     index: FingerprintIndex) -> tuple[dict[int, tuple[PortBinding, tuple[Flow, ...]]], list[Flow], list[Flow]]:
+    """The fast-path flows after a change, and the flows that went and came: only pods whose
+    binding or fingerprints changed are rendered again (re-rendering and hashing every
+    local pod's four flows cost a 50k-pod relabel ~0.3 s)."""
+    fast = dict(previous)
+    removed: list[Flow] = []
+    for binding in gone:
+        held = fast.pop(binding.ofport, None)
+        if held is not None:
+            removed.extend(held[1])
+    stale = set(index.changed_ports)
+    for binding in new:
+        fast[binding.ofport] = (binding, ())
+        stale.add(binding.ofport)
+    added: list[Flow] = []
+    for port in stale:
+        held = fast.get(port)
+        if held is None:
+            continue
+        binding, flows = held
+        fresh = pod_fastpath_flows(binding, index.prints[("Egress", port)], index.prints[("Ingress", port)])
+        before, after = set(flows), set(fresh)
+        removed.extend(before - after)
+        added.extend(after - before)
+        fast[port] = (binding, fresh)
+    return fast, removed, added
 
 
 @lru_cache(maxsize=1 << 16)
