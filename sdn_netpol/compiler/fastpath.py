@@ -3,11 +3,11 @@
 
 A *verdict fingerprint* is a 64-bit digest of everything in one direction's rule tables that
 can decide a local pod's verdicts: the flows that match the pod itself (its conjunction
-clauses, direct allows, isolation drop), every conjunction it takes part in (the
-conjunction's other clauses — resolved peer addresses, ports — and its `conj_id` flow: the
-action and the priority), and the flows of those tables that match no pod at all (misses,
-node-local bypasses). Egress: tables 38, 40, 41, 42 and the pod's `in_port`; ingress: 58,
-60, 61, 62 and its `reg2`.
+clauses, direct allows, isolation drop, and the `conj_id` flows naming it: action and
+priority), every conjunction it takes part in (the conjunction's other clauses — resolved
+peer addresses, ports — and a `conj_id` flow naming no pod, as the tier tables have), and
+the flows of those tables that match no pod at all (misses, node-local bypasses). Egress:
+tables 38, 40, 41, 42 and the pod's `in_port`; ingress: 58, 60, 61, 62 and its `reg2`.
 
 Committing a connection writes the fingerprints it was admitted under into its ct_label
 (egress half: the source pod's, on the source's node; ingress half: the destination pod's,
@@ -27,7 +27,7 @@ a restarted controller computes the same values and sends nothing.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, cast
@@ -126,10 +126,10 @@ class FingerprintIndex:
     __slots__ = (
         "_conj_digests",
         "_shared_digests",
+        "changed_ports",
         "clauses",
         "members",
         "own",
-        "changed_ports",
         "own_ids",
         "ports",
         "prints",
@@ -234,11 +234,7 @@ class FingerprintIndex:
         """Add (sign 1) or take away (-1) one flow. With `dirty` (an update), every inner map
         changed is a copy, and what changed is noted."""
         copied = None if dirty is None else dirty.copied
-        if entry.conj_id is not None:
-            _bump(self.verdicts, entry.conj_id, entry.text, sign, copied)
-            if dirty is not None:
-                dirty.conjunctions.add(entry.conj_id)
-        elif entry.pod is not None:
+        if entry.pod is not None:  # its clauses, direct allows, isolation, conj_id flows naming it
             key = (entry.direction, entry.pod)
             _bump(self.own, key, entry.text, sign, copied)
             for cid, _ in entry.clauses:
@@ -246,6 +242,10 @@ class FingerprintIndex:
                 _bump(self.members, cid, key, sign, copied)
             if dirty is not None:
                 dirty.pods.add(key)
+        elif entry.conj_id is not None:  # a verdict for every pod of the conjunction (tier tables)
+            _bump(self.verdicts, entry.conj_id, entry.text, sign, copied)
+            if dirty is not None:
+                dirty.conjunctions.add(entry.conj_id)
         elif entry.clauses:
             for cid, text in entry.clauses:
                 _bump(self.clauses, cid, text, sign, copied)
@@ -351,16 +351,17 @@ def _digest(texts: Iterable[str]) -> bytes:
 
 #: Each local port's binding and its fast-path and stamp flows.
 FastFlows = Mapping[int, tuple[PortBinding, tuple[Flow, ...]]]
+_FastDict = dict[int, tuple[PortBinding, tuple[Flow, ...]]]
 
 
-def fastpath_flows(node: NodeContext, prints: Mapping[tuple[str, int], int]) -> dict[int, tuple[PortBinding, tuple[Flow, ...]]]:
+def fastpath_flows(node: NodeContext, prints: Mapping[tuple[str, int], int]) -> _FastDict:
     """Every local pod's fast-path and stamp flows (see pod_fastpath_flows), by port."""
     return {b.ofport: (b, pod_fastpath_flows(b, prints[("Egress", b.ofport)], prints[("Ingress", b.ofport)]))
             for b in node.bindings}
 
 
 def refresh_fastpath(previous: FastFlows, gone: Iterable[PortBinding], new: Iterable[PortBinding],
-                     index: FingerprintIndex) -> tuple[dict[int, tuple[PortBinding, tuple[Flow, ...]]], list[Flow], list[Flow]]:
+                     index: FingerprintIndex) -> tuple[_FastDict, list[Flow], list[Flow]]:
     """The fast-path flows after a change, and the flows that went and came: only pods whose
     binding or fingerprints changed are rendered again (re-rendering and hashing every
     local pod's four flows cost a 50k-pod relabel ~0.3 s)."""
