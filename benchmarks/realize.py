@@ -129,7 +129,8 @@ def cluster(n_pods: int, n_policies: int = N_POLICIES) -> tuple[ClusterState, li
 def attach_ports(sw: Switch, pods: list[Pod]) -> None:
     """Internal ports with the CNI shim's external_ids, in batches of 250 per transaction,
     not waiting for vswitchd to create each batch (at 5k ports on a loaded machine one
-    batch's wait outlasted ovs-vsctl's 10 s timeout); start_controller waits for them all."""
+    batch's wait outlasted ovs-vsctl's 10 s timeout, and so did the database transaction: 120 s);
+    start_controller waits for them all."""
     args: list[str] = []
     for i, pod in enumerate(pods):
         ip = pod.ips[0]
@@ -138,10 +139,10 @@ def attach_ports(sw: Switch, pods: list[Pod]) -> None:
                  f"ofport_request={OFPORT_BASE + i}", f'external_ids:iface-id="{pod.namespace}/{pod.name}"',
                  f'external_ids:pod-ip="{ip}"', f'external_ids:pod-mac="{mac_for_ip(ip)}"']
         if len(args) > 250 * 12:
-            sw.ovs.vsctl("--no-wait", *args)
+            sw.ovs.vsctl("--no-wait", "--timeout=120", *args)
             args = []
     if args:
-        sw.ovs.vsctl("--no-wait", *args)
+        sw.ovs.vsctl("--no-wait", "--timeout=120", *args)
 
 
 def objects_of(state: ClusterState, nodes: list[NodeInfo]) -> dict[ObjectKey, StoredObject]:
