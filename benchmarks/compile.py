@@ -4,11 +4,15 @@ cross product; full compile time and peak memory; one-pod relabel compiled incre
     .venv/bin/python benchmarks/compile.py            # 1k/10k/50k pods × 100/1,000/5,000 policies
     .venv/bin/python benchmarks/compile.py --quick    # 1k and 10k only, one timing run each
     .venv/bin/python benchmarks/compile.py --profile  # where the 10k × 1,000 compile spends its time
+    .venv/bin/python benchmarks/compile.py --scale    # 50k × 5,000 and 100k × 10,000 (issue 17.3)
 
 Clusters come from tests/synthetic_cluster.py (100 namespaces, 10 nodes, a mix of ten policy
 shapes); node0 is compiled. Each size runs in its own process so that max RSS is that
 size's alone. Targets (issue): 10k pods × 1,000 policies in < 2 s and < 500 MB; an
-incremental change in < 50 ms; flows ≤ 1.1 × the additive lower bound.
+incremental change in < 50 ms; flows ≤ 1.1 × the additive lower bound; (17.3) 100k pods ×
+10,000 policies in < 10 s and < 2 GB, a change there in < 50 ms. Compile times are wall
+clock, with the CPU time beside them: the benchmark machine is shared, and CPU time is what
+other jobs disturb least.
 """
 
 from __future__ import annotations
@@ -46,7 +50,9 @@ from tests.synthetic_cluster import synthetic_state
 
 NODE = "node0"
 SIZES = ((1_000, 100), (10_000, 1_000), (50_000, 5_000))
+SCALE_SIZES = ((50_000, 5_000), (100_000, 10_000))
 TARGET_SIZE, TARGET_SECONDS, TARGET_MB, TARGET_INCREMENTAL_MS, TARGET_RATIO = (10_000, 1_000), 2.0, 500, 50, 1.1
+SCALE_TARGET, SCALE_SECONDS, SCALE_MB = (100_000, 10_000), 10.0, 2048
 T = TypeVar("T")
 
 
@@ -66,6 +72,7 @@ class Result:
     local_pods: int
     counts: Counts
     compile_s: float
+    compile_cpu_s: float
     peak_mb: float
     rss_mb: float
     relabel_s: float
@@ -105,15 +112,22 @@ def count_flows(flows: FlowSet, resolved: tuple[ResolvedPolicy, ...], node: Node
 # ---- one size, measured in this process --------------------------------------------------
 
 def _timed(fn: Callable[[], T], runs: int) -> tuple[T, float]:
-    """Best of `runs` (the machine is shared: the minimum is the least disturbed run)."""
-    best, value = float("inf"), None
+    value, best, _ = _timed_cpu(fn, runs)
+    return value, best
+
+
+def _timed_cpu(fn: Callable[[], T], runs: int) -> tuple[T, float, float]:
+    """Best of `runs`, wall clock and CPU time (the machine is shared: the minimum is the
+    least disturbed run)."""
+    best, best_cpu, value = float("inf"), float("inf"), None
     for _ in range(runs):
         gc.collect()
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         value = fn()
         best = min(best, time.perf_counter() - start)
+        best_cpu = min(best_cpu, time.process_time() - start_cpu)
     assert value is not None
-    return value, best
+    return value, best, best_cpu
 
 
 def _fresh(state: ClusterState) -> ClusterState:
@@ -124,7 +138,7 @@ def _fresh(state: ClusterState) -> ClusterState:
 def measure(pods: int, policies: int, runs: int) -> Result:
     state = synthetic_state(pods, policies)
     node = assign_ports(state, NODE)
-    flows, compile_s = _timed(lambda: compile_node(_fresh(state), node), runs)
+    flows, compile_s, compile_cpu_s = _timed_cpu(lambda: compile_node(_fresh(state), node), runs)
     tracemalloc.start()
     compile_node(_fresh(state), node)
     peak_mb = tracemalloc.get_traced_memory()[1] / 2**20
@@ -152,7 +166,7 @@ def measure(pods: int, policies: int, runs: int) -> Result:
     assert compiled.change is not None and change == compiled.change
     counts = count_flows(flows, resolve_all(state), node)
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return Result(pods, policies, len(node.bindings), counts, compile_s, peak_mb, rss_mb,
+    return Result(pods, policies, len(node.bindings), counts, compile_s, compile_cpu_s, peak_mb, rss_mb,
                   relabel_s, diff_s, len(change))
 
 
@@ -207,14 +221,15 @@ def run_size(pods: int, policies: int, runs: int) -> Result:
 
 def table(results: list[Result]) -> str:
     head = ("| pods | policies | local pods | flows (node0) | conjunction() actions | additive bound "
-            "| flows / bound | naive product | compile | peak traced | max RSS "
+            "| flows / bound | naive product | compile (CPU) | peak traced | max RSS "
             "| relabel: incremental compile, its diff included (a full diff alone, flows changed) |")
     rows = [head, "|" + "---|" * 12]
     for r in results:
         c = r.counts
         rows.append(f"| {r.pods:,} | {r.policies:,} | {r.local_pods:,} | {c.flows:,} | {c.conjunction_actions:,} "
                     f"| {c.lower_bound:,} "
-                    f"| {c.flows / c.lower_bound:.3f} | {c.product:,} | {r.compile_s:.2f} s | {r.peak_mb:.0f} MB "
+                    f"| {c.flows / c.lower_bound:.3f} | {c.product:,} | {r.compile_s:.2f} s ({r.compile_cpu_s:.2f} s) "
+                    f"| {r.peak_mb:.0f} MB "
                     f"| {r.rss_mb:.0f} MB | {r.relabel_s * 1000:.0f} ms ({r.diff_s * 1000:.0f} ms, {r.diff_size}) |")
     return "\n".join(rows)
 
@@ -233,6 +248,9 @@ def verdicts(results: list[Result]) -> list[str]:
         if (r.pods, r.policies) == TARGET_SIZE:
             lines.append(f"  compile {r.compile_s:.2f} s ({_ok(r.compile_s < TARGET_SECONDS)} < {TARGET_SECONDS} s), "
                          f"max RSS {r.rss_mb:.0f} MB ({_ok(r.rss_mb < TARGET_MB)} < {TARGET_MB} MB)")
+        if (r.pods, r.policies) == SCALE_TARGET:
+            lines.append(f"  compile {r.compile_s:.2f} s ({_ok(r.compile_s < SCALE_SECONDS)} < {SCALE_SECONDS} s), "
+                         f"max RSS {r.rss_mb:.0f} MB ({_ok(r.rss_mb < SCALE_MB)} < {SCALE_MB} MB)")
     return lines
 
 
@@ -240,6 +258,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="1k and 10k pods only, one timing run")
     parser.add_argument("--profile", action="store_true", help="phase times and cProfile of 10k × 1,000")
+    parser.add_argument("--scale", action="store_true", help="50k × 5,000 and 100k × 10,000 (issue 17.3)")
     parser.add_argument("--one", nargs=2, type=int, metavar=("PODS", "POLICIES"), help=argparse.SUPPRESS)
     parser.add_argument("--runs", type=int, default=3, help="timing runs per measurement (best is kept)")
     args = parser.parse_args()
@@ -249,7 +268,7 @@ def main() -> None:
     if args.profile:
         profile(*TARGET_SIZE)
         return
-    sizes, runs = (SIZES[:2], 1) if args.quick else (SIZES, args.runs)
+    sizes, runs = (SIZES[:2], 1) if args.quick else (SCALE_SIZES if args.scale else SIZES, args.runs)
     results = [run_size(pods, policies, runs) for pods, policies in sizes]
     print(table(results))
     print("\n".join(verdicts(results)))

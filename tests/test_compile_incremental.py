@@ -115,15 +115,19 @@ def test_a_conjunction_id_collision_makes_the_tables_rebuild() -> None:
     state = synthetic_state(400, 40)
     ports = {b.pod: b.ofport for b in assign_ports(state, "node0").bindings}
     placements = {p.ref: place(p, ports) for p in resolve_all(state)}
-    ref = next(ref for ref, p in placements.items() if p.conjs)
+    # a policy with a conjunction no other policy shares: its return brings a new id
+    ref = next(ref for ref, p in placements.items() if p.conjs and not any(
+        c.shared == p.conjs[0].shared for other, q in placements.items() if other != ref for c in q.conjs))
     without = {k: v for k, v in placements.items() if k != ref}
     tables = PolicyTables.build(without)
     assert not tables.probed and tables.update({ref: placements[ref]}) is not None
     # another key already holds the id the returning policy's first conjunction wants
-    wanted = conjunction_ids([placements[ref].conjs[0].key])[placements[ref].conjs[0].key]
-    taken = PolicyTables(tables.placements, tables.entries, {**tables.ids, "other": wanted}, tables.rendered, False)
+    shared = placements[ref].conjs[0].shared
+    wanted = conjunction_ids([shared])[shared]
+    taken = PolicyTables(tables.placements, tables.entries, {**tables.ids, "other": wanted}, tables.rendered, False,
+                         {**tables.uses, "other": 1})
     assert taken.update({ref: placements[ref]}) is None
-    probed = PolicyTables(tables.placements, tables.entries, tables.ids, tables.rendered, True)
+    probed = PolicyTables(tables.placements, tables.entries, tables.ids, tables.rendered, True, tables.uses)
     assert probed.update({ref: placements[ref]}) is None
     assert probed.update({}) is not None  # no key changes: the ids stay valid
 

@@ -89,7 +89,12 @@ def binding_of(context: NodeContext, ref: str) -> PortBinding:
 
 
 def rule_flows(flows: FlowSet, policy: str, direction: str, index: int = 0) -> FlowSet:
-    return flows.by_cookie(rule_cookie(policy, direction, index), MASK_ALL)
+    """The rule's own flows (its cookie: conj_id flows, one per target pod, and direct
+    allows) and the clause flows of the conjunctions those conj_id flows name (SHARED cookie:
+    a conjunction can serve grants of several rules)."""
+    own = flows.by_cookie(rule_cookie(policy, direction, index), MASK_ALL)
+    ids = {f.match.value("conj_id") for f in own} - {None}
+    return FlowSet([*own, *(f for f in flows if {c.id for c in conjunctions(f)} & ids)])
 
 
 def policy_yaml(name: str, body: str, namespace_name: str = "x") -> str:
@@ -130,9 +135,10 @@ def test_rule_cost_is_sum_of_dimensions_never_their_product() -> None:
     for n in (1, 2, 4, 8, 16):
         _, flows = compiled(*_sized_cluster(n))
         rule = rule_flows(flows, "x/pol", "Ingress")
-        # n applied-to + n peers + n ports × (tcp, tcp6) + one conj_id flow; n³ would be 4096 at n=16
-        assert len(rule) == n + n + 2 * n + 1, n
-        assert len(flows.by_cookie(SHARED_COOKIE, MASK_ALL)) == 0
+        # n applied-to + n peers + n ports × (tcp, tcp6) clause flows (SHARED cookie: a conjunction
+        # can serve several rules) + one conj_id flow per applied-to pod; n³ would be 4096 at n=16
+        assert len(rule) == n + n + 2 * n + n, n
+        assert len(flows.by_cookie(SHARED_COOKIE, MASK_ALL)) == n + n + 2 * n
 
 
 # ---- conjunction merging and unambiguous verdicts ---------------------------------------
@@ -153,7 +159,8 @@ ingress:
 def test_identical_matches_merge_into_one_flow_with_several_conjunctions() -> None:
     context, flows = compiled(*TWO_POLICIES_ONE_PORT)
     port_flows = matching(in_table(flows, Table.INGRESS_RULE), tp_dst=6379)
-    target_flows = matching(in_table(flows, Table.INGRESS_RULE), reg2=ofport(context, "x/db"))
+    target_flows = [f for f in matching(in_table(flows, Table.INGRESS_RULE), reg2=ofport(context, "x/db"))
+                    if conjunctions(f)]  # the clause flow, not the rules' conj_id flows naming db
     for merged in (port_flows, target_flows):
         assert len({f.match.value("dl_type") for f in merged}) == len(merged)  # one flow per match
         for flow in merged:
@@ -241,7 +248,7 @@ podSelector: {matchLabels: {app: srv}}
 ingress:
 - from: [podSelector: {matchLabels: {app: cli}}]
   ports: [port: http]
-- from: [podSelector: {matchLabels: {app: cli}}]
+- from: [podSelector: {matchExpressions: [{key: app, operator: In, values: [cli]}]}]
   ports: [{port: http}, {port: 5978}]
 """),
 ]
@@ -311,7 +318,9 @@ def test_cookies_identify_policy_and_rule() -> None:
     own = flows.by_cookie(*policy_cookie_and_mask("default/test-network-policy"))
     added = {f for f in flows if before.get(f.id) is None
              and decode_cookie(f.cookie).category not in (CookieCategory.ISOLATION, CookieCategory.FAST_PATH)}
-    assert set(own) == added
+    assert set(own) == {f for f in added if f.cookie != SHARED_COOKIE}
+    own_ids = {f.match.value("conj_id") for f in own} - {None}
+    assert all({c.id for c in conjunctions(f)} <= own_ids for f in added if f.cookie == SHARED_COOKIE)
     # the policy decides only db's verdicts (port 3): only db's fingerprints, so only its fast-path flows, change
     refreshed = {f.cookie for f in flows
                  if f not in before and decode_cookie(f.cookie).category == CookieCategory.FAST_PATH}
@@ -319,8 +328,8 @@ def test_cookies_identify_policy_and_rule() -> None:
     assert refreshed == {cookie(CookieCategory.FAST_PATH, pod_object_id(str(db.pod)))}
     for direction in ("Ingress", "Egress"):
         rule = rule_flows(flows, "default/test-network-policy", direction)
-        assert rule and set(rule) <= set(own)
-        info = decode_cookie(next(iter(rule)).cookie)
+        assert rule and {f for f in rule if f.cookie != SHARED_COOKIE} <= set(own)
+        info = decode_cookie(next(f for f in rule if f.cookie != SHARED_COOKIE).cookie)
         assert (info.category, info.direction, info.rule_index) == (CookieCategory.RULE, direction, 0)
         assert len([f for f in rule if f.match.value("conj_id") is not None]) == 1
 
@@ -483,4 +492,4 @@ def test_adding_one_policy_to_a_thousand_touches_only_its_flows_and_shared_ones(
         gained = {c.id for c in conjunctions(flow)} - ({c.id for c in conjunctions(old)} if old else set())
         assert gained and gained <= new_ids
     assert len(change) == len(own) + len(shared)
-    assert len(own) == 3 and len(shared) == 2  # conj_id + tcp/tcp6 8443; target and peer now shared
+    assert len(own) == 1 and len(shared) == 4  # conj_id for the one target; tcp/tcp6 8443 new, target and peer

@@ -83,6 +83,7 @@ class Realizer:
         self.gc = GcPolicy()
         self._compiled: tuple[int, NodeContext] | None = None
         self._compilation: NodeCompilation | None = None  # the next compile starts from it
+        self._by_table: tuple[FlowSet, dict[int, int]] | None = None  # the last published flow counts
         self._retry = 0.0
         self._stop = threading.Event()
         self.thread: threading.Thread | None = None
@@ -164,7 +165,7 @@ class Realizer:
         t3 = time.monotonic()
         self._settle(bool(sent))
         t4 = time.monotonic()
-        self._publish(snap, context, desired, sent, since)
+        self._publish(snap, context, desired, sent, since, self._table_counts(desired, previous, compiled))
         LOG.info("realized generation %d (source %s): state %.3f s, compile %.3f s, send %.3f s (%d flow mods), "
                  "settle %.3f s", snap.generation, snap.source_version[:19], t1 - t0, t2 - t1, t3 - t2,
                  sum(sent.values()), t4 - t3)
@@ -209,9 +210,31 @@ class Realizer:
         LOG.info("bundle committed: %s", ", ".join(f"{n} {c}" for c, n in counts.items() if n))
         return counts
 
+    def _table_counts(self, desired: FlowSet, previous: NodeCompilation | None,
+                      compiled: NodeCompilation) -> dict[int, int]:
+        """Flows per table, patched from the last published counts when the compile's change
+        leads from the flows they counted to `desired`: counting 140k flows on every
+        realization cost ~60 ms of a 50k-pod relabel's latency."""
+        held = self._by_table
+        if held is not None and held[0] is desired:
+            return held[1]
+        change = compiled.change
+        if held is not None and change is not None and previous is not None and held[0] is previous.flows:
+            base, counts = previous.flows, dict(held[1])
+            for flow in change.adds:
+                if base.get(flow.id) is None:  # an add can also be a cookie change of a held flow
+                    counts[flow.table] = counts.get(flow.table, 0) + 1
+            for flow in change.deletes:
+                counts[flow.table] -= 1
+                if not counts[flow.table]:
+                    del counts[flow.table]
+        else:
+            counts = dict(Counter(map(_TABLE, desired.unordered())))  # C-level count, no sort
+        self._by_table = (desired, counts)
+        return counts
+
     def _publish(self, snap: Snapshot, context: NodeContext, desired: FlowSet, sent: dict[str, int],
-                 since: float | None) -> None:
-        by_table = dict(Counter(map(_TABLE, desired.unordered())))  # C-level count, no sort
+                 since: float | None, by_table: dict[int, int]) -> None:
         realized = Realized(snap.generation, snap.source_version, time.time(), by_table,
                             realized_ports(context), snap.invalid)
         self.realized_state = snap.state

@@ -17,12 +17,13 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 from typing import Protocol as StructuralType
 
 from netaddr import IPNetwork, IPSet
 
+from sdn_netpol.model.labels import LabelSelector
 from sdn_netpol.model.objects import IPBlock, Peer, Pod, PodKey, PolicyPort, Protocol, Rule
 from sdn_netpol.policy.index import SelectorIndex, peer_scope
 
@@ -39,10 +40,16 @@ ALL_PORTS: tuple[PortRange, ...] = ()
 
 @dataclass(frozen=True)
 class Peers:
-    """Peer addresses; `any` = every address (an empty from/to)."""
+    """Peer addresses; `any` = every address (an empty from/to). `source`: what selected
+    them, as stable text (policy namespace where it matters, the peers' selectors and blocks;
+    "" = unknown), not part of equality: the compiler shares one conjunction among the grants
+    whose peers come from the same source and ports, and that key must not move when the
+    selected addresses do (a pod joining a namespace would otherwise re-key every conjunction
+    that admits the namespace)."""
 
     any: bool = False
     cidrs: tuple[IPNetwork, ...] = ()
+    source: str = field(default="", compare=False)
 
     @property
     def empty(self) -> bool:
@@ -130,7 +137,8 @@ class Resolver:
                 if peer.ip_block is None:
                     keys |= self._selected_keys(namespace, peer)
             blocks = [block_networks(peer.ip_block) for peer in peers if peer.ip_block is not None]
-            found = Peers(cidrs=_cidrs(keys, [n for nets in blocks for n in nets])) if keys or blocks else NO_PEER
+            found = Peers(cidrs=_cidrs(keys, [n for nets in blocks for n in nets]),
+                          source=peers_source(namespace, peers)) if keys or blocks else NO_PEER
             self._peers[cache_key] = found
         return found
 
@@ -213,7 +221,9 @@ class Resolver:
         for peer in rule.peers or (None,):
             for ports, keys in self._named_groups(namespace, peer, named):
                 merged[ports] |= keys
-        return [(ports, Peers(cidrs=_cidrs(merged[ports], []))) for ports in sorted(merged) if merged[ports]]
+        source = f"named {[(p.protocol, p.port) for p in named]!r} {peers_source(namespace, rule.peers)}"
+        return [(ports, Peers(cidrs=_cidrs(merged[ports], []), source=source))
+                for ports in sorted(merged) if merged[ports]]
 
     def _named_groups(
         self, namespace: str, peer: Peer | None, named: tuple[PolicyPort, ...]
@@ -286,3 +296,23 @@ def block_networks(block: IPBlock) -> tuple[IPNetwork, ...]:
     """cidr minus every except, as the fewest CIDRs (a set difference, never a drop flow)."""
     remaining = IPSet([block.cidr]) - IPSet(block.excepts)
     return tuple(remaining.iter_cidrs())
+
+
+def peers_source(namespace: str, peers: Iterable[Peer | None]) -> str:
+    """Stable text naming a from/to list's meaning: each peer's scope (the policy namespace,
+    unless a namespaceSelector makes it anywhere) and its selectors or block, as the repr of
+    sorted tuples of strings (never of sets: their order changes between processes)."""
+    return repr(tuple(("", "*") if p is None else (peer_scope(namespace, p), _peer_text(p)) for p in peers))
+
+
+def _peer_text(peer: Peer) -> tuple[object, ...]:
+    if peer.ip_block is not None:
+        return ("block", str(peer.ip_block.cidr), tuple(str(e) for e in peer.ip_block.excepts))
+    return ("select", _selector_text(peer.namespace_selector), _selector_text(peer.pod_selector))
+
+
+def _selector_text(selector: LabelSelector | None) -> tuple[object, ...] | None:
+    if selector is None:
+        return None
+    return (tuple(selector.match_labels.items()),
+            tuple(sorted((r.key, r.operator, tuple(sorted(r.values))) for r in selector.match_expressions)))
