@@ -98,9 +98,15 @@ def test_flows_select_a_rule_and_show_its_counted_packets(lab: Lab) -> None:
     state, cluster = lab.state(), lab.cluster()
     node = state.pods["x/a"].node
     rule_flows = debug.flows(state, cluster, node, Selection("x/allow-y", 0, "Ingress"))
-    assert rule_flows and all((f.policy, f.direction, f.rule) == ("x/allow-y", "Ingress", 0) for f in rule_flows)
+    # the rule's own flows carry its cookie; the clause flows of its conjunction are shown too,
+    # marked shared (grants with the same peers and ports share one conjunction)
+    own = [f for f in rule_flows if f.category != "shared"]
+    assert own and all((f.policy, f.direction, f.rule) == ("x/allow-y", "Ingress", 0) for f in own)
+    conj = [f for f in own if "conj_id=" in f.flow.match]
+    conj_ids = {f.flow.match.split("conj_id=")[1].split(",")[0] for f in conj}
+    shared = [f for f in rule_flows if f.category == "shared"]
+    assert conj and all(any(f"conjunction({i}," in f.flow.actions for i in conj_ids) for f in shared)
     assert {f.to_json()["table_name"] for f in rule_flows} == {"IngressRule"}
-    conj = [f for f in rule_flows if "conj_id=" in f.flow.match]
     send_datagrams(state.pods["y/a"], state.pods["x/a"], 5)
 
     def counted() -> int:
