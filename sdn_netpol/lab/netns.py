@@ -43,10 +43,14 @@ def list_netns(prefix: str) -> list[str]:
 
 def create(name: str) -> None:
     """A fresh namespace with `lo` up (a leftover of the same name is removed first)."""
+    from pyroute2 import config as pyr_config
     from pyroute2 import netns as pyr_netns  # pyroute2 costs 0.1-0.3 s to import: only where it is used
 
     if exists(name):
         remove(name)
+    # pyroute2 forks a child to create the namespace and gives up after 2 s without its answer;
+    # under load (CI, test_admin_lab's fixture) that child took longer and the lab failed to come up
+    pyr_config.default_communicate_timeout = max(pyr_config.default_communicate_timeout, 30)
     pyr_netns.create(name)
     with ipr_in(name) as ipr:
         ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
