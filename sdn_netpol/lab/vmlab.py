@@ -40,7 +40,6 @@ from sdn_netpol.policy.state import ClusterState
 VM_MEMORY_MIB = 768  # OVS, the controller (~70 MiB), a server per pod (~14 MiB each)
 REALIZE_TIMEOUT = 120.0
 GUEST_MANIFESTS = GUEST_WORKDIR / "manifests"  # each node's copy of the folder, in its VM
-STATE_FILE = VM_STATE_FILE
 
 
 @dataclass
@@ -134,7 +133,7 @@ class VmLab:
             self.group.stop()
             self.group = None
         vm_cleanup(self.workdir)
-        (self.workdir / STATE_FILE).unlink(missing_ok=True)
+        (self.workdir / VM_STATE_FILE).unlink(missing_ok=True)
         shutil.rmtree(self.workdir / "manifests", ignore_errors=True)
 
     # ------------------------------------------------------------ changes
@@ -235,13 +234,13 @@ class VmLab:
 
     def save(self) -> None:
         doc = {"nodes": self.nodes, "memory_mib": self.memory_mib, "pods": {k: asdict(p) for k, p in self.pods.items()}}
-        (self.workdir / STATE_FILE).write_text(json.dumps(doc, indent=1, sort_keys=True))
+        (self.workdir / VM_STATE_FILE).write_text(json.dumps(doc, indent=1, sort_keys=True))
 
     @classmethod
     def load(cls, workdir: Path) -> VmLab | None:
         """The VM lab another process brought up in `workdir` (its VMs still running), or None."""
         try:
-            doc = json.loads((workdir / STATE_FILE).read_text())
+            doc = json.loads((workdir / VM_STATE_FILE).read_text())
         except (OSError, ValueError):
             return None
         lab = cls(workdir.resolve(), doc["nodes"], doc["memory_mib"])
@@ -272,7 +271,7 @@ class VmLab:
 
     @staticmethod
     def exists(workdir: Path) -> bool:
-        return (workdir / STATE_FILE).exists()
+        return (workdir / VM_STATE_FILE).exists()
 
     def rss_mib(self) -> dict[str, int]:
         return {name: vm.rss_bytes() >> 20 for name, vm in self.vms.items()}
