@@ -19,6 +19,7 @@ from sdn_netpol.model.labels import Labels
 from sdn_netpol.model.objects import Namespace
 from sdn_netpol.policy.resolve import resolve_all
 from sdn_netpol.policy.state import ClusterState
+from tests.band_fixtures import flows_of_at_most
 from tests.changes import change_chains
 from tests.synthetic_cluster import make_pod, relabel, synthetic_state
 
@@ -49,6 +50,20 @@ def _fresh(state: ClusterState) -> ClusterState:
 @settings(max_examples=300, deadline=None)
 @given(st.data(), change_chains())
 def test_incremental_compiles_equal_full_compiles(data: st.DataObject, states: list[ClusterState]) -> None:
+    _check_chain(data, states)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.data(), change_chains())
+def test_incremental_compiles_equal_full_compiles_with_busy_matches_spread_over_bands(
+        data: st.DataObject, states: list[ClusterState]) -> None:
+    """The same with at most two conjunctions per clause flow: matches cross band thresholds,
+    and conjunctions join and leave busy matches, at nearly every change."""
+    with flows_of_at_most(2):
+        _check_chain(data, states)
+
+
+def _check_chain(data: st.DataObject, states: list[ClusterState]) -> None:
     node = data.draw(contexts(states[0]))
     assume(_compiles(states[0], node))
     compiled = compile_node_incremental(states[0], node)
@@ -125,9 +140,10 @@ def test_a_conjunction_id_collision_makes_the_tables_rebuild() -> None:
     shared = placements[ref].conjs[0].shared
     wanted = conjunction_ids([shared])[shared]
     taken = PolicyTables(tables.placements, tables.entries, {**tables.ids, "other": wanted}, tables.rendered, False,
-                         {**tables.uses, "other": 1})
+                         {**tables.uses, "other": 1}, tables.busy, tables.spread)
     assert taken.update({ref: placements[ref]}) is None
-    probed = PolicyTables(tables.placements, tables.entries, tables.ids, tables.rendered, True, tables.uses)
+    probed = PolicyTables(tables.placements, tables.entries, tables.ids, tables.rendered, True, tables.uses,
+                          tables.busy, tables.spread)
     assert probed.update({ref: placements[ref]}) is None
     assert probed.update({}) is not None  # no key changes: the ids stay valid
 

@@ -37,7 +37,8 @@ from sdn_netpol.compiler.pipeline import (
     policy_cookie_and_mask,
     rule_cookie,
 )
-from sdn_netpol.compiler.policy_flows import SHARED_COOKIE, policy_flows
+from sdn_netpol.compiler.policy_flows import policy_flows
+from sdn_netpol.compiler.rule_flows import SHARED_COOKIE
 from sdn_netpol.compiler.topology import NodeContext, PortBinding, assign_ports
 from sdn_netpol.inputs.node_inputs import load_inputs
 from sdn_netpol.policy.resolve import resolve_all

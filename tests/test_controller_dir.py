@@ -180,3 +180,30 @@ def test_unusable_openflow_address_fails_loudly(sw: Switch, cluster: FolderClust
     with pytest.raises(AssertionError, match="controller exited 1"):
         ctl.start()
     assert "cannot start: OSError" in ctl.log.read_text()
+
+
+def test_a_pod_selected_by_thousands_of_rules_is_realized(sw: Switch, cluster: FolderCluster,
+                                                          ctl: Controller) -> None:
+    """4,200 policies admit one distinct /32 each to x/b on port 80: the pod's clause flow
+    and `tcp,tp_dst=80` would each carry 4,200 conjunction() actions, more than one
+    OpenFlow message holds (the realization failed and was retried forever). Spread over
+    priority bands, every flow goes in and the switch holds exactly compile_node's flows."""
+    seed(sw, cluster)
+    ctl.start()
+    assert_flows_converge(sw, lambda: cluster.expected(sw))
+    policies = []
+    for i in range(4_200):
+        policy = policy_manifest("x", f"peer{i}", "db", None)
+        policy["spec"]["ingress"] = [{"from": [{"ipBlock": {"cidr": f"172.16.{i // 250}.{i % 250 + 1}/32"}}],
+                                      "ports": [{"protocol": "TCP", "port": 80}]}]
+        policies.append(policy)
+    cluster.apply(*policies)
+    assert_flows_converge(sw, lambda: cluster.expected(sw), timeout=180)
+    version = folder_version(cluster.path)
+    wait_for(lambda: realized_version(ctl, version), timeout=60, what="the 4,200 policies realized")
+    assert ctl.status()["last_error"] is None
+    db = sw.pods[PodKey("x", "b")].ofport
+    clauses = [f for f in sw.flows()
+               if f.table == 60 and f.match.value("reg2") == db and f.match.value("conj_id") is None]
+    assert len({f.priority for f in clauses}) > 1
+    assert sum(len(f.actions) for f in clauses) == 4_200 + 1  # + the seed policy's own conjunction

@@ -65,7 +65,7 @@ class Priority(IntEnum):
     COMMIT_STAMP_NEW = 201  # Commit: a policy-checked +new packet, committed with the fingerprints
     COMMIT_STAMP_RECHECKED = 202  # Commit: an established packet that walked the rules, stamped again
     NODE_ROUTE = 150  # a remote node's pod CIDR, below every exact pod route
-    CONJUNCTION = 200  # clause flows and their conj_id flows share one priority (OVS rule)
+    CONJUNCTION = 200  # a conjunction's clause and conj_id flows share one priority: this, or a band below (bands.py)
     DIRECT_ALLOW = 300  # single-dimension allows: above every conjunction, all mean "allow"
     FAST_ELIGIBLE = 350  # ConntrackState: +est-rpl TCP/UDP may take the fast path (below replies)
     BYPASS = 400

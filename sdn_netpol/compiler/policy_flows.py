@@ -12,7 +12,9 @@ its own `conj_id=ID,<pod>=P` flow per local target pod, with its rule's cookie, 
 counters and `dump-flows cookie=` still work; the clause flows, shared by construction,
 carry the SHARED cookie. Clause flows with identical matches are merged into one flow
 carrying all their conjunction() actions; every conj_id flow of a table does the same thing
-(allow), so overlapping conjunctions can never send a packet down different paths.
+(allow), so overlapping conjunctions can never send a packet down different paths. That is
+also why a match busy with thousands of conjunctions can be split over priority bands
+(compiler/bands.py) when one flow could no longer carry them all.
 """
 
 from __future__ import annotations
@@ -21,45 +23,33 @@ from bisect import bisect_left, insort
 from collections import Counter, defaultdict
 from collections.abc import Container, Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
-from functools import lru_cache
 from operator import attrgetter
 from typing import Any, cast
 
-from netaddr import IPNetwork
-
 from sdn_netpol.compiler.audit_flows import audit_deny_flow
-from sdn_netpol.compiler.flow import Action, Conjunction, Flow, GotoTable, Match
+from sdn_netpol.compiler.bands import band_priority, bands_for, busy_matches, spread_of
+from sdn_netpol.compiler.flow import Conjunction, Flow, Match
 from sdn_netpol.compiler.pipeline import (
     REG_OUT_PORT,
-    CookieCategory,
     Priority,
-    Table,
     conjunction_ids,
-    cookie,
-    pod_object_id,
     rule_cookie,
 )
-from sdn_netpol.compiler.portmask import port_range_masks
+from sdn_netpol.compiler.rule_flows import (
+    allow_flow,
+    clause_flow,
+    conj_id_match,
+    conjunction,
+    isolation_flow,
+    merged_cookie,
+    peer_matches,
+    port_matches,
+    target_match,
+)
 from sdn_netpol.compiler.topology import NodeContext
 from sdn_netpol.model.objects import Direction, PodKey
 from sdn_netpol.policy.resolve import Grant, ResolvedPolicy
 from sdn_netpol.policy.resolver import Peers, PortRange
-
-SHARED_COOKIE = cookie(CookieCategory.SHARED)
-_L4 = {"TCP": ("tcp", "tcp6"), "UDP": ("udp", "udp6"), "SCTP": ("sctp", "sctp6")}
-
-
-@dataclass(frozen=True)
-class _Tables:
-    rule: Table
-    default: Table
-    next: Table
-
-
-_TABLES: dict[Direction, _Tables] = {
-    "Egress": _Tables(Table.EGRESS_RULE, Table.EGRESS_DEFAULT, Table.L3_FORWARDING),
-    "Ingress": _Tables(Table.INGRESS_RULE, Table.INGRESS_DEFAULT, Table.COMMIT),
-}
 
 
 @dataclass(frozen=True)
@@ -90,6 +80,7 @@ class Placement:
 # (shared conj key, ofport)) ← rule cookie; "isolate" (direction, (pod, ofport)) ← None.
 TableKey = tuple[str, Direction, Hashable]
 Multiset = dict[Hashable, int]
+Rendered = Flow | tuple[Flow, ...]  # a key's flow; a busy clause match's flows, one per band
 
 
 def policy_flows(policies: Iterable[ResolvedPolicy], node: NodeContext) -> Iterator[Flow]:
@@ -209,18 +200,23 @@ class PolicyTables:
     A value: `update` returns a new PolicyTables that shares every untouched multiset.
     `rendered` keeps each key's flow, so an update renders only the new versions. `uses`
     counts the grants in each shared conjunction (its id goes when the last one does).
-    `probed`: some conjunction id is not its key's first choice (a collision was probed)."""
+    `probed`: some conjunction id is not its key's first choice (a collision was probed).
+    `busy`: the clause keys that need more than one priority band, and how many;
+    `spread`: the conjunctions on them and their bands (compiler/bands.py)."""
 
-    __slots__ = ("entries", "ids", "placements", "probed", "rendered", "uses")
+    __slots__ = ("busy", "entries", "ids", "placements", "probed", "rendered", "spread", "uses")
 
     def __init__(self, placements: dict[str, Placement], entries: dict[TableKey, Multiset],
-                 ids: dict[str, int], rendered: dict[TableKey, Flow], probed: bool, uses: dict[str, int]) -> None:
+                 ids: dict[str, int], rendered: dict[TableKey, Rendered], probed: bool, uses: dict[str, int],
+                 busy: dict[TableKey, int], spread: dict[str, int]) -> None:
         self.placements = placements
         self.entries = entries
         self.ids = ids
         self.rendered = rendered
         self.probed = probed
         self.uses = uses
+        self.busy = busy
+        self.spread = spread
 
     @staticmethod
     def build(placements: dict[str, Placement]) -> PolicyTables:
@@ -231,17 +227,24 @@ class PolicyTables:
                 found[item] = found.get(item, 0) + 1
         uses = Counter(c.shared for p in placements.values() for c in p.conjs)
         ids = conjunction_ids(list(uses))
-        rendered = {key: _render(key, items, ids) for key, items in entries.items()}
+        busy = busy_matches((k, len(v)) for k, v in entries.items() if k[0] == "clause")
+        spread = spread_of(busy, {key: _members(entries[key]) for key in busy})
+        rendered = {key: _render(key, items, ids, spread) for key, items in entries.items()}
         probed = any(conj_id != _base_id(key) for key, conj_id in ids.items())
-        return PolicyTables(placements, dict(entries), ids, rendered, probed, dict(uses))
+        return PolicyTables(placements, dict(entries), ids, rendered, probed, dict(uses), busy, spread)
 
     def flows(self) -> Iterator[Flow]:
-        return iter(self.rendered.values())
+        for rendered in self.rendered.values():
+            if type(rendered) is tuple:
+                yield from rendered
+            else:
+                yield cast(Flow, rendered)
 
     def update(self, changes: Mapping[str, Placement | None]) -> TablesUpdate | None:
         """Replace the placements of the policies in `changes` (None: the policy is gone).
-        None when a conjunction id would need probing: ids then depend on every key, and
-        only a full build gives the ids a full compile gives."""
+        None when a conjunction id would need probing, or a conjunction that stays would
+        change bands: ids and bands then depend on keys the change did not touch, and only
+        a full build gives what a full compile gives."""
         uses = self._updated_uses(changes)
         ids = self._updated_ids(uses)
         if ids is None:
@@ -263,6 +266,9 @@ class PolicyTables:
                     del found[item]
             if new is not None:
                 placements[ref] = new
+        spread = self._updated_spread(copied, entries, ids)
+        if spread is None:
+            return None
         removed: list[Flow] = []
         added: list[Flow] = []
         rendered = dict(self.rendered)
@@ -272,21 +278,46 @@ class PolicyTables:
             before = self.rendered.get(key)
             if key not in entries:
                 after = None
-            elif key[0] == "clause" and before is not None:
-                after = _rerender_clause(key, before, self.entries[key], entries[key], self.ids, ids)
+            elif key[0] == "clause" and type(before) is Flow:
+                after = _rerender_clause(key, before, self.entries[key], entries[key], (self.ids, ids), spread)
             else:
-                after = _render(key, entries[key], ids)
+                after = _render(key, entries[key], ids, spread)
             if after is None:
                 rendered.pop(key, None)
             else:
                 rendered[key] = after
             if before is after or before == after:
                 continue
-            if before is not None:
-                removed.append(before)
-            if after is not None:
-                added.append(after)
-        return TablesUpdate(PolicyTables(placements, entries, ids, rendered, self.probed, uses), removed, added)
+            _replaced(before, after, removed, added)
+        tables = PolicyTables(placements, entries, ids, rendered, self.probed, uses, self.busy, spread)
+        return TablesUpdate(tables, removed, added)
+
+    def _updated_spread(self, copied: set[TableKey], entries: dict[TableKey, Multiset],
+                        ids: Mapping[str, int]) -> dict[str, int] | None:
+        """The conjunctions' bands after a change, or None when they need a full build: a
+        clause key crossed a band threshold (every conjunction on it may move), or a
+        conjunction that stays joined or left a busy key and so changes bands (its other
+        flows were not touched). A conjunction that comes or goes is rendered anyway."""
+        moved: set[str] = set()
+        for key in copied:
+            if key[0] != "clause":
+                continue
+            if bands_for(len(entries[key])) != self.busy.get(key, 1):
+                return None
+            if key in self.busy:
+                moved.update(_members(self.entries[key].keys() ^ entries[key].keys()))
+        if not moved:
+            return self.spread
+        spread = dict(self.spread)
+        for shared in moved:
+            need = max((n for key, n in self.busy.items() if _on(entries[key], shared)), default=1)
+            if shared in ids and shared in self.ids and need != self.spread.get(shared, 1):
+                return None
+            if need > 1 and shared in ids:
+                spread[shared] = need
+            else:
+                spread.pop(shared, None)
+        return spread
 
     def _updated_uses(self, changes: Mapping[str, Placement | None]) -> dict[str, int]:
         """How many grants use each shared conjunction once `changes` are applied."""
@@ -328,43 +359,75 @@ def _base_id(key: str) -> int:
     return conjunction_ids([key])[key]
 
 
-def _render(key: TableKey, items: Multiset, ids: Mapping[str, int]) -> Flow:
-    """The one flow a merged key stands for."""
+def _members(items: Iterable[Hashable]) -> set[str]:
+    """The conjunctions of a clause key's contributions ((shared key, clause, n) each)."""
+    return {shared for shared, _, _ in cast("Iterable[tuple[str, int, int]]", items)}
+
+
+def _on(items: Multiset, shared: str) -> bool:
+    """Whether the conjunction `shared` has a clause on the key with these contributions."""
+    return any((shared, clause, n) in items for n in (2, 3) for clause in range(1, n + 1))
+
+
+def _replaced(before: Rendered | None, after: Rendered | None, removed: list[Flow], added: list[Flow]) -> None:
+    """The flows that went and came when a key's rendering changed (per band, for busy keys)."""
+    old, new = _each(before), _each(after)
+    removed.extend(f for f in old if f not in new)
+    added.extend(f for f in new if f not in old)
+
+
+def _each(rendered: Rendered | None) -> tuple[Flow, ...]:
+    if rendered is None:
+        return ()
+    return rendered if type(rendered) is tuple else (cast(Flow, rendered),)
+
+
+def _render(key: TableKey, items: Multiset, ids: Mapping[str, int], spread: Mapping[str, int]) -> Rendered:
+    """The flow a merged key stands for (a busy clause key: one per band it uses)."""
     kind, direction, subject = key
     if kind == "clause":
-        entries = cast("Iterable[tuple[str, int, int]]", items)
-        conjunctions = sorted([_conjunction(ids[k], clause, n) for k, clause, n in entries], key=_CONJ_ORDER)
-        return _clause_flow(direction, cast(Match, subject), tuple(conjunctions))
+        by_priority: dict[int, list[Conjunction]] = defaultdict(list)
+        for k, clause, n in cast("Iterable[tuple[str, int, int]]", items):
+            conj_id = ids[k]
+            by_priority[band_priority(conj_id, spread.get(k, 1))].append(conjunction(conj_id, clause, n))
+        flows = tuple(clause_flow(direction, cast(Match, subject), tuple(sorted(found, key=_CONJ_ORDER)), priority)
+                      for priority, found in sorted(by_priority.items(), reverse=True))
+        return flows[0] if len(flows) == 1 else flows
     if kind == "direct":
-        return _allow_flow(direction, Priority.DIRECT_ALLOW, cast(Match, subject),
-                           _merged_cookie(set(cast("Iterable[int]", items))))
+        return allow_flow(direction, Priority.DIRECT_ALLOW, cast(Match, subject),
+                           merged_cookie(set(cast("Iterable[int]", items))))
     if kind == "conj":
         shared, port = cast("tuple[str, int]", subject)
-        return _allow_flow(direction, Priority.CONJUNCTION, _conj_id_match(direction, ids[shared], port),
-                           _merged_cookie(set(cast("Iterable[int]", items))))
+        conj_id = ids[shared]
+        return allow_flow(direction, band_priority(conj_id, spread.get(shared, 1)),
+                           conj_id_match(direction, conj_id, port), merged_cookie(set(cast("Iterable[int]", items))))
     pod, ofport = cast("tuple[str, int]", subject)
     if kind == "audit":
         return audit_deny_flow(direction, ofport, pod)
-    return _isolation_flow(direction, "in_port" if direction == "Egress" else REG_OUT_PORT, ofport, pod)
+    return isolation_flow(direction, "in_port" if direction == "Egress" else REG_OUT_PORT, ofport, pod)
 
 
 def _rerender_clause(key: TableKey, before: Flow, old: Multiset, new: Multiset,
-                     old_ids: Mapping[str, int], ids: Mapping[str, int]) -> Flow:
+                     id_maps: tuple[Mapping[str, int], Mapping[str, int]], spread: Mapping[str, int]) -> Rendered:
     """A shared clause flow after a few of its contributions came or went: its sorted
     conjunction() list patched by bisection rather than rebuilt from every contribution (a
     monitoring namespace's address can carry a thousand of them). Each distinct contribution
     stands for exactly one conjunction (its shared key fixes the id), so presence is 1:1;
-    how many grants contribute it is only a count."""
+    how many grants contribute it is only a count. Rendered whole when a conjunction that
+    came sits in another band than the flow (`id_maps`: the ids before and after)."""
+    old_ids, ids = id_maps
     actions = list(cast("tuple[Conjunction, ...]", before.actions))
     gone = cast("set[tuple[str, int, int]]", old.keys() - new.keys())
     came = cast("set[tuple[str, int, int]]", new.keys() - old.keys())
     if not gone and not came:
         return before  # only how many times something contributes changed
+    if any(band_priority(ids[k], spread.get(k, 1)) != before.priority for k, _, _ in came):
+        return _render(key, new, ids, spread)
     for conj_key, clause, _ in gone:
         del actions[bisect_left(actions, (old_ids[conj_key], clause), key=_CONJ_ORDER)]
     for conj_key, clause, n in came:
-        insort(actions, _conjunction(ids[conj_key], clause, n), key=_CONJ_ORDER)
-    return _clause_flow(key[1], cast(Match, key[2]), tuple(actions))
+        insort(actions, conjunction(ids[conj_key], clause, n), key=_CONJ_ORDER)
+    return clause_flow(key[1], cast(Match, key[2]), tuple(actions), before.priority)
 
 
 def _ports_key(ports: tuple[PortRange, ...]) -> str:
@@ -376,11 +439,11 @@ def place_grant(key: str, direction: Direction, rcookie: int, grant: Grant, port
     local = sorted(ports[k] for k in grant.targets if k in ports)
     if not local:
         return None
-    dimensions: list[tuple[Match, ...]] = [tuple(_target_match(direction, p) for p in local)]
+    dimensions: list[tuple[Match, ...]] = [tuple(target_match(direction, p) for p in local)]
     if not grant.peers.any:
-        dimensions.append(_peer_matches(direction, grant.peers, memo))
+        dimensions.append(peer_matches(direction, grant.peers, memo))
     if grant.ports:
-        dimensions.append(tuple(m for pr in grant.ports for m in _port_matches(pr)))
+        dimensions.append(tuple(m for pr in grant.ports for m in port_matches(pr)))
     shared = _shared_key(direction, grant, len(dimensions), memo)
     return _Conj(key, shared, direction, rcookie, tuple(dimensions), tuple(local))
 
@@ -388,7 +451,7 @@ def place_grant(key: str, direction: Direction, rcookie: int, grant: Grant, port
 def _shared_key(direction: Direction, grant: Grant, n: int, memo: dict[Any, Any]) -> str:
     """The conjunction a grant takes part in: direction, clause count, where its peers come
     from and its ports. Peers of unknown source (built outside the resolver) are named by
-    their addresses instead (memoised per Peers object, as _peer_matches)."""
+    their addresses instead (memoised per Peers object, as peer_matches)."""
     source = "any" if grant.peers.any else grant.peers.source
     if not source:
         found = memo.get(("source", id(grant.peers)))
@@ -396,78 +459,3 @@ def _shared_key(direction: Direction, grant: Grant, n: int, memo: dict[Any, Any]
             found = memo[("source", id(grant.peers))] = (grant.peers, ",".join(map(str, grant.peers.cidrs)))
         source = f"cidrs {cast('tuple[Peers, str]', found)[1]}"
     return f"{direction}|{n}|{_ports_key(grant.ports)}|{source}"
-
-
-# Matches repeat across rules (the same pods are peers of many policies): build each once.
-@lru_cache(maxsize=1 << 16)
-def _target_match(direction: Direction, ofport: int) -> Match:
-    return Match.build(None, **{"in_port" if direction == "Egress" else REG_OUT_PORT: ofport})
-
-
-def _peer_matches(direction: Direction, peers: Peers, memo: dict[Any, Any]) -> tuple[Match, ...]:
-    """Memoised by the Peers object's identity: hashing a hundred netaddr networks is the
-    expensive part, and `memo` keeps `peers` alive, so an id is never reused within it."""
-    found = memo.get((id(peers), direction))
-    if found is None:
-        found = (peers, tuple(_peer_match(direction, net) for net in peers.cidrs))
-        memo[(id(peers), direction)] = found
-    return cast("tuple[Match, ...]", found[1])
-
-
-@lru_cache(maxsize=1 << 18)
-def _peer_match(direction: Direction, net: IPNetwork) -> Match:
-    """The peer is the destination of egress traffic and the source of ingress traffic."""
-    side = "dst" if direction == "Egress" else "src"
-    if net.version == 4:
-        return Match.build("ip", **{f"nw_{side}": net})
-    return Match.build("ipv6", **{f"ipv6_{side}": net})
-
-
-@lru_cache(maxsize=1 << 12)
-def _port_matches(port_range: PortRange) -> tuple[Match, ...]:
-    matches = []
-    for proto in _L4[port_range.protocol]:
-        if port_range.lo == 0 and port_range.hi == 65535:
-            matches.append(Match.build(proto))
-            continue
-        for value, mask in port_range_masks(port_range.lo, port_range.hi):
-            matches.append(Match.build(proto, tp_dst=(value, mask)))
-    return tuple(matches)
-
-
-# Flows are cached by content so an unchanged rule yields the very same objects on the next
-# compile: the controller's diff then skips them by identity instead of comparing them.
-@lru_cache(maxsize=1 << 18)
-def _allow_flow(direction: Direction, priority: int, match: Match, flow_cookie: int) -> Flow:
-    tables = _TABLES[direction]
-    return Flow(tables.rule, priority, match, (GotoTable(tables.next),), flow_cookie)
-
-
-def _clause_flow(direction: Direction, match: Match, actions: tuple[Action, ...]) -> Flow:
-    """Not cached by content: its actions can be a thousand conjunction()s long (PolicyTables
-    keeps each rendered clause flow instead). A clause belongs to a conjunction that grants
-    of several rules may share: its cookie is SHARED; the rules are told apart by their
-    conj_id flows."""
-    return Flow(_TABLES[direction].rule, Priority.CONJUNCTION, match, actions, SHARED_COOKIE)
-
-
-@lru_cache(maxsize=1 << 18)
-def _conjunction(conj_id: int, clause: int, n_clauses: int) -> Conjunction:
-    return Conjunction(conj_id, clause, n_clauses)
-
-
-@lru_cache(maxsize=1 << 18)
-def _conj_id_match(direction: Direction, conj_id: int, ofport: int) -> Match:
-    """A grant's verdict for one of its pods: OVS looks up the conj_id flow with the packet's
-    other fields too, so the pod field picks the rule (and its counter) within a shared conjunction."""
-    return Match.build(None, conj_id=conj_id, **{"in_port" if direction == "Egress" else REG_OUT_PORT: ofport})
-
-
-def _merged_cookie(cookies: set[int]) -> int:
-    return next(iter(cookies)) if len(cookies) == 1 else SHARED_COOKIE
-
-
-@lru_cache(maxsize=1 << 16)
-def _isolation_flow(direction: Direction, field: str, ofport: int, pod_ref: str) -> Flow:
-    pod_cookie = cookie(CookieCategory.ISOLATION, pod_object_id(pod_ref))
-    return Flow(_TABLES[direction].default, Priority.DEFAULT, Match.build(None, **{field: ofport}), (), pod_cookie)
