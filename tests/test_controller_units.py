@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from netaddr import EUI, IPAddress, IPNetwork
 from os_ken.ofproto import ofproto_v1_3 as ofp
 from os_ken.ofproto import ofproto_v1_3_parser as parser
@@ -19,7 +21,7 @@ from sdn_netpol.compiler.flowset import FlowSet
 from sdn_netpol.compiler.osken import to_flow_mod
 from sdn_netpol.controller import wire
 from sdn_netpol.controller.nodes import NodeInfo, parse_node, place_pods
-from sdn_netpol.controller.portmap import Interface, PortView, node_context
+from sdn_netpol.controller.portmap import Interface, NodeBindings, PortView, node_context
 from sdn_netpol.controller.sources.directory import DirectorySource, folder_version, load, read_folder
 from sdn_netpol.controller.sources.kube import Versions
 from sdn_netpol.controller.store import Store
@@ -183,6 +185,62 @@ def test_ports_join_switch_ports_with_cni_external_ids() -> None:
     assert (ctx.tunnel_port, ctx.gateway_port, ctx.gateway_peer_mac) == (100, 7, EUI("aa:bb:cc:dd:ee:ff"))
     assert ctx.node_addresses == (("node-2", IPAddress("192.168.0.2")),)
     assert ctx.local_pods == {PodKey("x", "a"), PodKey("x", "b")}
+
+
+_POD_NAMES = ("a", "b", "c", "d")
+# Every variant of every pod, parsed once: worlds built from them share the objects of the
+# pods they did not change, as the store's snapshots do.
+_POD_VARIANTS = {
+    (name, node, app): pod
+    for name in _POD_NAMES for node in ("node-1", "node-2") for app in ("web", "db")
+    for pod in parse_documents([Document(name, pod_manifest(
+        "x", name, f"10.244.1.{_POD_NAMES.index(name) + 2}", node=node, app=app))]).pods
+}
+_NAMESPACES = ClusterState.from_parse(parse_documents([Document("x", namespace_manifest("x"))])).namespaces
+
+
+@st.composite
+def _port_worlds(draw: st.DrawFn) -> tuple[PortView, ClusterState]:
+    """A node's ports and the pods they may bind: pods come, go, move away or get relabelled;
+    ports are renumbered, lose their pod-ip, or two claim one pod."""
+    pods = [_POD_VARIANTS[(name, draw(st.sampled_from(["node-1", "node-1", "node-2"])),
+                           draw(st.sampled_from(["web", "db"])))]
+            for name in draw(st.lists(st.sampled_from(_POD_NAMES), unique=True))]
+    state = ClusterState.build(_NAMESPACES, pods, [])
+    ports, interfaces = {}, {}
+    claims = draw(st.lists(st.sampled_from(_POD_NAMES), max_size=5))
+    ofports = draw(st.lists(st.integers(1, 9), min_size=len(claims), max_size=len(claims), unique=True))
+    for number, (name, ofport) in enumerate(zip(claims, ofports, strict=True)):
+        port = f"p{number}"
+        ids = {"iface-id": f"x/{name}"}
+        if draw(st.booleans()):
+            ids |= {"pod-ip": f"10.244.1.{number + 20}", "pod-mac": f"02:00:0a:f4:01:{number + 20:02x}"}
+        interfaces[port] = Interface(port, "", ids)
+        ports[port] = ofport
+    if draw(st.booleans()):
+        ports["tun0"], interfaces["tun0"] = 100, Interface("tun0", "vxlan", {})
+    return PortView(switch_ports=ports, interfaces=interfaces, switch_known=True, interfaces_known=True), state
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_port_worlds(), min_size=1, max_size=8))
+def test_bindings_kept_across_realizations_equal_bindings_derived_afresh(
+        worlds: list[tuple[PortView, ClusterState]]) -> None:
+    bindings = NodeBindings("node-1")
+    nodes = (NodeInfo("node-2", IPAddress("192.168.0.2")),)
+    for view, state in [world for world in worlds for world in (world, world)]:  # each twice: nothing changed
+        assert bindings.context(view, state, nodes) == node_context("node-1", view, state, nodes)
+
+
+def test_a_realization_with_no_port_or_pod_change_keeps_the_bindings_tuple() -> None:
+    state = ClusterState.from_parse(parse_documents([Document("a", pod_manifest("x", "a", "10.244.1.2"))]))
+    view = PortView(switch_ports={"p1": 1}, interfaces={"p1": Interface("p1", "", {"iface-id": "x/a"})},
+                    switch_known=True, interfaces_known=True)
+    bindings = NodeBindings("node-1")
+    first = bindings.bindings(view, state)
+    assert bindings.bindings(view, state) is first and [str(b.pod) for b in first] == ["x/a"]
+    moved = PortView(switch_ports={"p1": 2}, interfaces=view.interfaces, switch_known=True, interfaces_known=True)
+    assert [b.ofport for b in bindings.bindings(moved, state)] == [2]
 
 
 # ---- kube versions ------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from sdn_netpol.controller.datapath import DatapathGuard, DatapathUnsettled
 from sdn_netpol.controller.gcpolicy import GcPolicy
 from sdn_netpol.controller.metrics import Metrics
 from sdn_netpol.controller.nodes import NodeInfo, own_node_problem
-from sdn_netpol.controller.portmap import PortMap, node_context, realized_ports
+from sdn_netpol.controller.portmap import NodeBindings, PortMap, realized_ports
 from sdn_netpol.controller.status import Realized, StatusBoard
 from sdn_netpol.controller.store import Snapshot, Store
 from sdn_netpol.controller.switch import BundleRejected, Session, Switch, SwitchGone
@@ -81,6 +81,7 @@ class Realizer:
         self.realized_state: ClusterState | None = None  # what the switch enforces (for statistics)
         self.cache = wire.FlowModCache()
         self.gc = GcPolicy()
+        self._bindings = NodeBindings(node)  # the port bindings, re-derived only for ports that changed
         self._compiled: tuple[int, NodeContext] | None = None
         self._compilation: NodeCompilation | None = None  # the next compile starts from it
         self._by_table: tuple[FlowSet, dict[int, int]] | None = None  # the last published flow counts
@@ -151,7 +152,7 @@ class Realizer:
         with self.gc.realizing():  # not around the send: it waits for the switch
             state = snap.state
             t1 = time.monotonic()
-            context = node_context(self.node, view, state, snap.nodes)
+            context = self._bindings.context(view, state, snap.nodes)
             compiled = self._compile(snap, context)
         t2 = time.monotonic()
         desired = compiled.flows
