@@ -33,7 +33,14 @@ from hypothesis import strategies as st
 
 from sdn_netpol.controller import status
 from sdn_netpol.controller.metrics import Metrics
-from sdn_netpol.controller.sources.directory import DirectorySource, folder_version, load, read_folder, scan
+from sdn_netpol.controller.sources.directory import (
+    DirectorySource,
+    folder_version,
+    load,
+    poll_delay,
+    read_folder,
+    scan,
+)
 from sdn_netpol.controller.store import _MAX_PATCH, Store
 from sdn_netpol.inputs.manifests import ManifestError, decode_documents, load_yaml_all, manifest_files
 from sdn_netpol.lab.store import Store as LabStore
@@ -94,6 +101,28 @@ def test_a_folder_being_written_is_read_once_the_writing_pauses(tmp_path: Path) 
     age(tmp_path, 60)
     source.step()
     assert store.snapshot().state.policies == ()
+
+
+def test_a_folder_that_takes_long_to_scan_is_looked_at_less_often(tmp_path: Path) -> None:
+    """A look costs a stat per file: the next one waits ten times as long as the scan took,
+    so an idle controller spends at most a tenth of a core on a folder of any size."""
+    assert poll_delay(0.1, 0.001) == 0.1
+    assert poll_delay(0.1, 0.035) == pytest.approx(0.35)
+    store = Store()
+    source = DirectorySource(tmp_path, store, lambda _m: None, settle=0.0)
+    write(tmp_path / "ns.yaml", namespace_manifest("x"))
+    age(tmp_path, 60)
+    real_scan = scan
+
+    def slow_scan(path: str | Path) -> Any:
+        clock.append(clock[-1] + 0.05)  # this scan took 50 ms
+        return real_scan(path)
+
+    clock = [100.0]
+    with mock.patch("sdn_netpol.controller.sources.directory.scan", slow_scan), \
+            mock.patch("sdn_netpol.controller.sources.directory.time.monotonic", lambda: clock[-1]):
+        assert source.step() == pytest.approx(0.5)
+    assert [n.name for n in store.snapshot().state.namespaces] == ["x"]
 
 
 def test_a_writer_that_never_pauses_is_read_after_max_settle(tmp_path: Path) -> None:
