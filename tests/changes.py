@@ -37,8 +37,10 @@ def one_change(draw: st.DrawFn, start: ClusterState | None = None) -> tuple[Clus
         i = draw(st.integers(0, len(pod_list) - 1))
         fresh: Pod = draw(pods(names, i))
         pod_list[i] = replace(fresh, namespace=pod_list[i].namespace, name=pod_list[i].name)
-    elif kind == "policy":
-        policy_list.append(draw(policies(names, "added")))
+    elif kind == "policy":  # a name no policy has: two policies with one key cannot exist either
+        taken = {p.name for p in policy_list}
+        name = next(f"added-{i}" for i in itertools.count() if f"added-{i}" not in taken)
+        policy_list.append(draw(policies(names, name)))
         if len(policy_list) > 1 and draw(st.booleans()):
             policy_list.pop(0)
     return state, ClusterState.build(state.namespaces, pod_list, policy_list)

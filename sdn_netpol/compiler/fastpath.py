@@ -414,5 +414,12 @@ def pod_fastpath_flows(binding: PortBinding, egress: int, ingress: int) -> tuple
         for table, pod_field, direction, value in ((Table.EGRESS_STAMP, "in_port", "Egress", egress),
                                                    (Table.INGRESS_STAMP, REG_OUT_PORT, "Ingress", ingress)):
             stamp = Ct(commit=True, zone=CT_ZONE, exec_actions=(SetField("ct_label", *label_half(direction, value)),))
-            flows.append(Flow(table, Priority.NORMAL, Match.build(family, **{pod_field: port}), (stamp,), pod_cookie))
+            flows.append(Flow(table, Priority.NORMAL, _stamp_match(family, pod_field, port), (stamp,), pod_cookie))
     return tuple(flows)
+
+
+@lru_cache(maxsize=1 << 16)
+def _stamp_match(family: str, pod_field: str, port: int) -> Match:
+    """The same for every fingerprint: a pod whose fingerprints change (a new peer of 500
+    policies changes 500 pods') builds only its two fingerprint matches again."""
+    return Match.build(family, **{pod_field: port})
