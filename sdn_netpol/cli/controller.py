@@ -54,7 +54,7 @@ def _check_listen(_ctx: click.Context, param: click.Parameter, value: str) -> st
 @click.option("--coalesce-ms", type=click.FloatRange(0), default=5.0, show_default=True,
               help="Wait this long after a change so that a burst is realized as one bundle.")
 @click.option("--dir-poll-ms", type=click.FloatRange(1), default=100.0, show_default=True,
-              help="How often a dir: source looks for changed files.")
+              help="How often a dir: source looks for changed files (at least ten times as long as a look took).")
 @click.option("--ovs-rundir", type=click.Path(file_okay=False), default=None,
               show_default="the folder of a unix: --ovsdb, else /var/run/openvswitch",
               help="ovs-vswitchd's run directory (its pidfile and unixctl socket).")
