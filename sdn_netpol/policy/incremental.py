@@ -10,6 +10,7 @@ unchanged. Anything broader (namespaces relabelled, many pods at once) resolves 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 from sdn_netpol.model.labels import Labels
@@ -44,17 +45,28 @@ def resolve(state: ClusterState, previous: Resolution | None = None) -> Resoluti
         return Resolution(state, resolve_all(state))
     state.inherit_caches(previous.state, changed)
     changes = [_PodChange(was, now) for was, now in changed]
-    before = {(p.namespace, p.name): (p, r) for p, r in zip(previous.state.policies, previous.policies, strict=True)}
     labels = {ns.name: ns.labels for ns in state.namespaces}
     resolved = []
-    for policy in state.policies:
-        old = before.get((policy.namespace, policy.name))
+    for policy, old in _previous_resolutions(previous, state):
         if (old is not None and (old[0] is policy or old[0] == policy)
                 and not any(change.affects(policy, labels) for change in changes)):
             resolved.append(old[1])
         else:
             resolved.append(resolve_policy(state, policy))
     return Resolution(state, tuple(resolved), tuple(changed))
+
+
+def _previous_resolutions(previous: Resolution, state: ClusterState) -> Iterator[
+        tuple[NetworkPolicy, tuple[NetworkPolicy, ResolvedPolicy] | None]]:
+    """Each policy of `state` with its previous version and resolution, if it had one: by
+    position when no policy changed (the same tuple: a 10,000-entry map cost 8 ms a change)."""
+    if state.policies is previous.state.policies:
+        for policy, found in zip(state.policies, previous.policies, strict=True):
+            yield policy, (policy, found)
+        return
+    before = {(p.namespace, p.name): (p, r) for p, r in zip(previous.state.policies, previous.policies, strict=True)}
+    for policy in state.policies:
+        yield policy, before.get((policy.namespace, policy.name))
 
 
 def changed_pods(old: ClusterState, new: ClusterState) -> list[PodChange]:

@@ -43,7 +43,7 @@ def _patched(items: tuple[_T, ...], changes: Mapping[Any, _T | None], key: Calla
     return result
 
 
-def _holds(items: list[_T], namespace: str, key: Callable[[_T], Any]) -> bool:
+def _holds(items: Sequence[_T], namespace: str, key: Callable[[_T], Any]) -> bool:
     """Does a list sorted by (namespace, name) hold anything of `namespace`?"""
     at = bisect_left(items, (namespace, ""), key=key)
     return at < len(items) and key(items[at])[0] == namespace
@@ -100,7 +100,10 @@ class ClusterState:
         namespaces exist as Namespace objects (they stay without pods; implied ones do not).
         `cluster_policies`: every cluster policy, when they changed (None: this snapshot's)."""
         pod_list = _patched(self.pods, pods, _KEY)
-        policy_list = _patched(self.policies, policies, _POLICY_KEY)
+        # the same tuple when no policy changed: the incremental resolution then pairs the
+        # policies with their previous resolutions by position (policy/incremental.py)
+        policy_list: Sequence[NetworkPolicy] = _patched(self.policies, policies, _POLICY_KEY) if policies \
+            else self.policies
         namespaces = {ns.name: ns for ns in self.namespaces}
         for name in {key[0] for key in pods} | {key[0] for key in policies}:
             if _holds(pod_list, name, _KEY) or _holds(policy_list, name, _POLICY_KEY):
