@@ -67,10 +67,6 @@ class PortView:
     def complete(self) -> bool:
         return self.switch_known and self.interfaces_known
 
-    def joined(self) -> list[tuple[int, Interface]]:
-        return sorted((no, self.interfaces[name]) for name, no in self.switch_ports.items()
-                      if name in self.interfaces)
-
 
 class PortMap:
     """Thread-safe holder of both halves; `on_change` fires after each update."""
@@ -270,11 +266,6 @@ def _mac(text: str) -> EUI | None:
         return None
 
 
-def _bindings(view: PortView, state: ClusterState, node: str) -> tuple[PortBinding, ...]:
-    found = ((ofport, _binding(ofport, iface, state, node)) for ofport, iface in view.joined())
-    return _chosen([(ofport, binding) for ofport, binding in found if binding is not None])
-
-
 def _chosen(bindings: list[tuple[int, PortBinding]]) -> tuple[PortBinding, ...]:
     """One binding per pod from (ofport, binding) pairs in ofport order."""
     chosen: dict[PodKey, PortBinding] = {}
@@ -310,7 +301,9 @@ def node_context(node: str, view: PortView, state: ClusterState, nodes: tuple[No
     """The compiler's view of this node, from the joined ports and the Node objects
     (`bindings`: already derived from them, by NodeBindings)."""
     tunnel, gateway, peer_mac = _edges(view)
-    return NodeContext(node, _bindings(view, state, node) if bindings is None else bindings, tunnel_port=tunnel,
+    if bindings is None:
+        bindings = NodeBindings(node).bindings(view, state)
+    return NodeContext(node, bindings, tunnel_port=tunnel,
                        gateway_port=gateway, gateway_peer_mac=peer_mac, node_addresses=node_addresses(nodes),
                        node_cidrs=tuple(sorted((n.name, net) for n in nodes for net in n.pod_cidrs)),
                        datapath=view.datapath)
