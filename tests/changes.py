@@ -43,7 +43,12 @@ def one_change(draw: st.DrawFn, start: ClusterState | None = None) -> tuple[Clus
         policy_list.append(draw(policies(names, name)))
         if len(policy_list) > 1 and draw(st.booleans()):
             policy_list.pop(0)
-    return state, ClusterState.build(state.namespaces, pod_list, policy_list)
+    after = ClusterState.build(state.namespaces, pod_list, policy_list)
+    if after.policies == state.policies and draw(st.booleans()):
+        # as a controller's patched snapshot: no policy changed, so the very same tuple
+        # (the incremental resolution then pairs policies by position)
+        after = replace(after, policies=state.policies)
+    return state, after
 
 
 @st.composite

@@ -232,6 +232,39 @@ def test_bindings_kept_across_realizations_equal_bindings_derived_afresh(
         assert bindings.context(view, state, nodes) == node_context("node-1", view, state, nodes)
 
 
+@st.composite
+def _pod_changes(draw: st.DrawFn) -> dict[PodKey, Pod | None]:
+    """One snapshot's pod changes: pods come, go, move to the other node or get relabelled."""
+    changes: dict[PodKey, Pod | None] = {}
+    for name in draw(st.lists(st.sampled_from(_POD_NAMES), min_size=1, max_size=2, unique=True)):
+        variants = [(node, app) for node in ("node-1", "node-1", "node-2") for app in ("web", "db")]
+        variant = draw(st.sampled_from([None, *variants]))
+        changes[PodKey("x", name)] = None if variant is None else _POD_VARIANTS[(name, *variant)]
+    return changes
+
+
+@settings(max_examples=300, deadline=None)
+@given(_port_worlds(), st.lists(st.tuples(_pod_changes(), st.booleans(), st.booleans()), min_size=1, max_size=8))
+def test_bindings_of_patched_states_equal_bindings_derived_afresh(
+        world: tuple[PortView, ClusterState], steps: list[tuple[dict[PodKey, Pod | None], bool, bool]]) -> None:
+    """The controller's path: one port view across pod changes patched into each next state
+    (only the ports naming changed pods are looked at), now and then a new view (every port
+    is), now and then a state nobody bound (the next one is patched from that, not from the
+    last one bound)."""
+    view, state = world
+    bindings = NodeBindings("node-1")
+    nodes = (NodeInfo("node-2", IPAddress("192.168.0.2")),)
+    assert bindings.context(view, state, nodes) == node_context("node-1", view, state, nodes)
+    for changes, new_view, skipped in steps:
+        state = state.with_changes(changes, {}, ())
+        if new_view:
+            view = PortView(switch_ports=dict(view.switch_ports), interfaces=dict(view.interfaces),
+                            switch_known=True, interfaces_known=True)
+        if skipped:
+            continue
+        assert bindings.context(view, state, nodes) == node_context("node-1", view, state, nodes)
+
+
 def test_a_realization_with_no_port_or_pod_change_keeps_the_bindings_tuple() -> None:
     state = ClusterState.from_parse(parse_documents([Document("a", pod_manifest("x", "a", "10.244.1.2"))]))
     view = PortView(switch_ports={"p1": 1}, interfaces={"p1": Interface("p1", "", {"iface-id": "x/a"})},

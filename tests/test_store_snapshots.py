@@ -28,8 +28,10 @@ NODE = "node-1"
 
 def built(snap: Snapshot) -> ClusterState:
     values = list(snap.objects.values())
+    nodes = tuple(sorted(o for o in values if isinstance(o, NodeInfo)))
+    assert snap.nodes == nodes  # a snapshot may carry the last one's Node objects only while none changed
     return ClusterState.build([o for o in values if isinstance(o, Namespace)],
-                              place_pods([o for o in values if isinstance(o, Pod)], snap.nodes),
+                              place_pods([o for o in values if isinstance(o, Pod)], nodes),
                               [o for o in values if isinstance(o, NetworkPolicy)], snap.generation)
 
 

@@ -42,8 +42,10 @@ class NodeCompilation:
     """One node's flows and what produced them, to compile the next change from.
 
     `change` is the difference from the previous compilation's flows (None for a first one).
-    `counts` holds how many fragments give each flow: a flow two fragments give (two pods
-    with one route) stays while either does. The tier tables' flows (admin_flows.py) are
+    `extra` holds, for a flow more than one fragment gives (two pods with one route), how
+    many give it beyond the first: it stays while any does. Almost every flow has one
+    fragment, so only the exceptions are held (copying a count for each of 283k flows cost
+    a 100k-pod relabel ~8 ms). The tier tables' flows (admin_flows.py) are
     kept per rule (`admin_parts`), and each cluster policy's grants (`admin_grants`): a pod
     change re-resolves only the cluster policies that see the pod, and only rules whose
     grants changed are rendered again.
@@ -52,7 +54,7 @@ class NodeCompilation:
     node: NodeContext
     resolution: Resolution
     tables: PolicyTables
-    counts: Mapping[Flow, int]
+    extra: Mapping[Flow, int]
     flows: FlowSet
     change: FlowDiff | None = None
     admin_parts: AdminParts | None = None
@@ -98,10 +100,10 @@ def _build(node: NodeContext, resolution: Resolution, previous: NodeCompilation 
     index = FingerprintIndex.build(flows, (b.ofport for b in node.bindings))
     fast = fastpath_flows(node, index.prints)
     flows.extend(f for _, pod_flows in fast.values() for f in pod_flows)
-    counts: dict[Flow, int] = {}
-    for flow in flows:
-        counts[flow] = counts.get(flow, 0) + 1
-    return NodeCompilation(node, resolution, tables, counts, FlowSet(counts), admin_parts=admin.parts,
+    extra: dict[Flow, int] = {}
+    by_id: dict[FlowId, Flow] = {}
+    _patch(extra, by_id, set(), (), flows)
+    return NodeCompilation(node, resolution, tables, extra, FlowSet.trusted(by_id), admin_parts=admin.parts,
                            admin_grants=admin.grants, fastpath=fast, fingerprints=index)
 
 
@@ -145,6 +147,7 @@ def _admin_flows(resolution: Resolution, node: NodeContext, previous: NodeCompil
 def _update(previous: NodeCompilation, node: NodeContext, resolution: Resolution) -> NodeCompilation | None:
     if resolution.changed is None or replace(node, bindings=()) != replace(previous.node, bindings=()):
         return None
+    node.inherit_port_maps(previous.node)
     gone, new = _binding_changes(previous.node.bindings, node.bindings)
     old_audit, new_audit = previous.resolution.state.audited_namespaces, resolution.state.audited_namespaces
     removed = [f for b in gone for f in (*local_pod_flows(b), *audit_allow_flows(b, old_audit.get(b.pod.namespace)))]
@@ -162,12 +165,12 @@ def _update(previous: NodeCompilation, node: NodeContext, resolution: Resolution
     old_parts, new_parts = previous.admin_parts or {}, admin.parts or {}
     removed.extend(f for key, part in old_parts.items() if new_parts.get(key) is not part for f in part.flows)
     added.extend(f for key, part in new_parts.items() if old_parts.get(key) is not part for f in part.flows)
-    counts, by_id, changed = _apply(previous, [*removed, *update.removed], [*added, *update.added])
+    extra, by_id, changed = _apply(previous, [*removed, *update.removed], [*added, *update.added])
     index = _fingerprints(previous, by_id, changed, node)
     fast, fast_removed, fast_added = refresh_fastpath(previous.fastpath, gone, new, index)
-    _patch(counts, by_id, changed, fast_removed, fast_added)
+    _patch(extra, by_id, changed, fast_removed, fast_added)
     flows = FlowSet.trusted(by_id)
-    return NodeCompilation(node, resolution, update.tables, counts, flows, diff_ids(previous.flows, flows, changed),
+    return NodeCompilation(node, resolution, update.tables, extra, flows, diff_ids(previous.flows, flows, changed),
                            admin.parts, admin.grants, fast, index)
 
 
@@ -225,35 +228,40 @@ def _placement_changes(old: Resolution, new: Resolution, ports: Mapping[PodKey, 
 
 def _apply(previous: NodeCompilation, removed: Iterable[Flow],
            added: Iterable[Flow]) -> tuple[dict[Flow, int], dict[FlowId, Flow], set[FlowId]]:
-    """Counts and flows after taking fragments' flows away and adding others (removals
+    """Extra counts and flows after taking fragments' flows away and adding others (removals
     first, so a flow replaced under one identity is never two flows at once)."""
-    counts = dict(previous.counts)
+    extra = dict(previous.extra)
     by_id = previous.flows.by_id()
     changed: set[FlowId] = set()
-    _patch(counts, by_id, changed, removed, added)
-    return counts, by_id, changed
+    _patch(extra, by_id, changed, removed, added)
+    return extra, by_id, changed
 
 
-def _patch(counts: dict[Flow, int], by_id: dict[FlowId, Flow], changed: set[FlowId], removed: Iterable[Flow],
+def _patch(extra: dict[Flow, int], by_id: dict[FlowId, Flow], changed: set[FlowId], removed: Iterable[Flow],
            added: Iterable[Flow]) -> None:
+    """Take one fragment's `removed` flows away, give `added`; a flow held is given by 1 + extra
+    fragments. Note in `changed` the identities whose flow came or went."""
     for flow in removed:
-        left = counts[flow] - 1
-        if left:
-            counts[flow] = left
+        held = by_id.get(flow.id)
+        if held is not flow and held != flow:
+            raise KeyError(f"no fragment gives the flow taken away: {flow}")
+        more = extra.get(flow, 0)
+        if more > 1:
+            extra[flow] = more - 1
+        elif more:
+            del extra[flow]
         else:
-            del counts[flow]
             del by_id[flow.id]
             changed.add(flow.id)
     for flow in added:
-        held = counts.get(flow, 0)
-        counts[flow] = held + 1
-        if held:
-            continue
-        other = by_id.get(flow.id)
-        if other is not None:
-            raise DuplicateFlowError(f"two flows with one identity:\n  {other}\n  {flow}")
-        by_id[flow.id] = flow
-        changed.add(flow.id)
+        held = by_id.get(flow.id)
+        if held is None:
+            by_id[flow.id] = flow
+            changed.add(flow.id)
+        elif held is flow or held == flow:
+            extra[flow] = extra.get(flow, 0) + 1
+        else:
+            raise DuplicateFlowError(f"two flows with one identity:\n  {held}\n  {flow}")
 
 
 def _audit_denied(state: ClusterState) -> frozenset[str]:
@@ -261,7 +269,7 @@ def _audit_denied(state: ClusterState) -> frozenset[str]:
 
 
 def _ports(node: NodeContext) -> dict[PodKey, int]:
-    return {b.pod: b.ofport for b in node.bindings}
+    return node.ofports
 
 
 def _remote_flows(pod: Pod | None, node: NodeContext, local: Iterable[PodKey]) -> Iterator[Flow]:

@@ -66,6 +66,19 @@ class NodeContext:
     def local_pods(self) -> frozenset[PodKey]:
         return frozenset(b.pod for b in self.bindings)
 
+    @cached_property
+    def ofports(self) -> dict[PodKey, int]:
+        """Each local pod's port (read, never written)."""
+        return {b.pod: b.ofport for b in self.bindings}
+
+    def inherit_port_maps(self, previous: NodeContext) -> None:
+        """Take `previous`'s derived maps if it has the very same bindings: a controller makes a
+        new context per realization, and rebuilding them over 10,000 local pods cost ~5 ms."""
+        if self.bindings is previous.bindings:
+            for name in ("local_pods", "ofports"):
+                if name in previous.__dict__ and name not in self.__dict__:
+                    self.__dict__[name] = previous.__dict__[name]
+
 
 def link_local(mac: EUI) -> IPAddress:
     """The pod's IPv6 link-local address: fe80::/64 + the modified EUI-64 of its MAC (RFC 4291),

@@ -16,7 +16,8 @@ from __future__ import annotations
 import logging
 import threading
 import warnings
-from collections.abc import Callable, Mapping
+import weakref
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from operator import attrgetter, itemgetter
@@ -297,10 +298,11 @@ def _edges(view: PortView) -> tuple[int | None, int | None, EUI | None]:
 
 
 def node_context(node: str, view: PortView, state: ClusterState, nodes: tuple[NodeInfo, ...],
-                 bindings: tuple[PortBinding, ...] | None = None) -> NodeContext:
+                 bindings: tuple[PortBinding, ...] | None = None,
+                 edges: tuple[int | None, int | None, EUI | None] | None = None) -> NodeContext:
     """The compiler's view of this node, from the joined ports and the Node objects
-    (`bindings`: already derived from them, by NodeBindings)."""
-    tunnel, gateway, peer_mac = _edges(view)
+    (`bindings` and `edges`: already derived from them, by NodeBindings)."""
+    tunnel, gateway, peer_mac = _edges(view) if edges is None else edges
     if bindings is None:
         bindings = NodeBindings(node).bindings(view, state)
     return NodeContext(node, bindings, tunnel_port=tunnel,
@@ -315,6 +317,7 @@ class _Bound:
 
     ofport: int
     iface: Interface
+    key: PodKey | None  # the pod the Interface names
     pod: Pod | None
     binding: PortBinding | None
 
@@ -325,38 +328,82 @@ class NodeBindings:
     policies, benchmarks/realize.py); a port whose ofport, Interface and pod object are
     the ones of last time keeps its binding, and when every port does, the bindings are
     the previous tuple itself (the compiler then compares the contexts by identity). A
-    binding depends on nothing else: _binding reads only these and the node's name."""
+    binding depends on nothing else: _binding reads only these and the node's name.
+
+    When the port view is the very one of last time and the state was patched from last
+    time's (ClusterState.patched_from: the pod keys that can differ), only the ports naming
+    those pods are looked at: walking 5,000 ports to find them unchanged still cost ~33 ms
+    per realization at that size."""
 
     def __init__(self, node: str) -> None:
         self.node = node
         self._bound: dict[str, _Bound] = {}
         self._bindings: tuple[PortBinding, ...] = ()
+        self._ports_of: dict[PodKey, tuple[str, ...]] = {}  # the port names naming each pod
+        self._view: PortView | None = None
+        self._state: weakref.ref[ClusterState] | None = None
+        self._edges = _edges(PortView())
 
     def context(self, view: PortView, state: ClusterState, nodes: tuple[NodeInfo, ...]) -> NodeContext:
-        return node_context(self.node, view, state, nodes, self.bindings(view, state))
+        if view is not self._view:
+            self._edges = _edges(view)
+        return node_context(self.node, view, state, nodes, self.bindings(view, state), self._edges)
 
     def bindings(self, view: PortView, state: ClusterState) -> tuple[PortBinding, ...]:
+        touched = self._touched_pods(view, state)
+        self._view, self._state = view, weakref.ref(state)
+        if touched is None:
+            bound: dict[str, _Bound] = {}
+            names: Iterable[str] = view.switch_ports
+        else:
+            bound = dict(self._bound)
+            names = [name for key in touched for name in self._ports_of.get(key, ())]
+            if not names:
+                return self._bindings
+        changed = self._derive(view, state, names, bound)
+        if changed or bound.keys() != self._bound.keys():
+            self._bindings = _chosen(sorted(((b.ofport, b.binding) for b in bound.values() if b.binding is not None),
+                                            key=itemgetter(0)))
+        if touched is None:
+            ports_of: dict[PodKey, list[str]] = {}
+            for name, held in bound.items():
+                if held.key is not None:
+                    ports_of.setdefault(held.key, []).append(name)
+            self._ports_of = {key: tuple(found) for key, found in ports_of.items()}
+        self._bound = bound
+        return self._bindings
+
+    def _touched_pods(self, view: PortView, state: ClusterState) -> frozenset[PodKey] | None:
+        """The pods that can have changed since last time, if nothing else can (None: look
+        at every port)."""
+        previous = self._state() if self._state is not None else None
+        if view is not self._view or previous is None:
+            return None
+        return frozenset() if state is previous else state.patched_from(previous)
+
+    def _derive(self, view: PortView, state: ClusterState, names: Iterable[str], bound: dict[str, _Bound]) -> bool:
+        """Fill `bound` for `names` (reusing last time's where nothing it depends on changed);
+        True if any binding is new."""
         pods, previous = state.pods_by_key, self._bound
-        bound: dict[str, _Bound] = {}
         changed = False
-        for name, ofport in view.switch_ports.items():
+        for name in names:
+            ofport = view.switch_ports.get(name)
             iface = view.interfaces.get(name)
-            if iface is None:
+            if ofport is None or iface is None:
                 continue
-            key = pod_of(iface)
-            pod = pods.get(key) if key is not None else None
             was = previous.get(name)
+            key = was.key if was is not None and was.iface is iface else pod_of(iface)
+            pod = pods.get(key) if key is not None else None
             if was is not None and was.ofport == ofport and was.pod is pod and (was.iface is iface
                                                                                 or was.iface == iface):
                 bound[name] = was
                 continue
-            bound[name] = _Bound(ofport, iface, pod, _binding(ofport, iface, state, self.node))
-            changed = True
-        if changed or bound.keys() != previous.keys():
-            self._bindings = _chosen(sorted(((b.ofport, b.binding) for b in bound.values() if b.binding is not None),
-                                            key=itemgetter(0)))
-        self._bound = bound
-        return self._bindings
+            binding = _binding(ofport, iface, state, self.node)
+            bound[name] = _Bound(ofport, iface, key, pod, binding)
+            # a relabelled pod's port gives the very same binding (_recorded_binding): the
+            # tuple is then kept, and the compiler sees the bindings unchanged by identity
+            changed = changed or was is None or was.binding is not binding
+        return changed
 
 
 def realized_ports(context: NodeContext) -> dict[str, int]:

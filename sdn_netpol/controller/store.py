@@ -233,8 +233,20 @@ class Store:
                     Invalid(k, v, k in self._objects) for k, v in sorted(self._invalid.items()))
                 self._snapshot = Snapshot(self._generation, dict(self._objects), invalid, self._version,
                                           self._synced, self._changed_at, self._base())
+                nodes = self._unchanged_nodes()
+                if nodes is not None:  # finding them walks every object: ~8 ms at 55k
+                    self._snapshot.__dict__["nodes"] = nodes
                 self._last, self._touched = self._snapshot, set()
             return self._snapshot
+
+    def _unchanged_nodes(self) -> tuple[NodeInfo, ...] | None:
+        """The last snapshot's Node objects, if it has found them and none changed since."""
+        last = self._last
+        if self._touched is None or last is None or "nodes" not in last.__dict__:
+            return None
+        if any(key[0] == NODE_KIND for key in self._touched):
+            return None
+        return last.nodes  # type: ignore[no-any-return]
 
     def _base(self) -> tuple[ClusterState, frozenset[ObjectKey]] | None:
         """The newest computed state and what changed since (never a chain of snapshots:
