@@ -26,8 +26,9 @@ from dataclasses import dataclass, replace
 from operator import attrgetter
 from typing import Any, cast
 
+from sdn_netpol.compiler import bands
 from sdn_netpol.compiler.audit_flows import audit_deny_flow
-from sdn_netpol.compiler.bands import band_priority, bands_for, busy_matches, spread_of
+from sdn_netpol.compiler.bands import band_priority, busy_matches, spread_of
 from sdn_netpol.compiler.flow import Conjunction, Flow, Match
 from sdn_netpol.compiler.pipeline import (
     REG_OUT_PORT,
@@ -326,7 +327,7 @@ class PolicyTables:
         for key in copied:
             if key[0] != "clause":
                 continue
-            if bands_for(len(entries[key])) != self.busy.get(key, 1):
+            if bands.bands_for(len(entries[key])) != self.busy.get(key, 1):
                 return None
             if key in self.busy:
                 moved.update(_members(self.entries[key].keys() ^ entries[key].keys()))

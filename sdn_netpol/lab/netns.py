@@ -12,6 +12,7 @@ import contextlib
 import ctypes
 import errno
 import fcntl
+import functools
 import os
 import socket
 import struct
@@ -41,17 +42,24 @@ def list_netns(prefix: str) -> list[str]:
     return sorted(p.name for p in NETNS_DIR.iterdir() if p.name.startswith(prefix))
 
 
+@functools.cache
+def _pyroute2_netns() -> Any:
+    """pyroute2's netns module, configured once. Imported here only: pyroute2 costs 0.1-0.3 s
+    to import. It forks a child to create a namespace and gives up after 2 s without its
+    answer; under load (CI, test_admin_lab's fixture) that child took longer and the lab
+    failed to come up, so the timeout is raised to 30 s."""
+    from pyroute2 import config as pyr_config
+    from pyroute2 import netns as pyr_netns
+
+    pyr_config.default_communicate_timeout = max(pyr_config.default_communicate_timeout, 30)
+    return pyr_netns
+
+
 def create(name: str) -> None:
     """A fresh namespace with `lo` up (a leftover of the same name is removed first)."""
-    from pyroute2 import config as pyr_config
-    from pyroute2 import netns as pyr_netns  # pyroute2 costs 0.1-0.3 s to import: only where it is used
-
     if exists(name):
         remove(name)
-    # pyroute2 forks a child to create the namespace and gives up after 2 s without its answer;
-    # under load (CI, test_admin_lab's fixture) that child took longer and the lab failed to come up
-    pyr_config.default_communicate_timeout = max(pyr_config.default_communicate_timeout, 30)
-    pyr_netns.create(name)
+    _pyroute2_netns().create(name)
     with ipr_in(name) as ipr:
         ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
 
