@@ -7,10 +7,12 @@ from dataclasses import replace
 from hypothesis import given, settings
 
 from sdn_netpol.model.labels import Labels
+from sdn_netpol.model.parse import Document, parse_documents
 from sdn_netpol.policy.incremental import resolve
 from sdn_netpol.policy.resolve import resolve_all
 from sdn_netpol.policy.state import ClusterState
 from tests.changes import change_chains, one_change
+from tests.controller_fixtures import pod_manifest, policy_manifest
 from tests.strategies import cluster_states
 from tests.synthetic_cluster import relabel, synthetic_state
 
@@ -59,3 +61,26 @@ def test_an_unchanged_snapshot_reuses_every_result(state: ClusterState) -> None:
     first = resolve(state)
     again = resolve(ClusterState.build(state.namespaces, state.pods, state.policies), first)
     assert all(a is b for a, b in zip(again.policies, first.policies, strict=True))
+
+
+def _cross_namespace_cluster() -> ClusterState:
+    """Policy a/p admits app=x pods of every namespace; b/q is app=y (not admitted)."""
+    policy = policy_manifest("a", "p", "web", None)
+    policy["spec"]["ingress"] = [{"from": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"app": "x"}}}]}]
+    return ClusterState.from_parse(parse_documents([
+        Document("cluster", pod_manifest("a", "w", "10.0.0.2", app="web")),
+        Document("cluster", pod_manifest("b", "q", "10.0.0.3", app="y")),
+        Document("cluster", policy)]))
+
+
+def test_a_pod_relabelled_into_another_namespaces_peer_selector_is_resolved_again() -> None:
+    """The controller's path (no policy changed: the same policy tuple): the relabelled pod is
+    in namespace b, the policy that now admits it in a."""
+    state = _cross_namespace_cluster()
+    first = resolve(state)
+    pod = state.pod("b", "q")
+    assert pod is not None
+    relabelled = state.with_changes({pod.key: replace(pod, labels=Labels({"app": "x"}))}, {}, ())
+    assert relabelled.policies is state.policies
+    again = resolve(relabelled, first)
+    assert again.policies == resolve_all(relabelled) != first.policies

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from functools import cached_property
+from typing import TypeVar
 
 from sdn_netpol.model.labels import Labels
 from sdn_netpol.model.objects import NetworkPolicy, Peer, Pod
@@ -23,6 +24,7 @@ FULL_RESOLUTION_SHARE, FULL_RESOLUTION_FLOOR = 0.05, 16
 
 
 PodChange = tuple[Pod | None, Pod | None]  # (before, after); None = absent
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, eq=False)
@@ -72,10 +74,7 @@ def _resolve_same_policies(state: ClusterState, previous: Resolution, changes: l
     cost a 100k-pod relabel ~20 ms."""
     resolved = list(previous.policies)
     scope = previous.scope
-    candidates = set(scope.unconfined)
-    for namespace in {ns for change in changes for ns in change.namespaces}:
-        candidates.update(scope.by_namespace.get(namespace, ()))
-    for at in sorted(candidates):
+    for at in sorted(scope.candidates(changes)):
         policy = state.policies[at]
         if any(change.affects(policy, labels) for change in changes):
             resolved[at] = resolve_policy(state, policy)
@@ -86,19 +85,52 @@ def _resolve_same_policies(state: ClusterState, previous: Resolution, changes: l
 
 @dataclass(frozen=True)
 class _Scope:
-    """Positions of a policy tuple: by namespace, and of the policies whose peers may be
-    pods of other namespaces (not `confined_to_namespace`)."""
+    """Positions of a policy tuple: by namespace; of the policies whose peers may be pods of
+    other namespaces (not `confined_to_namespace`); and by the pod label keys they read for
+    a pod of their own namespace (`NetworkPolicy.pod_label_keys`: by namespace and key) and
+    of another one (by key)."""
 
     by_namespace: dict[str, tuple[int, ...]]
     unconfined: tuple[int, ...]
+    own_keys: dict[tuple[str, str], tuple[int, ...]]
+    other_keys: dict[str, tuple[int, ...]]
 
     @staticmethod
     def of(policies: tuple[NetworkPolicy, ...]) -> _Scope:
         by_namespace: dict[str, list[int]] = {}
+        own_keys: dict[tuple[str, str], list[int]] = {}
+        other_keys: dict[str, list[int]] = {}
         for at, policy in enumerate(policies):
             by_namespace.setdefault(policy.namespace, []).append(at)
+            for key in policy.pod_label_keys(True):
+                own_keys.setdefault((policy.namespace, key), []).append(at)
+            for key in policy.pod_label_keys(False):
+                other_keys.setdefault(key, []).append(at)
         unconfined = tuple(at for at, policy in enumerate(policies) if not policy.confined_to_namespace)
-        return _Scope({ns: tuple(found) for ns, found in by_namespace.items()}, unconfined)
+        return _Scope(_tuples(by_namespace), unconfined, _tuples(own_keys), _tuples(other_keys))
+
+    def candidates(self, changes: list[_PodChange]) -> set[int]:
+        """The policies `_PodChange.affects` can say yes to for these changes (a superset).
+        Relabels alone: only a policy reading a changed label key, for a pod of its own
+        namespace or, through a namespaceSelector peer, of another (a policy of another
+        namespace reads none there unless it is unconfined). Anything else: every policy of
+        a changed pod's namespace, and every unconfined one."""
+        found: set[int] = set()
+        if all(change.relabel for change in changes):
+            for change in changes:
+                namespace = next(iter(change.namespaces))
+                for key in change.label_keys:
+                    found.update(self.own_keys.get((namespace, key), ()))
+                    found.update(self.other_keys.get(key, ()))
+            return found
+        found.update(self.unconfined)
+        for namespace in {ns for change in changes for ns in change.namespaces}:
+            found.update(self.by_namespace.get(namespace, ()))
+        return found
+
+
+def _tuples(lists: dict[_T, list[int]]) -> dict[_T, tuple[int, ...]]:
+    return {key: tuple(found) for key, found in lists.items()}
 
 
 def changed_pods(old: ClusterState, new: ClusterState) -> list[PodChange]:
