@@ -121,9 +121,9 @@ class Probe:
                 self.realized.get_nowait()
 
 
-def cluster(n_pods: int, n_policies: int = N_POLICIES) -> tuple[ClusterState, list[NodeInfo]]:
-    nodes = [NodeInfo(f"node{k}", IPAddress(f"192.168.0.{k + 1}")) for k in range(N_NODES)]
-    return synthetic_state(n_pods, n_policies), nodes
+def cluster(n_pods: int, n_policies: int = N_POLICIES, n_nodes: int = N_NODES) -> tuple[ClusterState, list[NodeInfo]]:
+    nodes = [NodeInfo(f"node{k}", IPAddress(f"192.168.{k // 250}.{k % 250 + 1}")) for k in range(n_nodes)]
+    return synthetic_state(n_pods, n_policies, n_nodes), nodes
 
 
 def attach_ports(sw: Switch, pods: list[Pod]) -> None:
@@ -211,11 +211,11 @@ def policy_adds(count: int, n_policies: int = N_POLICIES) -> Iterator[tuple[Obje
         yield object_key(policy), policy
 
 
-def spare_pods(n_pods: int, count: int) -> list[Pod]:
+def spare_pods(n_pods: int, count: int, n_nodes: int = N_NODES) -> list[Pod]:
     """Pods that do not exist yet, on node0, with ports attached before they are added."""
-    base = synthetic_state(n_pods + count * 10 + 10, 0).pods
+    base = synthetic_state(n_pods + (count + 1) * n_nodes, 0, n_nodes).pods
     fresh = [p for p in base if int(p.name.split("-")[1]) >= n_pods and p.node_name == NODE]
-    return fresh[:count]
+    return fresh[:count]  # the hash spreads pods unevenly: a few fewer than `count`, at times
 
 
 def start_controller(sw: Switch, pods: list[Pod], config: Config | None = None) -> tuple[Parts, Probe]:
@@ -241,12 +241,13 @@ def install(parts: Parts, probe: Probe, state: ClusterState, nodes: list[NodeInf
     return probe.wait_generation(parts.store.generation)
 
 
-def measure(n_pods: int, samples: int, n_policies: int = N_POLICIES, latency_only: bool = False) -> dict[str, Any]:
+def measure(n_pods: int, samples: int, n_policies: int = N_POLICIES, latency_only: bool = False,
+            n_nodes: int = N_NODES) -> dict[str, Any]:
     """`latency_only`: the three change scenarios, without the OVS restart and the install
     rates (at 50k pods × 5,000 policies those re-send ~140k flows nine times)."""
-    state, nodes = cluster(n_pods, n_policies)
+    state, nodes = cluster(n_pods, n_policies, n_nodes)
     local = [p for p in state.pods if p.node_name == NODE]
-    spare = spare_pods(n_pods, samples)
+    spare = spare_pods(n_pods, samples, n_nodes)
     with tempfile.TemporaryDirectory(prefix="realize-bench-") as tmp, switch(Path(tmp)) as sw:
         parts, probe = start_controller(sw, local + spare)
         start = time.monotonic()
@@ -255,7 +256,7 @@ def measure(n_pods: int, samples: int, n_policies: int = N_POLICIES, latency_onl
                  "send_s": round(probe.phases["send"], 3)}
         print(f"  first install: {first}", file=sys.stderr)
         run = Run(sw, parts, probe, state)
-        result: dict[str, Any] = {"pods": n_pods, "policies": n_policies, "local_pods": len(local),
+        result: dict[str, Any] = {"pods": n_pods, "policies": n_policies, "nodes": n_nodes, "local_pods": len(local),
                                   "flows": flows, "first_install": first}
         profiler = _profile_realizer(parts) if os.environ.get("REALIZE_PROFILE") else None
         result["latency"] = [run.scenario("pod add", pod_adds(spare)),
@@ -362,6 +363,8 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=0, help="changes per scenario (default 50 at 1k, 20 at 10k)")
     parser.add_argument("--policies", type=int, default=N_POLICIES, help="policies (default 1,000)")
     parser.add_argument("--latency-only", action="store_true", help="no OVS restart, no install rates")
+    parser.add_argument("--nodes", type=int, default=N_NODES,
+                        help=f"nodes the pods spread over (default {N_NODES}: node0 holds a tenth of them)")
     parser.add_argument("--verbose", action="store_true", help="the controller's INFO log on stderr")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -370,14 +373,15 @@ def main() -> None:
     sizes = args.pods or [1_000, 10_000]
     if args.one:
         n = sizes[0]
-        print(json.dumps(measure(n, args.samples or (50 if n <= 1_000 else 20), args.policies, args.latency_only)),
-              flush=True)
+        print(json.dumps(measure(n, args.samples or (50 if n <= 1_000 else 20), args.policies, args.latency_only,
+                                 args.nodes)), flush=True)
         os._exit(0)  # os-ken's threads are not daemons and cannot be stopped
     results = []
     for n in sizes:
         print(f"{n} pods × {args.policies} policies", file=sys.stderr)
         child = [sys.executable, __file__, "--one", "--pods", str(n), "--samples", str(args.samples),
-                 "--policies", str(args.policies), *(["--latency-only"] if args.latency_only else [])]
+                 "--policies", str(args.policies), "--nodes", str(args.nodes),
+                 *(["--latency-only"] if args.latency_only else [])]
         out = subprocess.run([*child, *(["--verbose"] if args.verbose else [])], check=True, stdout=subprocess.PIPE,
                              text=True).stdout
         results.append(json.loads(out.strip().splitlines()[-1]))

@@ -30,10 +30,10 @@ TIERS = ("web", "api", "db", "cache")
 ENVS = ("prod", "staging", "dev")
 
 
-def node_name(i: int) -> str:
+def node_name(i: int, n_nodes: int = N_NODES) -> str:
     """Pod i's node by a multiplicative hash, so a namespace's and an app's pods spread over nodes
     as a scheduler would spread them (plain i % 10 would put each namespace on one node)."""
-    return f"node{(((i * 2654435761) & 0xFFFFFFFF) >> 16) % N_NODES}"
+    return f"node{(((i * 2654435761) & 0xFFFFFFFF) >> 16) % n_nodes}"
 
 
 def namespaces() -> list[Namespace]:
@@ -41,14 +41,14 @@ def namespaces() -> list[Namespace]:
             for i in range(N_NAMESPACES)]
 
 
-def make_pod(i: int) -> Pod:
+def make_pod(i: int, n_nodes: int = N_NODES) -> Pod:
     """Pod i: namespace i % 100, app (i // 100) % 20, IP 10.0.0.0/8 + i + 1."""
     app = (i // N_NAMESPACES) % N_APPS
     labels = Labels({"app": f"a{app}", "tier": TIERS[app % 4], "pod-template-hash": f"h{i % 7}"})
     ports = (ContainerPort("http", 8080 if app % 3 else 8000), ContainerPort("metrics", 9090),
              ContainerPort("dns", 53, "UDP"))
     return Pod(f"ns-{i % N_NAMESPACES:03d}", f"pod-{i:05d}", labels, (IPAddress(0x0A000001 + i),),
-               node_name(i), ports=ports)
+               node_name(i, n_nodes), ports=ports)
 
 
 def _selector(labels: dict[str, str]) -> dict[str, Any]:
@@ -100,8 +100,8 @@ def policies(docs: list[dict[str, Any]]) -> tuple[NetworkPolicy, ...]:
     return result.policies
 
 
-def synthetic_state(n_pods: int, n_policies: int) -> ClusterState:
-    return ClusterState.build(namespaces(), (make_pod(i) for i in range(n_pods)),
+def synthetic_state(n_pods: int, n_policies: int, n_nodes: int = N_NODES) -> ClusterState:
+    return ClusterState.build(namespaces(), (make_pod(i, n_nodes) for i in range(n_pods)),
                               policies([policy_doc(i) for i in range(n_policies)]))
 
 

@@ -97,8 +97,8 @@ def place(policy: ResolvedPolicy, ports: Mapping[PodKey, int], memo: dict[Any, A
     memo = {} if memo is None else memo
     conjs: list[_Conj] = []
     direct: list[tuple[Direction, Match, int]] = []
-    isolated = [(d, str(pod), ports[pod]) for d in sorted(policy.isolates) for pod in sorted(policy.applied_to)
-                if pod in ports]
+    local_targets = sorted(pod for pod in policy.applied_to if pod in ports)  # not all 580 targets, then filter
+    isolated = [(d, str(pod), ports[pod]) for d in sorted(policy.isolates) for pod in local_targets]
     for rule in policy.rules:
         rcookie = rule_cookie(rule.policy, rule.direction, rule.index)
         for position, grant in enumerate(rule.grants):

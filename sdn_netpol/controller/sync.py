@@ -167,6 +167,7 @@ class Realizer:
         self._settle(bool(sent))
         t4 = time.monotonic()
         self._publish(snap, context, desired, sent, since, self._table_counts(desired, previous, compiled))
+        compiled.resolution.warm()  # realized already: the next pod change finds it built
         LOG.info("realized generation %d (source %s): state %.3f s, compile %.3f s, send %.3f s (%d flow mods), "
                  "settle %.3f s", snap.generation, snap.source_version[:19], t1 - t0, t2 - t1, t3 - t2,
                  sum(sent.values()), t4 - t3)

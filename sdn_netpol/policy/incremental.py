@@ -42,6 +42,11 @@ class Resolution:
     def scope(self) -> _Scope:
         return _Scope.of(self.state.policies)
 
+    def warm(self) -> None:
+        """Build now what the next pod change would otherwise build first (the policies'
+        scope: ~60 ms at 5,000 policies the first time), e.g. while a controller is idle."""
+        _ = self.scope
+
 
 def resolve(state: ClusterState, previous: Resolution | None = None) -> Resolution:
     if previous is None or previous.state.namespaces != state.namespaces:

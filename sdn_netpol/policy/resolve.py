@@ -81,7 +81,7 @@ def rule_grants(
         peers = resolver.peers(namespace, rule.peers)
         if not peers.empty:
             groups = resolver.group_by_named_ports(targets, named)
-            grants.extend(Grant(frozenset(keys), peers, ports) for ports, keys in groups)
+            grants.extend(Grant(keys, peers, ports) for ports, keys in groups)
     elif named:
         reached = resolver.egress_named(namespace, rule, named)
         grants.extend(Grant(targets, peers, ports) for ports, peers in reached)
