@@ -5,6 +5,7 @@ flows go in compared with `ovs-ofctl --bundle add-flows`.
     .venv/bin/python benchmarks/realize.py --pods 1000      # one size
     .venv/bin/python benchmarks/realize.py --samples 10     # fewer samples per scenario
     .venv/bin/python benchmarks/realize.py --pods 50000 --policies 5000 --latency-only   # issue 17.3
+    .venv/bin/python benchmarks/realize.py --pods 50000 --policies 5000 --latency-only --nodes 200
     REALIZE_PROFILE=1 .venv/bin/python benchmarks/realize.py --pods 10000   # + cProfile of the realizer
 
 The controller's own parts (store, port map, realizer, os-ken app, OVSDB monitor) run in
@@ -17,8 +18,9 @@ the barrier after every flow is back; and a controller's read of a full table. I
 rate: the flows of the first full install (ofwire encoding, cold cache) and of the
 resync (bytes cached), against `ovs-ofctl --bundle add-flows` of the same flows on the same
 bridge in the same run. Clusters: tests/synthetic_cluster.py (100 namespaces, 10 nodes,
-ten policy shapes), node0's view, as in benchmarks/compile.py. Each size runs in its own
-process.
+ten policy shapes), node0's view, as in benchmarks/compile.py; `--nodes N` spreads the pods
+over N nodes instead (at 50k pods, 200 nodes give node0 250 local pods, a kubelet's
+order of magnitude, where 10 give it 5,000 OVS ports). Each size runs in its own process.
 """
 
 from __future__ import annotations
