@@ -19,7 +19,7 @@ from sdn_netpol.compiler.diff import FlowDiff
 from sdn_netpol.compiler.flow import Conjunction, Flow, GotoTable, Match
 from sdn_netpol.compiler.flowset import FlowSet
 from sdn_netpol.compiler.osken import to_flow_mod
-from sdn_netpol.controller import wire
+from sdn_netpol.controller import portmap, wire
 from sdn_netpol.controller.nodes import NodeInfo, parse_node, place_pods
 from sdn_netpol.controller.portmap import Interface, NodeBindings, PortView, node_context
 from sdn_netpol.controller.sources.directory import DirectorySource, folder_version, load, read_folder
@@ -274,6 +274,36 @@ def test_a_realization_with_no_port_or_pod_change_keeps_the_bindings_tuple() -> 
     assert bindings.bindings(view, state) is first and [str(b.pod) for b in first] == ["x/a"]
     moved = PortView(switch_ports={"p1": 2}, interfaces=view.interfaces, switch_known=True, interfaces_known=True)
     assert [b.ofport for b in bindings.bindings(moved, state)] == [2]
+
+
+def test_a_context_after_bindings_of_the_same_view_has_that_views_edges() -> None:
+    view = PortView(switch_ports={"tun0": 100}, interfaces={"tun0": Interface("tun0", "vxlan", {})},
+                    switch_known=True, interfaces_known=True)
+    nodes = (NodeInfo("node-2", IPAddress("192.168.0.2")),)
+    bindings = NodeBindings("node-1")
+    bindings.bindings(view, ClusterState())
+    assert bindings.context(view, ClusterState(), nodes).tunnel_port == 100
+
+
+def test_a_derivation_that_raised_is_derived_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The realizer retries a realization that raised: its snapshot must not count as seen."""
+    state = ClusterState.from_parse(parse_documents([Document("a", pod_manifest("x", "a", "10.244.1.2"))]))
+    view = PortView(switch_ports={"p1": 1}, interfaces={"p1": Interface("p1", "", {"iface-id": "x/a"})},
+                    switch_known=True, interfaces_known=True)
+    bindings = NodeBindings("node-1")
+    assert [str(b.pod) for b in bindings.bindings(view, state)] == ["x/a"]
+    pod = state.pod("x", "a")
+    assert pod is not None
+    deleted = state.with_changes({pod.key: None}, {}, ())
+
+    def transient(*args: object) -> None:
+        raise RuntimeError("transient")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(portmap, "_binding", transient)
+        with pytest.raises(RuntimeError):
+            bindings.bindings(view, deleted)
+    assert bindings.bindings(view, deleted) == ()
 
 
 # ---- kube versions ------------------------------------------------------------------------

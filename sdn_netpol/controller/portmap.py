@@ -342,16 +342,16 @@ class NodeBindings:
         self._ports_of: dict[PodKey, tuple[str, ...]] = {}  # the port names naming each pod
         self._view: PortView | None = None
         self._state: weakref.ref[ClusterState] | None = None
+        self._edges_view: PortView | None = None  # the view `_edges` was found in
         self._edges = _edges(PortView())
 
     def context(self, view: PortView, state: ClusterState, nodes: tuple[NodeInfo, ...]) -> NodeContext:
-        if view is not self._view:
-            self._edges = _edges(view)
+        if view is not self._edges_view:
+            self._edges, self._edges_view = _edges(view), view
         return node_context(self.node, view, state, nodes, self.bindings(view, state), self._edges)
 
     def bindings(self, view: PortView, state: ClusterState) -> tuple[PortBinding, ...]:
         touched = self._touched_pods(view, state)
-        self._view, self._state = view, weakref.ref(state)
         if touched is None:
             bound: dict[str, _Bound] = {}
             names: Iterable[str] = view.switch_ports
@@ -359,6 +359,7 @@ class NodeBindings:
             bound = dict(self._bound)
             names = [name for key in touched for name in self._ports_of.get(key, ())]
             if not names:
+                self._view, self._state = view, weakref.ref(state)
                 return self._bindings
         changed = self._derive(view, state, names, bound)
         if changed or bound.keys() != self._bound.keys():
@@ -370,7 +371,8 @@ class NodeBindings:
                 if held.key is not None:
                     ports_of.setdefault(held.key, []).append(name)
             self._ports_of = {key: tuple(found) for key, found in ports_of.items()}
-        self._bound = bound
+        # only now: a derivation that raised must not count as seen (a retry sees it again)
+        self._bound, self._view, self._state = bound, view, weakref.ref(state)
         return self._bindings
 
     def _touched_pods(self, view: PortView, state: ClusterState) -> frozenset[PodKey] | None:
