@@ -415,10 +415,17 @@ class _Handler(BaseHTTPRequestHandler):
             length = int(self.headers.get("Content-Length") or 0)
             body = json.loads(self.rfile.read(length) or b"{}")
             fake = self.server.fake
+            metadata = body.setdefault("metadata", {})
             with fake.cond:
+                if any(e["metadata"]["name"] == metadata.get("name") and e["metadata"].get("namespace") == parts[4]
+                       for e in fake.events):
+                    self._send_json(409, status(409, "AlreadyExists", f'events "{metadata["name"]}" already exists'))
+                    return
                 fake.rv += 1
-                body.setdefault("metadata", {})["name"] = f"{body['metadata'].get('generateName', 'ev.')}{fake.rv}"
-                body["metadata"]["resourceVersion"] = str(fake.rv)
+                if not metadata.get("name"):
+                    metadata["name"] = f"{metadata.get('generateName', 'ev.')}{fake.rv}"
+                metadata["namespace"] = parts[4]
+                metadata["resourceVersion"] = str(fake.rv)
                 fake.events.append(body)
             self._send_json(201, body)
         else:

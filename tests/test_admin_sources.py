@@ -138,6 +138,19 @@ def test_an_invalid_admin_policy_gets_an_event_in_default_naming_it() -> None:
     assert event["message"] == "not enforced (the last valid version stays): spec.priority: 5000: out of range"
 
 
+def test_every_node_names_the_event_of_one_invalid_version_alike() -> None:
+    """So the API server keeps one Event per invalid version (the others get AlreadyExists)."""
+    body = {**cnp("deny-metadata", priority=5000), "metadata": {"name": "deny-metadata", "uid": "u1",
+                                                                "resourceVersion": "7"}}
+    errors = (ValidationError("ClusterNetworkPolicy/deny-metadata", "spec.priority", "5000: out of range"),)
+    names = {event_body(body, errors, node, "2026-12-04T00:00:00Z")["metadata"]["name"] for node in ("n1", "n2")}
+    newer = {**body, "metadata": {**body["metadata"], "resourceVersion": "8"}}
+    assert len(names) == 1 and next(iter(names)).startswith("deny-metadata.")
+    assert event_body(newer, errors, "n1", "2026-12-04T00:00:00Z")["metadata"]["name"] not in names
+    long = {**body, "metadata": {**body["metadata"], "name": "p" * 253}}
+    assert len(event_body(long, errors, "n1", "2026-12-04T00:00:00Z")["metadata"]["name"]) == 253
+
+
 def test_a_cluster_policy_change_patches_the_snapshot_and_equals_a_full_build() -> None:
     store = Store()
     pod = Pod("x", "a", Labels({"app": "a"}), (IPAddress("10.244.1.2"),), "node-1")

@@ -224,6 +224,12 @@ def test_an_invalid_policy_gets_an_invalid_policy_event_with_the_field_path(
     converged_once_more = ctl.status()
     assert converged_once_more["policies"]["x/db"]["invalid"] is True
     assert len(fake.events) == 1, "one Event per invalid version, not one per relist or change"
+    ctl.stop()
+    ctl.start()  # a restarted controller sees the same invalid version: the server has its Event already
+    wait_for(lambda: ctl.status()["invalid_objects"], what="the invalid policy found again")
+    assert ctl.status()["policies"]["x/db"]["invalid"] is True
+    time.sleep(1)  # the Event is posted from a queue: give a duplicate the time to arrive
+    assert len(fake.events) == 1, "one Event per invalid version, not one per controller restart"
 
 
 def test_a_node_without_a_pod_cidr_is_reported_and_still_enforced(sw: Switch, cluster: KubeCluster,

@@ -3,13 +3,18 @@
 The controller skips an invalid policy version and keeps enforcing the last valid one
 (store.py); the log says so, but the user looks at the object. So each invalid version
 gets one Warning Event (reason ``InvalidPolicy``) naming every field path and reason.
-Posted from a queue by one thread, so a slow API server never stalls a watch; one Event per
-(uid, resourceVersion) and reporting node; failures are logged and not retried forever.
+Posted from a queue by one thread, so a slow API server never stalls a watch; failures are
+logged and not retried forever. One Event per invalid version in the whole cluster: its
+name is derived from the policy's uid and resourceVersion, so the first controller to post
+it creates it, and every other node, or a restarted controller, gets AlreadyExists (409)
+and is done (with generated names, a 100-node cluster showed 100 copies in `kubectl
+describe`, and each restart added one more).
 """
 
 from __future__ import annotations
 
 import datetime
+import hashlib
 import logging
 import queue
 import threading
@@ -26,6 +31,7 @@ REASON = "InvalidPolicy"
 COMPONENT = "sdn-netpol"
 REMEMBERED = 4096  # (uid, resourceVersion) pairs already reported
 ATTEMPTS = 3
+NAME_LIMIT = 253  # an Event's name is a DNS subdomain
 
 
 def event_body(policy: Mapping[str, Any], errors: Iterable[ValidationError], node: str, now: str) -> dict[str, Any]:
@@ -43,7 +49,8 @@ def event_body(policy: Mapping[str, Any], errors: Iterable[ValidationError], nod
         del involved["namespace"]
     return {
         "apiVersion": "v1", "kind": "Event",
-        "metadata": {"generateName": f"{name}.", "namespace": namespace},
+        "metadata": {"name": event_name(kind, name, metadata.get("uid"), metadata.get("resourceVersion")),
+                     "namespace": namespace},
         "involvedObject": involved,
         "reason": REASON, "type": "Warning",
         "message": f"not enforced (the last valid version stays): {message}"[:1024],
@@ -51,6 +58,12 @@ def event_body(policy: Mapping[str, Any], errors: Iterable[ValidationError], nod
         "reportingComponent": COMPONENT, "reportingInstance": node,
         "firstTimestamp": now, "lastTimestamp": now, "count": 1,
     }
+
+
+def event_name(kind: str, name: str, uid: object, resource_version: object) -> str:
+    """The same for every node and restart that reports one version of one policy."""
+    digest = hashlib.blake2b(f"{kind}/{name}/{uid}/{resource_version}".encode(), digest_size=8).hexdigest()
+    return f"{name[:NAME_LIMIT - len(digest) - 1]}.{digest}"
 
 
 class EventRecorder:
@@ -88,6 +101,9 @@ class EventRecorder:
                     self.core.create_namespaced_event(body["metadata"]["namespace"], cast(Any, body))
                     break
                 except Exception as exc:  # ApiException, connection errors: log, try again, give up
+                    if getattr(exc, "status", None) == 409:  # another node, or our last life, posted it
+                        LOG.debug("Event %s exists already", body["metadata"]["name"])
+                        break
                     if attempt == ATTEMPTS:
                         LOG.warning("Event for invalid policy %s/%s not posted: %s", body["metadata"]["namespace"],
                                     body["involvedObject"]["name"], exc)
