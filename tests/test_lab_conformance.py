@@ -212,6 +212,40 @@ def test_two_peers_are_or(cluster: FamilyCluster) -> None:
     assert {s for s, d in allowed_pairs(report) if d == "x/a"} == {"x/a", "x/b", "y/a", "y/b", "y/c"}
 
 
+def test_namespace_selector_by_its_default_name_label(cluster: FamilyCluster) -> None:
+    """kubernetes.io/metadata.name, which the API server sets on every namespace."""
+    cluster.apply(netpol("a-from-z-by-name", "x", {
+        "podSelector": {"matchLabels": {"pod": "a"}},
+        "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "z"}}}]}]}))
+    report = cluster.check("TCP", 80)
+    assert {s for s, d in allowed_pairs(report) if d == "x/a"} == {"x/a", "z/a", "z/b", "z/c"}
+
+
+def test_stacked_policies_with_overlapping_pod_selectors_add_up(cluster: FamilyCluster) -> None:
+    """x/a is selected by both: it admits what either admits, each on its own port."""
+    cluster.apply(
+        netpol("a-from-b-on-80", "x", {"podSelector": {"matchLabels": {"pod": "a"}}, "ingress": [{
+            "from": [{"podSelector": {"matchLabels": {"pod": "b"}}}], "ports": [{"protocol": "TCP", "port": 80}]}]}),
+        netpol("all-from-y-on-81", "x", {"podSelector": {}, "ingress": [{
+            "from": [{"namespaceSelector": {"matchLabels": {"ns": "y"}}}],
+            "ports": [{"protocol": "TCP", "port": 81}]}]}))
+    on_80, on_81 = allowed_pairs(cluster.check("TCP", 80)), allowed_pairs(cluster.check("TCP", 81))
+    assert {s for s, d in on_80 if d == "x/a"} == {"x/a", "x/b"}
+    assert {s for s, d in on_80 if d == "x/b"} == {"x/b"}
+    assert {s for s, d in on_81 if d == "x/a"} == {"x/a", "y/a", "y/b", "y/c"}
+
+
+def test_ingress_and_egress_of_one_policy_are_independent(cluster: FamilyCluster) -> None:
+    """Ingress only from y, egress to anywhere: x's pods still reach every pod that admits them."""
+    cluster.apply(netpol("in-from-y-out-all", "x", {
+        "podSelector": {}, "policyTypes": ["Ingress", "Egress"],
+        "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"ns": "y"}}}]}], "egress": [{}]}))
+    report = cluster.check("TCP", 80)
+    pods = set(report.measured.pods)
+    assert {s for s, d in allowed_pairs(report) if d == "x/a"} == {"x/a", "y/a", "y/b", "y/c"}
+    assert {d for s, d in allowed_pairs(report) if s == "x/a"} == {p for p in pods if not p.startswith("x/")} | {"x/a"}
+
+
 def test_match_expressions(cluster: FamilyCluster) -> None:
     cluster.apply(netpol("exprs", "x", {
         "podSelector": {"matchExpressions": [{"key": "pod", "operator": "In", "values": ["a", "b"]}]},
@@ -236,6 +270,19 @@ def test_ip_block_with_except(cluster: FamilyCluster) -> None:
     assert {s for s, d in allowed_pairs(report) if d == "x/a"} == set(report.measured.pods) - on_node2 - {"y/c"}
     on_node3 = {k for k, p in cluster.lab.state().pods.items() if p.node == "node3"}
     assert {d for s, d in allowed_pairs(report) if s == "y/c"} == on_node3 | {"y/c"}
+
+
+def test_an_address_in_an_except_is_still_admitted_by_another_peer(cluster: FamilyCluster) -> None:
+    """Peers are ORed: node2's pods are carved out of the block, but y/b among them is
+    admitted by the selector peer."""
+    cluster.apply(netpol("cidr-or-y-b", "x", {"podSelector": {"matchLabels": {"pod": "a"}}, "ingress": [{"from": [
+        {"ipBlock": {"cidr": "10.244.0.0/16", "except": ["10.244.2.0/24"]}},
+        {"namespaceSelector": {"matchLabels": {"ns": "y"}}, "podSelector": {"matchLabels": {"pod": "b"}}}]}]}))
+    report = cluster.check("TCP", 80)
+    on_node2 = {k for k, p in cluster.lab.state().pods.items() if p.node == "node2"}
+    expected = set(report.measured.pods) - on_node2 | {"y/b", "x/a"}
+    assert {s for s, d in allowed_pairs(report) if d == "x/a"} == expected
+    assert on_node2 - expected, "the model has a non-b pod on node2 for the except to refuse"
 
 
 def test_named_port(cluster: FamilyCluster) -> None:
