@@ -312,6 +312,23 @@ def test_udp_rule(cluster: FamilyCluster) -> None:
     assert ("y/b", "x/a") not in allowed_pairs(cluster.check("TCP", 80))
 
 
+def test_a_protocol_without_a_port_admits_every_port_of_it(cluster: FamilyCluster) -> None:
+    cluster.apply(deny_ingress("x"), netpol("any-udp", "x", {
+        "podSelector": {}, "ingress": [{"ports": [{"protocol": "UDP"}]}]}))
+    assert ("y/a", "x/a") in allowed_pairs(cluster.check("UDP", 80))
+    assert ("y/a", "x/a") in allowed_pairs(cluster.check("UDP", 81))
+    assert ("y/a", "x/a") not in allowed_pairs(cluster.check("TCP", 80))
+
+
+def test_egress_to_a_namespace_and_pod_selector_peer_is_and(cluster: FamilyCluster) -> None:
+    cluster.apply(netpol("a-to-y-b", "x", {
+        "podSelector": {"matchLabels": {"pod": "a"}}, "policyTypes": ["Egress"],
+        "egress": [{"to": [{"namespaceSelector": {"matchLabels": {"ns": "y"}},
+                            "podSelector": {"matchLabels": {"pod": "b"}}}]}]}))
+    report = cluster.check("TCP", 80)
+    assert {d for s, d in allowed_pairs(report) if s == "x/a"} == {"x/a", "y/b"}
+
+
 def test_sctp_rule(cluster: FamilyCluster) -> None:
     """SCTP is matched per port even though OVS 3.1 tracks SCTP without ports."""
     cluster.apply(deny_ingress("x"), netpol("sctp80", "x", {
