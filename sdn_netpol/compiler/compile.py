@@ -90,7 +90,7 @@ def _build(node: NodeContext, resolution: Resolution, previous: NodeCompilation 
     local = node.local_pods
     for pod in resolution.state.pods:
         flows.extend(_remote_flows(pod, node, local))
-    ports = _ports(node)
+    ports = node.ofports
     memo: dict[Any, Any] = {}
     denied = _audit_denied(resolution.state)
     tables = PolicyTables.build({p.ref: place(p, ports, memo, denied) for p in resolution.policies})
@@ -140,7 +140,7 @@ def _admin_flows(resolution: Resolution, node: NodeContext, previous: NodeCompil
         else:
             grants[policy.ref] = (policy, policy_grants(state, policy))
     rules = resolve_cluster_policies(state, {ref: found for ref, (_, found) in grants.items()})
-    flows, parts = admin_flows(rules, _ports(node), previous.admin_parts if previous is not None else None)
+    flows, parts = admin_flows(rules, node.ofports, previous.admin_parts if previous is not None else None)
     return _Admin(tuple(flows), parts, grants)
 
 
@@ -157,7 +157,7 @@ def _update(previous: NodeCompilation, node: NodeContext, resolution: Resolution
     for key in moved | {pod.key for pair in resolution.changed for pod in pair if pod is not None}:
         removed.extend(_remote_flows(old_state.pods_by_key.get(key), previous.node, old_local))
         added.extend(_remote_flows(resolution.state.pods_by_key.get(key), node, new_local))
-    update = previous.tables.update(_placement_changes(previous.resolution, resolution, _ports(node), moved))
+    update = previous.tables.update(_placement_changes(previous.resolution, resolution, node.ofports, moved))
     if update is None:
         return None
     touched = moved | {pod.key for pair in resolution.changed for pod in pair if pod is not None}
@@ -266,10 +266,6 @@ def _patch(extra: dict[Flow, int], by_id: dict[FlowId, Flow], changed: set[FlowI
 
 def _audit_denied(state: ClusterState) -> frozenset[str]:
     return frozenset(name for name, ns in state.audited_namespaces.items() if ns.audits_denied)
-
-
-def _ports(node: NodeContext) -> dict[PodKey, int]:
-    return node.ofports
 
 
 def _remote_flows(pod: Pod | None, node: NodeContext, local: Iterable[PodKey]) -> Iterator[Flow]:

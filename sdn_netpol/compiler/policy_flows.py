@@ -85,7 +85,7 @@ Rendered = Flow | tuple[Flow, ...]  # a key's flow; a busy clause match's flows,
 
 
 def policy_flows(policies: Iterable[ResolvedPolicy], node: NodeContext) -> Iterator[Flow]:
-    ports = {b.pod: b.ofport for b in node.bindings}
+    ports = node.ofports
     return PolicyTables.build({p.ref: place(p, ports) for p in policies}).flows()
 
 
@@ -97,7 +97,7 @@ def place(policy: ResolvedPolicy, ports: Mapping[PodKey, int], memo: dict[Any, A
     memo = {} if memo is None else memo
     conjs: list[_Conj] = []
     direct: list[tuple[Direction, Match, int]] = []
-    local_targets = sorted(pod for pod in policy.applied_to if pod in ports)  # not all 580 targets, then filter
+    local_targets = sorted(pod for pod in policy.applied_to if pod in ports)  # filtered first: a few of many
     isolated = [(d, str(pod), ports[pod]) for d in sorted(policy.isolates) for pod in local_targets]
     for rule in policy.rules:
         rcookie = rule_cookie(rule.policy, rule.direction, rule.index)
