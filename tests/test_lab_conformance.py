@@ -329,6 +329,62 @@ def test_egress_to_a_namespace_and_pod_selector_peer_is_and(cluster: FamilyClust
     assert {d for s, d in allowed_pairs(report) if s == "x/a"} == {"x/a", "y/b"}
 
 
+def test_an_egress_named_port_is_the_destination_pods_port(cluster: FamilyCluster) -> None:
+    """Egress to `serve-81-tcp`: resolved at each destination pod (81/TCP on every pod of
+    the model), so 81 is open to all and 80 to none."""
+    cluster.apply(netpol("a-out-on-named", "y", {
+        "podSelector": {"matchLabels": {"pod": "a"}}, "policyTypes": ["Egress"],
+        "egress": [{"ports": [{"port": "serve-81-tcp"}]}]}))
+    on_80, on_81 = cluster.check("TCP", 80), cluster.check("TCP", 81)
+    assert {d for s, d in allowed_pairs(on_81) if s == "y/a"} == set(on_81.measured.pods)
+    assert {d for s, d in allowed_pairs(on_80) if s == "y/a"} == {"y/a"}
+
+
+def test_ingress_from_a_namespace_on_a_named_port(cluster: FamilyCluster) -> None:
+    cluster.apply(deny_ingress("x"), netpol("from-y-on-named", "x", {
+        "podSelector": {}, "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"ns": "y"}}}],
+                                        "ports": [{"port": "serve-80-tcp"}]}]}))
+    on_80 = allowed_pairs(cluster.check("TCP", 80))
+    assert {s for s, d in on_80 if d == "x/b"} == {"x/b", "y/a", "y/b", "y/c"}
+    assert {s for s, d in allowed_pairs(cluster.check("TCP", 81)) if d == "x/b"} == {"x/b"}
+    assert ("y/a", "x/b") not in allowed_pairs(cluster.check("UDP", 80))
+
+
+def test_a_client_side_egress_deny_wins_over_a_server_side_allow(cluster: FamilyCluster) -> None:
+    """Both ends must admit: x/a admits y/a explicitly, y/a may send nowhere."""
+    cluster.apply(
+        netpol("a-from-y-a", "x", {"podSelector": {"matchLabels": {"pod": "a"}}, "ingress": [{"from": [
+            {"namespaceSelector": {"matchLabels": {"ns": "y"}}, "podSelector": {"matchLabels": {"pod": "a"}}}]}]}),
+        netpol("a-sends-nothing", "y", {"podSelector": {"matchLabels": {"pod": "a"}}, "policyTypes": ["Egress"]}))
+    report = cluster.check("TCP", 80)
+    assert {s for s, d in allowed_pairs(report) if d == "x/a"} == {"x/a"}
+    assert {d for s, d in allowed_pairs(report) if s == "y/a"} == {"y/a"}
+
+
+def test_an_egress_allow_all_policy_takes_precedence_over_a_narrower_one(cluster: FamilyCluster) -> None:
+    cluster.apply(
+        netpol("out-to-y", "x", {"podSelector": {}, "policyTypes": ["Egress"], "egress": [
+            {"to": [{"namespaceSelector": {"matchLabels": {"ns": "y"}}}]}]}),
+        netpol("out-to-all", "x", {"podSelector": {"matchLabels": {"pod": "a"}}, "policyTypes": ["Egress"],
+                                   "egress": [{}]}))
+    report = cluster.check("TCP", 80)
+    pods = set(report.measured.pods)
+    assert {d for s, d in allowed_pairs(report) if s == "x/a"} == pods
+    assert {d for s, d in allowed_pairs(report) if s == "x/b"} == {"x/b", "y/a", "y/b", "y/c"}
+
+
+def test_a_pod_relabelled_into_a_target_selector_is_isolated(cluster: FamilyCluster) -> None:
+    """The upstream "deny ingress access to updated pod": x/c takes pod=a and with it the
+    policy's isolation; relabelled back, it is open again."""
+    cluster.apply(netpol("a-from-b", "x", {"podSelector": {"matchLabels": {"pod": "a"}},
+                                           "ingress": [{"from": [{"podSelector": {"matchLabels": {"pod": "b"}}}]}]}))
+    assert len({s for s, d in allowed_pairs(cluster.check("TCP", 80)) if d == "x/c"}) == 9
+    cluster.apply(pod_manifest("x", "c", {"pod": "a"}, [(p, n) for p in ("TCP", "UDP", "SCTP") for n in (80, 81)]))
+    assert {s for s, d in allowed_pairs(cluster.check("TCP", 80)) if d == "x/c"} == {"x/b", "x/c"}
+    cluster.apply(pod_manifest("x", "c", {"pod": "c"}, [(p, n) for p in ("TCP", "UDP", "SCTP") for n in (80, 81)]))
+    assert len({s for s, d in allowed_pairs(cluster.check("TCP", 80)) if d == "x/c"}) == 9
+
+
 def test_sctp_rule(cluster: FamilyCluster) -> None:
     """SCTP is matched per port even though OVS 3.1 tracks SCTP without ports."""
     cluster.apply(deny_ingress("x"), netpol("sctp80", "x", {
