@@ -1,36 +1,57 @@
-"""What one bundle costs userspace OVS as its bridge holds more ports, with no controller
-involved: `ovs-ofctl --bundle add-flows` of N flows on a netdev bridge with P internal ports.
+"""What one bundle costs OVS as its bridge holds more ports, with no controller involved:
+`ovs-ofctl --bundle add-flows` of N flows on a bridge with P internal ports.
 
-    .venv/bin/python benchmarks/bundle_ports.py                       # 10, 250, 1000, 5000 ports
+    .venv/bin/python benchmarks/bundle_ports.py                       # host, netdev: 10, 250, 1000, 5000 ports
     .venv/bin/python benchmarks/bundle_ports.py --ports 10 --ports 5000 --flows 1500
+    .venv/bin/python benchmarks/bundle_ports.py --vm                  # in a VM: kernel and netdev datapaths
 
 Why: vswitchd's main loop handles at most 50 OpenFlow messages of a connection per pass
 (ofproto/connmgr.c, `ofconn_run`), and with the netdev datapath the same loop polls every
 port that has no PMD thread (internal and system ports: all of a lab's pods) each pass.
 A bundle of N flow mods is N + 3 messages, so it takes ~N/50 passes, each as slow as the
 port count makes it. benchmarks/realize.py's node0 holds 5,000 ports at 50k pods on 10
-nodes; this separates OVS's share of its send times from the controller's.
+nodes; this separates OVS's share of its send times from the controller's. With the
+kernel datapath the main loop polls no port (the kernel switches packets; upcalls come on
+handler threads), so the same bundle should not grow with the ports: `--vm` measures both
+datapaths side by side in one qemu VM (sdn_netpol/lab/vm.py: TCG, so its absolute times
+are an emulated CPU's; the growth from 10 to 5,000 ports is what carries over).
 
-Each size: a fresh OVS 3.1 in its own network namespace (tests/controller_fixtures.py), the
-ports added, 5,000 flows installed, then three bundles of each size of table-36 flows like
-the fast path's (in_port + ct_label), timed from the command's start to its exit (it waits
-for the barrier). Printed: the three times in ms.
+Each size: a fresh bridge (on the host: a fresh OVS 3.1 in its own network namespace,
+tests/controller_fixtures.py; in the VM: the guest's system OVS), the ports added, 5,000
+flows installed, then three bundles of each size of table-36 flows like the fast path's
+(in_port + ct_label), timed from the command's start to its exit (it waits for the
+barrier; in the VM, timed inside the guest). Printed: the three times in ms.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.controller_fixtures import BRIDGE, Switch, switch
+from sdn_netpol.lab.vm import Vm, VmError, VmGroup
+from sdn_netpol.ovs import OF_VERSION, OvsError
+from tests.controller_fixtures import BRIDGE, switch
 
 OFPORT_BASE = 1_000
 BATCH = 500  # ports per ovs-vsctl transaction
+VM_BRIDGE = "bp0"
+VM_MEMORY_MIB = 2048  # 5,000 netdev ports' tap devices and buffers
+
+
+class Target:
+    """One bridge to measure on: how to run ovs-vsctl on it, count its ports, and time one
+    bundle."""
+
+    def __init__(self, bridge: str, vsctl: Callable[..., str], ofctl: Callable[..., str],
+                 timed_bundle: Callable[[str], float]) -> None:
+        self.bridge, self.vsctl, self.ofctl, self.timed_bundle = bridge, vsctl, ofctl, timed_bundle
 
 
 def fast_path_flows(count: int, first_label: int) -> str:
@@ -40,33 +61,73 @@ def fast_path_flows(count: int, first_label: int) -> str:
                    for i in range(count))
 
 
-def add_ports(sw: Switch, count: int) -> None:
+def add_ports(target: Target, count: int) -> None:
     for start in range(0, count, BATCH):
         args: list[str] = []
         for i in range(start, min(count, start + BATCH)):
-            args += ["--", "add-port", BRIDGE, f"q{i}", "--", "set", "Interface", f"q{i}", "type=internal",
+            args += ["--", "add-port", target.bridge, f"q{i}", "--", "set", "Interface", f"q{i}", "type=internal",
                      f"ofport_request={OFPORT_BASE + i}"]
-        sw.ovs.vsctl("--no-wait", *args)
-    deadline = time.monotonic() + 120 + count / 20
+        target.vsctl("--no-wait", *args)
+    deadline = time.monotonic() + 120 + count / 5
     while time.monotonic() < deadline:  # vswitchd creates the ports after the transactions
-        if sw.ovs.ofctl("dump-ports-desc", BRIDGE).count("addr:") >= count + 1:
-            return
+        with contextlib.suppress(OvsError, VmError):  # its management socket comes and goes meanwhile
+            if target.ofctl("dump-ports-desc", target.bridge).count("addr:") >= count + 1:
+                return
         time.sleep(1)
     raise RuntimeError(f"vswitchd did not create {count} ports in time")
 
 
-def measure(ports: int, sizes: list[int], repeat: int) -> dict[int, list[float]]:
+def measure(target: Target, ports: int, sizes: list[int], repeat: int) -> dict[int, list[float]]:
+    add_ports(target, ports)
+    target.timed_bundle(fast_path_flows(5_000, 1))
+    times: dict[int, list[float]] = {}
+    for size in sizes:
+        for run in range(repeat):
+            times.setdefault(size, []).append(target.timed_bundle(fast_path_flows(size, 10**6 * (run + 1) + 7 * size)))
+    return times
+
+
+@contextlib.contextmanager
+def host_target() -> Iterator[Target]:
     with tempfile.TemporaryDirectory(prefix="bundle-ports-") as tmp, switch(Path(tmp)) as sw:
-        add_ports(sw, ports)
-        sw.ovs.ofctl("--bundle", "add-flows", BRIDGE, "-", stdin=fast_path_flows(5_000, 1))
-        times: dict[int, list[float]] = {}
-        for size in sizes:
-            for run in range(repeat):
-                flows = fast_path_flows(size, 10**6 * (run + 1) + 7 * size)
-                start = time.perf_counter()
-                sw.ovs.ofctl("--bundle", "add-flows", BRIDGE, "-", stdin=flows)
-                times.setdefault(size, []).append(time.perf_counter() - start)
-        return times
+        def timed(flows: str) -> float:
+            start = time.perf_counter()
+            sw.ovs.ofctl("--bundle", "add-flows", BRIDGE, "-", stdin=flows)
+            return time.perf_counter() - start
+        yield Target(BRIDGE, sw.ovs.vsctl, sw.ovs.ofctl, timed)
+
+
+# Timed in the guest, so the agent's round trip is not in the figure.
+_GUEST_TIMED = ('s=$(date +%s%N); ovs-ofctl -O {of} --bundle add-flows {br} - >/dev/null; '
+                'e=$(date +%s%N); echo $((e - s))')
+
+
+@contextlib.contextmanager
+def vm_target(vm: Vm, datapath_type: str) -> Iterator[Target]:
+    def vsctl(*args: str) -> str:
+        return vm.check(["ovs-vsctl", "--timeout=300", *args], timeout=330)
+
+    def ofctl(*args: str) -> str:
+        return vm.check(["ovs-ofctl", "-O", OF_VERSION, *args], timeout=330)
+
+    def timed(flows: str) -> float:
+        script = _GUEST_TIMED.format(of=OF_VERSION, br=VM_BRIDGE)
+        return int(vm.check(["bash", "-c", script], stdin=flows, timeout=330)) / 1e9
+
+    if datapath_type == "netdev":
+        vm.check(["modprobe", "tun"])  # netdev internal ports are tap devices; the image's kernel has tun as a module
+    vsctl("--if-exists", "del-br", VM_BRIDGE)
+    vsctl("add-br", VM_BRIDGE, "--", "set", "Bridge", VM_BRIDGE, f"datapath_type={datapath_type}",
+          "fail_mode=secure", f"protocols={OF_VERSION}", "other_config:disable-in-band=true")
+    try:
+        yield Target(VM_BRIDGE, vsctl, ofctl, timed)
+    finally:
+        vsctl("--if-exists", "del-br", VM_BRIDGE)
+
+
+def _row(label: str, times: dict[int, list[float]], sizes: list[int]) -> str:
+    cells = [", ".join(f"{t * 1000:.0f}" for t in times[n]) for n in sizes]
+    return f"| {label} | " + " | ".join(cells) + " |"
 
 
 def main() -> None:
@@ -74,14 +135,27 @@ def main() -> None:
     parser.add_argument("--ports", type=int, action="append", help="ports on the bridge (default 10, 250, 1000, 5000)")
     parser.add_argument("--flows", type=int, action="append", help="flow mods per bundle (default 10 and 1500)")
     parser.add_argument("--repeat", type=int, default=3, help="bundles of each size (default 3)")
+    parser.add_argument("--vm", action="store_true",
+                        help="measure in one qemu VM, kernel (system) and netdev datapaths, instead of on the host")
     args = parser.parse_args()
     sizes = args.flows or [10, 1_500]
-    print("| ports | " + " | ".join(f"bundle of {n} adds, ms" for n in sizes) + " |")
+    port_counts = args.ports or [10, 250, 1_000, 5_000]
+    head = "| datapath, ports |" if args.vm else "| ports |"
+    print(head + " " + " | ".join(f"bundle of {n} adds, ms" for n in sizes) + " |")
     print("|---:|" + "---|" * len(sizes))
-    for ports in args.ports or [10, 250, 1_000, 5_000]:
-        times = measure(ports, sizes, args.repeat)
-        cells = [", ".join(f"{t * 1000:.0f}" for t in times[n]) for n in sizes]
-        print(f"| {ports:,} | " + " | ".join(cells) + " |", flush=True)
+    if not args.vm:
+        for ports in port_counts:
+            with host_target() as target:
+                print(_row(f"{ports:,}", measure(target, ports, sizes, args.repeat), sizes), flush=True)
+        return
+    with tempfile.TemporaryDirectory(prefix="bundle-ports-vm-") as tmp, \
+            VmGroup(Path(tmp), ["bp"], memory_mib=VM_MEMORY_MIB, underlay=False).start() as group:
+        vm = group.vms["bp"]
+        for ports in port_counts:
+            for datapath_type in ("system", "netdev"):
+                with vm_target(vm, datapath_type) as target:
+                    times = measure(target, ports, sizes, args.repeat)
+                print(_row(f"{datapath_type}, {ports:,}", times, sizes), flush=True)
 
 
 if __name__ == "__main__":
