@@ -378,10 +378,11 @@ def test_a_pod_relabelled_into_a_target_selector_is_isolated(cluster: FamilyClus
     policy's isolation; relabelled back, it is open again."""
     cluster.apply(netpol("a-from-b", "x", {"podSelector": {"matchLabels": {"pod": "a"}},
                                            "ingress": [{"from": [{"podSelector": {"matchLabels": {"pod": "b"}}}]}]}))
+    serves = [(p, n) for p in ("TCP", "UDP", "SCTP") for n in (80, 81)]
     assert len({s for s, d in allowed_pairs(cluster.check("TCP", 80)) if d == "x/c"}) == 9
-    cluster.apply(pod_manifest("x", "c", {"pod": "a"}, [(p, n) for p in ("TCP", "UDP", "SCTP") for n in (80, 81)]))
+    cluster.apply(pod_manifest("x", "c", {"pod": "a"}, serves))
     assert {s for s, d in allowed_pairs(cluster.check("TCP", 80)) if d == "x/c"} == {"x/b", "x/c"}
-    cluster.apply(pod_manifest("x", "c", {"pod": "c"}, [(p, n) for p in ("TCP", "UDP", "SCTP") for n in (80, 81)]))
+    cluster.apply(pod_manifest("x", "c", {"pod": "c"}, serves))
     assert len({s for s, d in allowed_pairs(cluster.check("TCP", 80)) if d == "x/c"}) == 9
 
 
